@@ -1,0 +1,135 @@
+"""Which facts does the model know?
+
+Editing a fact the model never held measures nothing, so every experiment draws its cases from
+the table built here. For each CounterFact record we score, on the rewrite prompt,
+P(target_true) and P(target_new) (ROME's convention, `loudfacts.scoring`), and whether the
+greedy next token is the true object's first token. A record is *known* when
+P(true) > P(new) — ROME's criterion, which is weak (a coin flip between two unlikely objects
+passes it), so the table also keeps `top1` for a stricter filter. For ROME's known_1000 facts
+(which have no counterfactual target) a fact is known when it is top-1.
+
+The table is cached in `data/cache/knowledge/` keyed by the model's name, its weight digest,
+the data split and its size.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+from loudfacts.data import COUNTERFACT_SPLITS, data_path, file_digest, load_counterfact, load_known_facts
+from loudfacts.paths import cache_dir
+from loudfacts.scoring import target_probs, top1_matches
+
+COLUMNS = ["source", "id", "subject", "prompt", "text", "target_true", "target_new",
+           "relation", "p_true", "p_new", "known", "top1"]
+
+
+def _counterfact_rows(model, split: str, n: int | None, batch_size: int) -> pd.DataFrame:
+    recs = load_counterfact(split, n=n, verbose=True)
+    texts = [r.text for r in recs]
+    p_true = target_probs(model, texts, [r.target_true for r in recs], batch_size=batch_size)
+    p_new = target_probs(model, texts, [r.target_new for r in recs], batch_size=batch_size)
+    top1 = top1_matches(model, texts, [r.target_true for r in recs], batch_size=batch_size)
+    return pd.DataFrame(
+        {
+            "source": f"counterfact/{split}",
+            "id": [r.case_id for r in recs],
+            "subject": [r.subject for r in recs],
+            "prompt": [r.prompt for r in recs],
+            "text": texts,
+            "target_true": [r.target_true for r in recs],
+            "target_new": [r.target_new for r in recs],
+            "relation": [r.relation for r in recs],
+            "p_true": p_true.numpy(),
+            "p_new": p_new.numpy(),
+            "known": (p_true > p_new).numpy(),
+            "top1": top1.numpy(),
+        }
+    )
+
+
+def _known1000_rows(model, n: int | None, batch_size: int) -> pd.DataFrame:
+    facts = load_known_facts(n=n)
+    texts = [f.text for f in facts]
+    p_true = target_probs(model, texts, [f.attribute for f in facts], batch_size=batch_size)
+    top1 = top1_matches(model, texts, [f.attribute for f in facts], batch_size=batch_size)
+    return pd.DataFrame(
+        {
+            "source": "known_1000",
+            "id": [f.known_id for f in facts],
+            "subject": [f.subject for f in facts],
+            "prompt": [f.prompt for f in facts],
+            "text": texts,
+            "target_true": [f.attribute for f in facts],
+            "target_new": None,
+            "relation": [f.relation for f in facts],
+            "p_true": p_true.numpy(),
+            "p_new": float("nan"),
+            "known": top1.numpy(),
+            "top1": top1.numpy(),
+        }
+    )
+
+
+def known_facts_table(
+    model,
+    split: str = "edit-1k",
+    n_counterfact: int | None = None,
+    n_known1000: int | None = None,
+    batch_size: int = 32,
+    cache: bool = True,
+) -> pd.DataFrame:
+    """Knowledge of CounterFact (`split`, first `n_counterfact`) and known_1000 facts.
+
+    Returns:
+        DataFrame with columns source, id, subject, prompt (template), text, target_true,
+        target_new (None for known_1000), relation, p_true, p_new, known, top1.
+    """
+    if split not in COUNTERFACT_SPLITS:
+        raise ValueError(f"split {split!r} is not one of {sorted(COUNTERFACT_SPLITS)}")
+    key = "-".join(
+        [
+            model.name.replace("/", "_"),
+            model.weight_digest()[:12],
+            split,
+            file_digest(data_path(COUNTERFACT_SPLITS[split])),
+            str(n_counterfact),
+            str(n_known1000),
+        ]
+    )
+    path = cache_dir("knowledge") / f"known_facts-{key}.csv"
+    if cache and path.exists():
+        try:
+            table = pd.read_csv(path)
+            if list(table.columns) == COLUMNS:
+                return table
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError):
+            pass  # corrupt cache: recompute below
+    table = pd.concat(
+        [
+            _counterfact_rows(model, split, n_counterfact, batch_size),
+            _known1000_rows(model, n_known1000, batch_size),
+        ],
+        ignore_index=True,
+    )[COLUMNS]
+    if cache:
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return table
+
+
+def latest_known_facts_table(model) -> pd.DataFrame:
+    """The most recently written knowledge table for this model (as notebook 00 built it), or
+    a fresh default one when there is none."""
+    tables = sorted(
+        cache_dir("knowledge").glob(f"known_facts-{model.name.replace('/', '_')}-*.csv"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    if tables:
+        table = pd.read_csv(tables[-1])
+        if list(table.columns) == COLUMNS:
+            return table
+    return known_facts_table(model)

@@ -1,0 +1,321 @@
+"""Rebuild the rendered report: execute every notebook with papermill, render it, index it.
+
+    python -m loudfacts.report                              # params/report.yaml, all notebooks
+    python -m loudfacts.report --params params/smoke.yaml --out /tmp/smoke
+    python -m loudfacts.report --params params/gpu.yaml --only 06
+
+The jupytext `.py` files are the source: each notebook is read from `notebooks/NN_topic.py`,
+executed by papermill (parameters from the YAML file: a `common:` section merged with the
+section named after the notebook, e.g. `01_causal_tracing:`), written to
+`<out>/executed/NN_topic.ipynb`, rendered to `<out>/NN_topic.html` with code hidden and setup
+cells removed, and listed in `<out>/index.md` and `<out>/index.html` with its headline figure
+and wall time, under a run card (model, commit, parameters, date, total time).
+
+A failing cell stops that notebook; the others still run, and the command exits non-zero,
+naming each failed notebook and cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import html
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from loudfacts.paths import REPO_ROOT
+
+KERNEL = "loudfacts"
+REMOVE_TAGS = {"remove-cell", "colab-setup"}
+
+
+@dataclass
+class NotebookRun:
+    stem: str
+    title: str = ""
+    summary: str = ""
+    seconds: float = 0.0
+    ok: bool = True
+    error: str = ""
+    figure: str | None = None
+    parameters: dict = field(default_factory=dict)
+
+
+def load_params(path: Path, stem: str) -> dict:
+    """`common` merged with the notebook's own section (by full stem or its NN prefix)."""
+    if path is None:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"parameter file {path} must hold a mapping, got {type(data).__name__}")
+    params = dict(data.get("common") or {})
+    for key in (stem[:2], stem):
+        params.update(data.get(key) or {})
+    return params
+
+
+def find_notebooks(notebooks_dir: Path, only=None) -> list[Path]:
+    sources = sorted(p for p in Path(notebooks_dir).glob("[0-9][0-9]_*.py"))
+    if only:
+        wanted = set(only)
+        sources = [p for p in sources if p.stem[:2] in wanted or p.stem in wanted]
+        if not sources:
+            raise SystemExit(f"--only {only}: no notebook in {notebooks_dir} matches")
+    return sources
+
+
+def _title_and_summary(nb) -> tuple[str, str]:
+    title, summary = "", ""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for block in cell.source.split("\n\n"):
+            block = block.strip()
+            if not block or block.startswith("[![") or block.startswith("<a"):
+                continue
+            if block.startswith("#") and not title:
+                title = block.lstrip("#").strip().splitlines()[0]
+                continue
+            if title and not summary:
+                summary = " ".join(block.split())
+                break
+        if title and summary:
+            break
+    return title, summary
+
+
+def _headline_figure(stem: str, figures_dir: Path) -> str | None:
+    """The notebook's `NN_headline*` figure if it saved one, else its first `NN_*` PNG."""
+    prefix = stem[:2]
+    headline = sorted(figures_dir.glob(f"{prefix}_headline*.png"))
+    figs = headline or sorted(figures_dir.glob(f"{prefix}_*.png"))
+    return figs[0].name if figs else None
+
+
+def execute(source: Path, out: Path, params: dict, kernel: str, log_output: bool) -> NotebookRun:
+    import jupytext
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    run = NotebookRun(stem=source.stem, parameters=params)
+    nb = jupytext.read(source)
+    nb.metadata.setdefault(
+        "kernelspec", {"name": kernel, "display_name": kernel, "language": "python"}
+    )
+    run.title, run.summary = _title_and_summary(nb)
+    tmp_dir = out / ".tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    src_ipynb = tmp_dir / f"{source.stem}.ipynb"
+    jupytext.write(nb, src_ipynb)
+    executed = out / "executed" / f"{source.stem}.ipynb"
+    executed.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(
+            str(src_ipynb),
+            str(executed),
+            parameters=params,
+            kernel_name=kernel,
+            language="python",
+            cwd=str(source.parent),
+            progress_bar=sys.stderr.isatty(),
+            log_output=log_output,
+            request_save_on_cell_execute=True,
+        )
+    except PapermillExecutionError as e:
+        run.ok = False
+        run.error = f"cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}"
+    except Exception as e:  # kernel died, bad parameters, ...
+        run.ok = False
+        run.error = f"{type(e).__name__}: {e}"
+    run.seconds = time.perf_counter() - t0
+    return run
+
+
+def render_html(executed: Path, target: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+    from nbconvert.preprocessors import TagRemovePreprocessor
+
+    nb = nbformat.read(executed, as_version=4)
+    # Drop papermill's "injected-parameters" cell from the rendered view too: readers see the
+    # run card printed by the notebook instead.
+    remover = TagRemovePreprocessor(
+        remove_cell_tags=REMOVE_TAGS | {"injected-parameters"}, enabled=True
+    )
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True)
+    exporter.register_preprocessor(remover, enabled=True)
+    body, _ = exporter.from_notebook_node(nb)
+    target.write_text(body, encoding="utf-8")
+
+
+def _git_commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib", "notebooks",
+                                "params", "hparams"], cwd=REPO_ROOT, capture_output=True,
+                               text=True).stdout.strip()
+        return rev + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _display_path(path) -> str:
+    if path is None:
+        return "(notebook defaults)"
+    path = Path(path).resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str) -> None:
+    """index.md and index.html: run card, then one entry per notebook."""
+    lines = [
+        "# Loud facts: locating, editing and stress-testing facts in a language model",
+        "",
+        "This report is generated by `make report` (papermill executes every notebook, then "
+        "this index is written); do not edit it by hand.",
+        "",
+        "## Run card",
+        "",
+        "| | |",
+        "|---|---|",
+    ]
+    for k, v in card.items():
+        lines.append(f"| {k} | {v} |")
+    lines += ["", "## Sections", ""]
+    for r in runs:
+        status = "" if r.ok else f" — **FAILED** ({r.error})"
+        lines += [
+            f"### [{r.title or r.stem}]({r.stem}.html){status}",
+            "",
+            f"`notebooks/{r.stem}.py` · executed notebook: [executed/{r.stem}.ipynb]"
+            f"(executed/{r.stem}.ipynb) · wall time {_fmt_seconds(r.seconds)}",
+            "",
+        ]
+        if r.summary:
+            lines += [r.summary, ""]
+        if r.figure:
+            lines += [f"![{r.stem} headline figure]({figures_rel}/{r.figure})", ""]
+    (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    # A small standalone HTML version of the same index.
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>loudfacts report</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;"
+        "padding:0 1rem;line-height:1.5}img{max-width:100%}table{border-collapse:collapse}"
+        "td{border:1px solid #ccc;padding:.2rem .5rem}.fail{color:#b00}</style></head><body>",
+        "<h1>Loud facts: locating, editing and stress-testing facts in a language model</h1>",
+        "<p>Generated by <code>make report</code>; do not edit by hand.</p><h2>Run card</h2>"
+        "<table>",
+    ]
+    for k, v in card.items():
+        parts.append(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>")
+    parts.append("</table><h2>Sections</h2>")
+    for r in runs:
+        fail = f" <span class='fail'>FAILED ({html.escape(r.error)})</span>" if not r.ok else ""
+        parts.append(
+            f"<h3><a href='{r.stem}.html'>{html.escape(r.title or r.stem)}</a>{fail}</h3>"
+            f"<p><code>notebooks/{r.stem}.py</code> · wall time {_fmt_seconds(r.seconds)}</p>"
+        )
+        if r.summary:
+            parts.append(f"<p>{html.escape(r.summary)}</p>")
+        if r.figure:
+            parts.append(f"<img src='{figures_rel}/{r.figure}' alt='{r.stem} headline figure'>")
+    parts.append("</body></html>")
+    (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
+
+
+def build(
+    params_file: Path | None,
+    out: Path,
+    only=None,
+    notebooks_dir: Path = REPO_ROOT / "notebooks",
+    kernel: str = KERNEL,
+    log_output: bool = True,
+) -> list[NotebookRun]:
+    from loudfacts.paths import figures_dir
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    sources = find_notebooks(notebooks_dir, only)
+    runs: list[NotebookRun] = []
+    t_start = time.perf_counter()
+    for i, source in enumerate(sources, 1):
+        params = load_params(params_file, source.stem)
+        print(f"[report] {i}/{len(sources)} {source.stem} with {params}", flush=True)
+        run = execute(source, out, params, kernel, log_output)
+        executed = out / "executed" / f"{source.stem}.ipynb"
+        if executed.exists():
+            render_html(executed, out / f"{source.stem}.html")
+        run.figure = _headline_figure(source.stem, figures_dir())
+        runs.append(run)
+        state = "ok" if run.ok else f"FAILED at {run.error}"
+        print(f"[report] {source.stem}: {state} ({_fmt_seconds(run.seconds)})", flush=True)
+    total = time.perf_counter() - t_start
+    common = load_params(params_file, "common") if params_file else {}
+    card = {
+        "model": common.get("model_name", "smollm2-135m"),
+        "commit": _git_commit(),
+        "parameters": _display_path(params_file),
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
+        f"python {platform.python_version()}",
+        "wall time": " · ".join(f"{r.stem[:2]}: {_fmt_seconds(r.seconds)}" for r in runs)
+        + f" · total {_fmt_seconds(total)}",
+    }
+    try:
+        figures_rel = os.path.relpath(figures_dir(), out)
+    except ValueError:
+        figures_rel = str(figures_dir())
+    # A partial run (--only) must not overwrite the full run's index and run card.
+    partial = only is not None
+    if not partial:
+        write_index(out, runs, card, figures_rel)
+    (out / ("run-partial.json" if partial else "run.json")).write_text(
+        json.dumps({"card": card, "notebooks": [asdict(r) for r in runs]}, indent=2, default=str)
+        + "\n"
+    )
+    shutil.rmtree(out / ".tmp", ignore_errors=True)
+    return runs
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m loudfacts.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--params", type=Path, default=REPO_ROOT / "params" / "report.yaml",
+                    help="papermill parameter file (default params/report.yaml)")
+    ap.add_argument("--out", type=Path, default=REPO_ROOT / "report",
+                    help="output folder (default report/)")
+    ap.add_argument("--only", nargs="+", help="run only these notebooks (NN prefixes or stems)")
+    ap.add_argument("--notebooks", type=Path, default=REPO_ROOT / "notebooks",
+                    help="folder of NN_topic.py notebooks")
+    ap.add_argument("--kernel", default=KERNEL, help="Jupyter kernel name (default loudfacts)")
+    ap.add_argument("--quiet", action="store_true", help="do not stream cell outputs")
+    args = ap.parse_args(argv)
+    if args.params and not args.params.exists():
+        ap.error(f"parameter file {args.params} does not exist")
+    runs = build(args.params, args.out, args.only, args.notebooks, args.kernel,
+                 log_output=not args.quiet)
+    failed = [r for r in runs if not r.ok]
+    for r in failed:
+        print(f"[report] FAILED: notebook {r.stem}, {r.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: the embedded model once per session, and tiny random models."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The embedded SmolLM2-135M-Instruct (float32, CPU), loaded once per test session."""
+    from loudfacts.models import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    from loudfacts.models import tiny_model
+
+    return tiny_model("llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2():
+    from loudfacts.models import tiny_model
+
+    return tiny_model("gpt2")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,104 @@
+"""CounterFact normalisation (both layouts), known facts, corpora, data lookup."""
+
+import json
+
+import pytest
+
+from loudfacts import data
+from loudfacts.data import (
+    DataNotFoundError,
+    data_path,
+    load_counterfact,
+    load_known_facts,
+    load_text,
+    normalize_counterfact,
+    strip_wiki_markup,
+)
+
+ROME_LAYOUT = {
+    "case_id": 0,
+    "pararel_idx": 2796,
+    "requested_rewrite": {
+        "prompt": "The mother tongue of {} is",
+        "relation_id": "P103",
+        "target_new": {"str": "English", "id": "Q1860"},
+        "target_true": {"str": "French", "id": "Q150"},
+        "subject": "Danielle Darrieux",
+    },
+    "paraphrase_prompts": ["Shayna does this. Danielle Darrieux spoke the language"],
+    "neighborhood_prompts": ["The mother tongue of Léon Blum is", "Michel Rocard is a native speaker of"],
+    "attribute_prompts": ["J.\u00a0R.\u00a0R. Tolkien is a native speaker of"],
+    "generation_prompts": ["Danielle Darrieux's mother tongue is"],
+}
+FLAT_LAYOUT = {
+    "case_id": 7,
+    "prompt": "Apple A5 was created by",
+    "target_new": "Google",
+    "subject": "Apple A5",
+    "ground_truth": "Apple",
+    "rephrase_prompt": "Apple A5 is my favorite product out of everything created by",
+    "locality_prompt": "Calendar and Contacts Server was created by",
+    "locality_ground_truth": "Apple",
+}
+
+
+def test_both_layouts_normalise_to_one_record_type():
+    rome, flat = normalize_counterfact([ROME_LAYOUT, FLAT_LAYOUT])
+    assert rome.layout == "rome" and flat.layout == "flat"
+    assert rome.prompt == "The mother tongue of {} is" and rome.relation == "P103"
+    assert rome.target_true == "French" and rome.target_new == "English"
+    assert rome.neighborhood_true == ["French", "French"]
+    assert rome.generation_prompts and rome.attribute_prompts
+    assert flat.prompt == "{} was created by" and flat.text == "Apple A5 was created by"
+    assert flat.relation == "{} was created by"
+    assert flat.neighborhood_prompts == ["Calendar and Contacts Server was created by"]
+    assert flat.neighborhood_true == ["Apple"]
+
+
+def test_malformed_records_are_dropped_and_counted(capsys):
+    bad_subject = dict(FLAT_LAYOUT, subject="Banana")
+    empty_target = dict(FLAT_LAYOUT, target_new=" ")
+    missing = {"case_id": 3}
+    out = normalize_counterfact([FLAT_LAYOUT, bad_subject, empty_target, missing])
+    assert len(out) == 1
+    assert sum(normalize_counterfact.last_dropped.values()) == 3
+    assert "dropped 3 of 4" in capsys.readouterr().out
+
+
+def test_shared_counterfact_and_known_facts_load():
+    recs = load_counterfact("edit-1k")
+    assert len(recs) == 1000 and all("{}" in r.prompt for r in recs)
+    assert all(r.subject in r.text for r in recs)
+    facts = load_known_facts()
+    assert len(facts) > 1000
+    assert all(f.prompt.replace("{}", f.subject) == f.text for f in facts)
+
+
+def test_unknown_split_and_missing_file_have_clear_errors(monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="split 'nope'"):
+        load_counterfact("nope")
+    monkeypatch.setattr(data, "SHARED_DATA", tmp_path / "none")
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path)
+    monkeypatch.delenv("LOUDFACTS_DATA", raising=False)
+    with pytest.raises(DataNotFoundError, match="known_1000.json.*searched.*rome.baulab.info"):
+        data_path("known/known_1000.json")
+
+
+def test_loudfacts_data_env_takes_precedence(monkeypatch, tmp_path):
+    (tmp_path / "counterfact").mkdir()
+    (tmp_path / "counterfact" / "counterfact-edit-1k.json").write_text(json.dumps([FLAT_LAYOUT]))
+    monkeypatch.setenv("LOUDFACTS_DATA", str(tmp_path))
+    recs = load_counterfact("edit-1k")
+    assert [r.case_id for r in recs] == [7]
+
+
+@pytest.mark.parametrize("name", ["wikitext", "wiki-xml", "lee"])
+def test_text_corpora_load_as_prose(name):
+    text = load_text(name)
+    assert len(text) > 100_000
+    assert "{{" not in text and "[[" not in text and "<ref" not in text
+
+
+def test_wiki_markup_is_stripped():
+    raw = "'''Paris''' is the [[capital city|capital]] of [[France]].{{cite|x={{y}}}}<ref>a</ref>"
+    assert strip_wiki_markup(raw) == "Paris is the capital of France."

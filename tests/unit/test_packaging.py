@@ -1,0 +1,98 @@
+"""The repo's promises about itself: dependencies in sync, notebooks paired, Colab badges,
+README commands present, shared data not committed."""
+
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.py"))
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = {_name(r) for r in project["dependencies"]}
+    wanted |= {_name(r) for reqs in project.get("optional-dependencies", {}).values() for r in reqs}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    listed = {_name(r) for r in pip if not r.startswith("-e")}
+    assert listed == wanted, f"only in environment.yml: {listed - wanted}; only in pyproject: {wanted - listed}"
+
+
+def test_every_notebook_source_has_an_identical_paired_ipynb(tmp_path):
+    assert NOTEBOOKS, "no notebooks found"
+    jupytext = Path(sys.executable).parent / "jupytext"
+    for py in NOTEBOOKS:
+        ipynb = py.with_suffix(".ipynb")
+        assert ipynb.exists(), f"{py.name} has no paired {ipynb.name}"
+        copy = tmp_path / ipynb.name
+        copy.write_bytes(ipynb.read_bytes())
+        subprocess.run([str(jupytext), "--quiet", "--to", "ipynb", "--update", "--output",
+                        str(copy), str(py)], check=True)
+        assert copy.read_bytes() == ipynb.read_bytes(), (
+            f"{py.name} and {ipynb.name} disagree: run `make sync` and commit both")
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_shape_badge_setup_and_parameters(py):
+    import jupytext
+
+    nb = jupytext.read(py)
+    first = nb.cells[0]
+    badge = (f"https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/"
+             f"notebooks/{py.stem}.ipynb")
+    assert first.cell_type == "markdown" and badge in first.source, f"{py.name}: Colab badge"
+    setup = [c for c in nb.cells if "colab-setup" in c.metadata.get("tags", [])]
+    assert len(setup) == 1, f"{py.name}: exactly one colab-setup cell"
+    assert 'if "google.colab" in sys.modules' in setup[0].source
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{py.name}: exactly one parameters cell"
+    assert "model_name" in params[0].source and "seed" in params[0].source
+    for line in params[0].source.splitlines():  # literals only (papermill injects after it)
+        if line.strip() and not line.lstrip().startswith("#"):
+            rhs = line.split("=", 1)[1]
+            compile(rhs.strip(), py.name, "eval")
+            assert "(" not in rhs or rhs.strip().startswith(("(", "[", "{")), (
+                f"{py.name}: parameters cell computes something: {line!r}")
+
+
+def test_colab_setup_cell_is_inert_outside_colab():
+    import jupytext
+
+    for py in NOTEBOOKS:
+        cell = next(c for c in jupytext.read(py).cells
+                    if "colab-setup" in c.metadata.get("tags", []))
+        before = set(sys.modules)
+        exec(compile(cell.source, py.name, "exec"), {})  # must not clone or install anything
+        assert "google.colab" not in sys.modules
+        assert set(sys.modules) - before <= {"subprocess"}
+
+
+def test_params_files_name_existing_notebooks():
+    stems = {p.stem for p in NOTEBOOKS} | {p.stem[:2] for p in NOTEBOOKS} | {"common"}
+    for f in ["smoke.yaml", "report.yaml", "gpu.yaml"]:
+        data = yaml.safe_load((ROOT / "params" / f).read_text())
+        assert set(data) <= stems, f"params/{f} has sections for no notebook: {set(data) - stems}"
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_the_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make report" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_shared_data_and_weights_are_not_committed():
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout
+    bad = [f for f in files.splitlines()
+           if re.search(r"(counterfact-(edit|train)[^/]*\.json|known_1000\.json|wikitext-2-raw"
+                        r"|lee_background\.cor|\.gguf|\.safetensors)$", f)]
+    assert not bad, f"shared data or weights are tracked: {bad}"
