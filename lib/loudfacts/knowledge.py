@@ -17,10 +17,11 @@ from __future__ import annotations
 import os
 
 import pandas as pd
+import torch
 
 from loudfacts.data import COUNTERFACT_SPLITS, data_path, file_digest, load_counterfact, load_known_facts
 from loudfacts.paths import cache_dir
-from loudfacts.scoring import target_probs, top1_matches
+from loudfacts.scoring import score_targets, target_probs
 
 COLUMNS = ["source", "id", "subject", "prompt", "text", "target_true", "target_new",
            "relation", "p_true", "p_new", "known", "top1"]
@@ -29,9 +30,9 @@ COLUMNS = ["source", "id", "subject", "prompt", "text", "target_true", "target_n
 def _counterfact_rows(model, split: str, n: int | None, batch_size: int) -> pd.DataFrame:
     recs = load_counterfact(split, n=n, verbose=True)
     texts = [r.text for r in recs]
-    p_true = target_probs(model, texts, [r.target_true for r in recs], batch_size=batch_size)
+    nll_true, top1 = score_targets(model, texts, [r.target_true for r in recs], batch_size)
+    p_true = torch.exp(-nll_true)
     p_new = target_probs(model, texts, [r.target_new for r in recs], batch_size=batch_size)
-    top1 = top1_matches(model, texts, [r.target_true for r in recs], batch_size=batch_size)
     return pd.DataFrame(
         {
             "source": f"counterfact/{split}",
@@ -53,8 +54,8 @@ def _counterfact_rows(model, split: str, n: int | None, batch_size: int) -> pd.D
 def _known1000_rows(model, n: int | None, batch_size: int) -> pd.DataFrame:
     facts = load_known_facts(n=n)
     texts = [f.text for f in facts]
-    p_true = target_probs(model, texts, [f.attribute for f in facts], batch_size=batch_size)
-    top1 = top1_matches(model, texts, [f.attribute for f in facts], batch_size=batch_size)
+    nll_true, top1 = score_targets(model, texts, [f.attribute for f in facts], batch_size)
+    p_true = torch.exp(-nll_true)
     return pd.DataFrame(
         {
             "source": "known_1000",

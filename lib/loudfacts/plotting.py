@@ -52,3 +52,14 @@ def save_figure(fig, name: str, formats=("png", "svg")) -> list[str]:
         fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
         out.append(str(path))
     return out
+
+
+def save_table(df, name: str, floatfmt: str = ".3f") -> list[str]:
+    """Write a result table to figures/<name>.csv and .md (the report index embeds some)."""
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"table name {name!r} must be a plain file stem like '06_headline_table'")
+    csv_path = figures_dir() / f"{name}.csv"
+    md_path = figures_dir() / f"{name}.md"
+    df.to_csv(csv_path)
+    md_path.write_text(df.to_markdown(floatfmt=floatfmt) + "\n", encoding="utf-8")
+    return [str(csv_path), str(md_path)]

@@ -24,7 +24,6 @@ def _batches(n: int, size: int):
         yield range(i, min(n, i + size))
 
 
-@torch.no_grad()
 def target_nll(
     model,
     prompts: Sequence[str],
@@ -40,6 +39,22 @@ def target_nll(
     Returns:
         Float tensor of shape (n_pairs,).
     """
+    return score_targets(model, prompts, targets, batch_size)[0]
+
+
+@torch.no_grad()
+def score_targets(
+    model,
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched pass giving, per (prompt, target) pair, the target's mean token NLL and
+    whether the greedy next token after the prompt is the target's first token.
+
+    Returns:
+        (nll, top1): float tensor and bool tensor, both of shape (n_pairs,).
+    """
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     rows = []
@@ -50,6 +65,7 @@ def target_nll(
         check_context(model, len(p_ids) + len(t_ids), p)
         rows.append((p_ids, t_ids))
     out = torch.empty(len(rows))
+    top1 = torch.zeros(len(rows), dtype=torch.bool)
     pad = model.tokenizer.pad_token_id or 0
     for idx in _batches(len(rows), batch_size):
         seqs = [rows[i][0] + rows[i][1][:-1] for i in idx]
@@ -66,7 +82,8 @@ def target_nll(
             pos = torch.arange(len(p_ids) - 1, len(p_ids) - 1 + len(t_ids))
             nll = -logp[j, pos, torch.tensor(t_ids)]
             out[i] = nll.mean().cpu()
-    return out
+            top1[i] = bool(logp[j, len(p_ids) - 1].argmax() == t_ids[0])
+    return out, top1
 
 
 def target_probs(model, prompts, targets, batch_size: int = 32) -> torch.Tensor:

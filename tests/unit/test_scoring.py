@@ -30,3 +30,14 @@ def test_next_token_logprobs_and_top1(tiny_gpt2):
     torch.testing.assert_close(logp.exp().sum(-1), torch.ones(2))
     greedy = [tiny_gpt2.decode([int(i)]) for i in logp.argmax(-1)]
     assert top1_matches(tiny_gpt2, prompts, greedy).all()
+
+
+def test_score_targets_top1_agrees_with_greedy_decoding(tiny_llama):
+    from loudfacts.scoring import score_targets
+
+    prompts = ["The Louvre is located in the city of", "Miles Davis plays the", "Italy borders"]
+    greedy = [tiny_llama.decode([int(i)]) for i in next_token_logprobs(tiny_llama, prompts).argmax(-1)]
+    targets = [greedy[0], "Space Needle", greedy[2]]
+    nll, top1 = score_targets(tiny_llama, prompts, targets)
+    torch.testing.assert_close(nll, target_nll(tiny_llama, prompts, targets))
+    assert top1.tolist() == top1_matches(tiny_llama, prompts, targets).tolist()
