@@ -310,15 +310,15 @@ def load_known_facts(n: int | None = None) -> list[KnownFact]:
 
 # -- text for statistics -----------------------------------------------------------------------
 _WIKI_MARKUP = [
-    (re.compile(r"<ref[^>]*?/>", re.S), " "),
-    (re.compile(r"<ref.*?</ref>", re.S), " "),
-    (re.compile(r"<!--.*?-->", re.S), " "),
-    (re.compile(r"\{\|.*?\|\}", re.S), " "),  # tables
+    (re.compile(r"<ref[^>]*?/>", re.DOTALL), " "),
+    (re.compile(r"<ref.*?</ref>", re.DOTALL), " "),
+    (re.compile(r"<!--.*?-->", re.DOTALL), " "),
+    (re.compile(r"\{\|.*?\|\}", re.DOTALL), " "),  # tables
     (re.compile(r"\[\[(?:File|Image|Category):[^\]]*\]\]"), " "),
     (re.compile(r"\[\[(?:[^\]|]*\|)?([^\]]*)\]\]"), r"\1"),  # [[target|label]] -> label
     (re.compile(r"\[https?://\S+ ([^\]]*)\]"), r"\1"),
     (re.compile(r"'{2,}"), ""),
-    (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.M), r"\1"),
+    (re.compile(r"^=+\s*(.*?)\s*=+\s*$", re.MULTILINE), r"\1"),
     (re.compile(r"<[^>]+>"), " "),
     (re.compile(r"&[a-z]+;"), " "),
 ]
@@ -344,7 +344,7 @@ def strip_wiki_markup(text: str) -> str:
 
 def _wiki_xml_text(path: Path) -> str:
     raw = bz2.open(path, "rt", encoding="utf-8").read()
-    pages = re.findall(r"<text[^>]*>(.*?)</text>", raw, re.S)
+    pages = re.findall(r"<text[^>]*>(.*?)</text>", raw, re.DOTALL)
     import html
 
     return "\n\n".join(strip_wiki_markup(html.unescape(p)) for p in pages)

@@ -19,7 +19,13 @@ import os
 import pandas as pd
 import torch
 
-from loudfacts.data import COUNTERFACT_SPLITS, data_path, file_digest, load_counterfact, load_known_facts
+from loudfacts.data import (
+    COUNTERFACT_SPLITS,
+    data_path,
+    file_digest,
+    load_counterfact,
+    load_known_facts,
+)
 from loudfacts.paths import cache_dir
 from loudfacts.scoring import score_targets, target_probs
 

@@ -202,15 +202,21 @@ class LoadedModel:
 
     @torch.no_grad()
     def generate(self, text: str, max_new_tokens: int = 20, num_beams: int = 1) -> str:
-        """Greedy (or beam) continuation of `text`, without the prompt."""
+        """Greedy (or beam) continuation of `text`, without the prompt.
+
+        The KV cache is off: with the TransformerLens bridge wrapped around the HF module,
+        cached decoding produces wrong continuations (checked on SmolLM2: "The Louvre is" ->
+        " a-----------" with the cache, " a museum dedicated to ..." without). Without the
+        cache every step reruns the whole prefix, so hook edits also see every position.
+        """
         ids = self.to_tensor(text)
         out = self.hf.generate(
             ids,
             attention_mask=torch.ones_like(ids),
+            use_cache=False,
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=num_beams,
-            use_cache=False,  # the TransformerLens bridge breaks HF KV-cached decoding (checked)
             pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id,
         )
         return self.decode(out[0, ids.shape[1]:].tolist())
@@ -257,7 +263,7 @@ def _sizes(config) -> tuple[int, int, int, int, int]:
         or getattr(config, "n_inner", None)
         or 4 * d_model
     )
-    n_ctx = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions")
+    n_ctx = getattr(config, "max_position_embeddings", None) or config.n_positions
     return int(n_layers), int(d_model), int(d_mlp), int(n_ctx), int(config.vocab_size)
 
 

@@ -11,16 +11,16 @@ import matplotlib
 
 if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline",):
     try:  # headless runs (papermill, CI) need a non-interactive backend
-        import IPython  # noqa: F401
+        import IPython
 
         if IPython.get_ipython() is None:
             matplotlib.use("Agg")
     except ImportError:
         matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from loudfacts.paths import figures_dir  # noqa: E402
+from loudfacts.paths import figures_dir
 
 EDITOR_ORDER = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
 

@@ -12,7 +12,7 @@ bridge wraps that module in place, hook edits that are applied take effect here 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

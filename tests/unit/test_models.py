@@ -81,3 +81,14 @@ def test_weight_digest_changes_with_any_weight(tiny_gpt2):
     finally:
         with torch.no_grad():
             p.view(-1)[0] -= 1e-3
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generate_matches_a_plain_greedy_loop(family):
+    m = tiny_model(family)
+    text = "The Louvre is located in"
+    ids = m.encode(text)
+    for _ in range(6):
+        with torch.no_grad():
+            ids.append(int(m.hf(torch.tensor([ids])).logits[0, -1].argmax()))
+    assert m.generate(text, max_new_tokens=6) == m.decode(ids[len(m.encode(text)):])

@@ -20,8 +20,9 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Callable, ClassVar, Iterable
+from typing import ClassVar
 
 import torch
 
@@ -77,7 +78,7 @@ class EditRequest:
         return f"{self.text} {self.target_new.strip()}."
 
     @classmethod
-    def from_record(cls, record) -> "EditRequest":
+    def from_record(cls, record) -> EditRequest:
         """From a normalised CounterFact record (`loudfacts.data.CounterFactRecord`)."""
         return cls(
             prompt=record.prompt,

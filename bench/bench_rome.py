@@ -1,0 +1,99 @@
+"""ROME: seconds per edit (k*, v*, update) and key-statistics throughput vs plain forwards.
+
+Run: `python bench/bench_rome.py [N_EDITS]` (default 2, embedded model). Writes
+bench/results/rome.json. Statistics for the editor's token count are collected (and cached)
+before the edits are timed, so "stats" is ~0 in the per-edit numbers. Throughputs are measured
+in the same run on the same batches (16 windows x 128 tokens): a plain full forward, and the
+statistics pass (`loudfacts.stats`, which stops after the edit layer and accumulates XᵀX).
+Targets on a 2-core CPU: <= 5 s per edit; statistics >= 50% of forward throughput.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from loudfacts.editing import EditRequest, get_editor
+from loudfacts.models import load_model
+from loudfacts.paths import repo_path
+from loudfacts.stats import corpus_tokens, second_moment
+
+REQUESTS = [
+    EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris"),
+    EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris"),
+    EditRequest("{} is located in the city of", "The Space Needle", "London", "Seattle"),
+]
+
+
+@torch.no_grad()
+def forward_throughput(model, tokens, n_batches=3, seq_len=128, per_batch=16):
+    ids = tokens[: n_batches * per_batch * seq_len].view(n_batches, per_batch, seq_len)
+    model.bridge(ids[0, :2])  # warm-up
+    t = time.perf_counter()
+    for b in ids:
+        model.bridge(b)
+    return ids.numel() / (time.perf_counter() - t)
+
+
+def main(n_edits: int = 2):
+    torch.manual_seed(0)
+    model = load_model(os.environ.get("LOUDFACTS_MODEL"))
+    editor = get_editor("rome", model)
+    layer = editor.layer
+    tokens, _ = corpus_tokens(model)
+    n_stats = 3 * 16 * 128
+    fwd = forward_throughput(model, tokens)
+    t = time.perf_counter()
+    second_moment(model, [layer], n_tokens=n_stats, use_cache=False, progress=False)
+    stats_tps = n_stats / (time.perf_counter() - t)
+    fwd2 = forward_throughput(model, tokens)  # again: the machine is shared, bracket the stats
+    fwd_tps = (fwd + fwd2) / 2
+    print(f"forward {fwd_tps:.0f} tok/s, statistics {stats_tps:.0f} tok/s "
+          f"({stats_tps / fwd_tps:.0%})")
+    editor.second_moment()  # fill the cache for the editor's token count (not timed per edit)
+    editor.context_templates()
+    edits = []
+    for req in REQUESTS[:n_edits]:
+        t = time.perf_counter()
+        e = editor.edit(req)
+        total = time.perf_counter() - t
+        tm = e.info["timings"]
+        edits.append({"request": req.text + " -> " + req.target_new, "total": total,
+                      "k": tm["k"], "v": tm["v"], "update": tm["update"], "stats": tm["stats"],
+                      "v_steps": e.info["v_steps"], "dw_rel_norm": e.info["dw_rel_norm"]})
+        print(f"{req.subject:20s} total {total:5.1f} s  k* {tm['k']:.2f}  v* {tm['v']:.2f} "
+              f"({e.info['v_steps']} steps)  update {tm['update']:.2f}")
+    mean = lambda key: sum(e[key] for e in edits) / len(edits)
+    out = {
+        "benchmark": "rome",
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                    "torch_threads": torch.get_num_threads(),
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "loadavg": os.getloadavg()},
+        "model": model.name,
+        "layer": layer,
+        "hparams": {k: v for k, v in editor.hparams.items()},
+        "statistics": {"tokens_timed": n_stats, "stats_tokens_per_s": stats_tps,
+                       "forward_tokens_per_s": fwd_tps, "ratio": stats_tps / fwd_tps,
+                       "target_ratio": 0.5, "meets_target": stats_tps / fwd_tps >= 0.5},
+        "edits": edits,
+        "seconds_per_edit": {"total": mean("total"), "k": mean("k"), "v": mean("v"),
+                             "update": mean("update"), "target": 5.0,
+                             "meets_target": mean("total") <= 5.0},
+    }
+    path = repo_path("bench", "results", "rome.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 2)

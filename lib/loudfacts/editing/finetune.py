@@ -1,0 +1,438 @@
+"""Fine-tuning edits: FT and norm-constrained FT+L (ROME's baselines) under the edit contract.
+
+The idea: to make "The Louvre is located in the city of" continue with " Rome", take a few
+gradient steps on the negative log-likelihood of the target tokens (teacher-forced, mean over
+the target's tokens) with respect to ONE layer's MLP weights and nothing else.
+
+* `ft` ("FT"): unconstrained Adam steps on that layer until P(target_new) reaches `stop_prob`
+  or `steps` run out.
+* `ft-l` ("FT+L", Zhu et al. 2020 "Modifying memories in transformer models"; ROME's FT+L
+  baseline): the same, but after every step each weight is clamped back into the L-infinity
+  ball of radius `eps` around its original value, |w - w_0| <= eps elementwise.
+
+Which weights: by default only the MLP output projection `arch.mlp_out.format(layer)` (Llama's
+`down_proj`, GPT-2's `c_proj`), the same matrix ROME rewrites, so the comparison with ROME is
+about *how* the matrix changes, not *which*. `module="mlp"` trains every weight matrix of the
+layer's MLP (Llama: gate, up and down projections). Biases are never trained (ROME's FT also
+trains `c_proj.bias` on GPT-2; our `WeightEdit` carries weights only).
+
+The model is never left changed: training runs on the live parameter (so every forward is the
+ordinary one) inside a try/finally that writes the original values back bit-exactly and
+restores `requires_grad`; the trained values leave in a `WeightEdit`, which puts them in place
+only inside `edit.applied()`.
+
+Hyper-parameters live in `hparams/ft/<model>.json` with one section per editor:
+`{"ft": {...}, "ft-l": {...}, "evidence": {...}}` (the class defaults fill missing keys).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import ClassVar
+
+import torch
+
+from loudfacts.editing.base import (
+    EditError,
+    Editor,
+    EditRequest,
+    WeightEdit,
+    hparams_path,
+    register_editor,
+)
+from loudfacts.tokens import check_context, target_ids
+
+MODULE_CHOICES = ("mlp_out", "mlp")
+
+
+def load_ft_hparams(editor: str, model_name: str) -> dict:
+    """The `editor` section ("ft" or "ft-l") of `hparams/ft/<model>.json` ({} if absent).
+
+    A file without sections (a flat dict of hyper-parameters) applies to both editors.
+    """
+    path = hparams_path("ft", model_name)
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    if editor in data or any(k in data for k in ("ft", "ft-l")):
+        section = data.get(editor, {})
+    else:
+        section = data
+    return {k: v for k, v in section.items() if k not in ("evidence", "notes", "source")}
+
+
+def trained_paths(model, layer: int, module: str = "mlp_out") -> list[str]:
+    """Module paths whose `weight` FT trains: the MLP output projection or every MLP matrix."""
+    model._check_layer(layer)
+    if module == "mlp_out":
+        return [model.arch.mlp_out.format(layer)]
+    if module == "mlp":
+        root = model.arch.mlp.format(layer)
+        paths, seen = [], set()
+        for name, sub in model.module(root).named_modules():
+            w = getattr(sub, "weight", None)
+            if not name or not isinstance(w, torch.nn.Parameter) or w.dim() != 2 or id(w) in seen:
+                continue
+            # The TransformerLens bridge wraps each HF module and keeps it as
+            # `_original_component`; the HF path without those segments resolves to the same
+            # parameter, and is the path ROME-style code and WeightEdit use.
+            clean = ".".join(part for part in name.split(".") if part != "_original_component")
+            if model.module(f"{root}.{clean}").weight is w:
+                seen.add(id(w))
+                paths.append(f"{root}.{clean}")
+        if not paths:
+            raise EditError(f"no weight matrices found under {root}")
+        return paths
+    raise EditError(f"hyper-parameter module={module!r} must be one of {MODULE_CHOICES}")
+
+
+def _training_batch(model, request: EditRequest):
+    """Ids of prompt + target (minus its last token) and where the target's tokens sit.
+
+    Returns:
+        ids: (1, n_prompt + n_target - 1) LongTensor.
+        pos: (n_target,) positions whose logits predict the target tokens.
+        tgt: (n_target,) target token ids.
+    """
+    p_ids = model.encode(request.text)
+    try:
+        t_ids = target_ids(model, request.target_new)
+        check_context(model, len(p_ids) + len(t_ids), request.text)
+    except ValueError as e:
+        raise EditError(f"cannot fine-tune on {request!r}: {e}") from e
+    ids = torch.tensor([p_ids + t_ids[:-1]], dtype=torch.long, device=model.device)
+    pos = torch.arange(len(p_ids) - 1, len(p_ids) - 1 + len(t_ids), device=model.device)
+    return ids, pos, torch.tensor(t_ids, dtype=torch.long, device=model.device)
+
+
+def _target_nll(model, ids, pos, tgt) -> torch.Tensor:
+    """Mean NLL (nats) of the target tokens; a scalar with a graph when gradients are on.
+
+    The target sits at the end of `ids`, so only the last len(tgt) positions need logits
+    (`logits_to_keep` skips the (pos, d_vocab) unembedding of the prompt, a large share of
+    a small model's compute).
+    """
+    logits = model.hf(ids, logits_to_keep=len(tgt)).logits[0].float()
+    return torch.nn.functional.cross_entropy(logits, tgt)
+
+
+def linf_bounds(w0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower and upper bounds with |bound - w0| <= eps exactly (measured in float64).
+
+    `w0 + eps` in the weights' dtype rounds (and so does eps itself), which can land a
+    fraction of an ulp outside the ball; such bounds are moved back towards w0 one ulp at a
+    time, so the projected weights satisfy the constraint exactly rather than up to rounding.
+    """
+    w64 = w0.double()
+    hi, lo = (w64 + eps).to(w0.dtype), (w64 - eps).to(w0.dtype)
+    for _ in range(8):  # one step is always enough for float32; the loop is a safeguard
+        over_hi, over_lo = hi.double() - w64 > eps, w64 - lo.double() > eps
+        if not (over_hi.any() or over_lo.any()):
+            break
+        hi = torch.where(over_hi, torch.nextafter(hi, w0), hi)
+        lo = torch.where(over_lo, torch.nextafter(lo, w0), lo)
+    return lo, hi
+
+
+class _FineTuneEditor(Editor):
+    """Shared machinery of `ft` and `ft-l`: Adam on one layer's MLP weight(s)."""
+
+    hparams_dir = "ft"
+    defaults: ClassVar[dict] = {
+        "layer": 0,
+        "module": "mlp_out",  # "mlp_out" (down projection only) or "mlp" (every MLP matrix)
+        "steps": 25,
+        "lr": 5e-4,
+        "weight_decay": 0.0,
+        "eps": None,  # L-inf radius; None = unconstrained (ft)
+        "stop_prob": 0.99,  # stop once P(target_new) = exp(-mean NLL) reaches this
+        "seed": 0,
+    }
+
+    def __post_init__(self):
+        # The json holds one section per editor, so the flat loading of the base class does
+        # not apply: merge class defaults <- this editor's section <- keyword arguments.
+        merged = dict(self.defaults)
+        merged.update(load_ft_hparams(self.name, self.model.name))
+        unknown = set(self.hparams) - set(merged) - {"evidence", "notes"}
+        if unknown:
+            raise ValueError(
+                f"unknown hyper-parameter(s) {sorted(unknown)} for editor {self.name!r}; "
+                f"known: {sorted(merged)}"
+            )
+        merged.update(self.hparams)
+        self.hparams = merged
+        self._check_hparams()
+
+    def _check_hparams(self):
+        h = self.hparams
+        if not isinstance(h["layer"], int) or not 0 <= h["layer"] < self.model.n_layers:
+            raise ValueError(
+                f"{self.name}: layer={h['layer']!r} out of range 0..{self.model.n_layers - 1}"
+            )
+        if h["module"] not in MODULE_CHOICES:
+            raise ValueError(f"{self.name}: module={h['module']!r}; choose from {MODULE_CHOICES}")
+        if not isinstance(h["steps"], int) or h["steps"] < 1:
+            raise ValueError(f"{self.name}: steps={h['steps']!r} must be a positive integer")
+        if not h["lr"] > 0:
+            raise ValueError(f"{self.name}: lr={h['lr']!r} must be > 0")
+        if h["eps"] is not None and not h["eps"] > 0:
+            raise ValueError(f"{self.name}: eps={h['eps']!r} must be > 0 (or None: no bound)")
+        if not 0 < h["stop_prob"] <= 1:
+            raise ValueError(f"{self.name}: stop_prob={h['stop_prob']!r} must be in (0, 1]")
+
+    def _compute(self, request: EditRequest) -> WeightEdit:
+        h = self.hparams
+        model = self.model
+        paths = trained_paths(model, h["layer"], h["module"])
+        params = [model.module(p).weight for p in paths]
+        originals = [p.detach().clone() for p in params]
+        flags = [p.requires_grad for p in params]
+        ids, pos, tgt = _training_batch(model, request)
+        eps = h["eps"]
+        bounds = [linf_bounds(p0, eps) for p0 in originals] if eps is not None else []
+        losses: list[float] = []
+        stopped = "steps"
+        torch.manual_seed(h["seed"])  # Adam is deterministic; seeded for any future dropout
+        was_training = model.hf.training
+        try:
+            model.hf.eval()  # no dropout: the edit is a deterministic function of its inputs
+            for p in params:
+                p.requires_grad_(True)
+            opt = torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
+            with torch.enable_grad():
+                for _ in range(h["steps"]):
+                    opt.zero_grad(set_to_none=True)
+                    loss = _target_nll(model, ids, pos, tgt)
+                    losses.append(float(loss.detach()))
+                    if not math.isfinite(losses[-1]):
+                        raise EditError(f"{self.name}: loss became {losses[-1]} for {request!r}")
+                    if math.exp(-losses[-1]) >= h["stop_prob"]:
+                        stopped = "stop_prob"
+                        break
+                    loss.backward()
+                    opt.step()
+                    if eps is not None:
+                        with torch.no_grad():
+                            for p, (lo, hi) in zip(params, bounds):
+                                # Project onto the L-inf ball around the original weights.
+                                p.copy_(torch.maximum(torch.minimum(p, hi), lo))
+            with torch.no_grad():
+                final = float(_target_nll(model, ids, pos, tgt))
+                new = {path: p.detach().clone() for path, p in zip(paths, params)}
+        finally:
+            with torch.no_grad():
+                for p, p0, flag in zip(params, originals, flags):
+                    p.copy_(p0)  # bit-exact: copying the saved tensor back
+                    p.requires_grad_(flag)
+                    p.grad = None
+            model.hf.train(was_training)
+        # float64 differences: exact, so max_abs_delta <= eps holds as reported
+        deltas = {path: new[path].double() - p0.double() for path, p0 in zip(paths, originals)}
+        info = {
+            "layer": h["layer"],
+            "paths": paths,
+            "steps_run": len(losses) if stopped == "steps" else len(losses) - 1,
+            "stopped_by": stopped,
+            "loss_first": losses[0],
+            "loss_final": final,
+            "p_new_final": math.exp(-final),
+            "losses": losses,
+            "max_abs_delta": max(float(d.abs().max()) for d in deltas.values()),
+            "changed_fraction": sum(int((d != 0).sum()) for d in deltas.values())
+            / sum(d.numel() for d in deltas.values()),
+            "delta_norm": math.sqrt(sum(float(d.pow(2).sum()) for d in deltas.values())),
+            "hparams": dict(h),
+        }
+        return WeightEdit(model, new, request, self.name, info)
+
+
+@register_editor("ft")
+class FineTune(_FineTuneEditor):
+    """FT: unconstrained fine-tuning of one layer's MLP weight(s) on the rewrite prompt."""
+
+    defaults: ClassVar[dict] = {**_FineTuneEditor.defaults, "eps": None}
+
+
+@register_editor("ft-l")
+class FineTuneL(_FineTuneEditor):
+    """FT+L: fine-tuning with every weight kept within `eps` (L-inf) of its original value."""
+
+    defaults: ClassVar[dict] = {**_FineTuneEditor.defaults, "eps": 5e-4}
+
+    def _check_hparams(self):
+        super()._check_hparams()
+        if self.hparams["eps"] is None:
+            raise ValueError("ft-l needs a numeric eps (L-inf radius); use editor 'ft' for none")
+
+
+def sweep(model, editor_name: str, requests, grid: list[dict], neighbours=(), held_text=None,
+          max_tokens: int = 256):
+    """Evidence for the hyper-parameters: edit each request under each setting and measure.
+
+    Args:
+        model: the LoadedModel.
+        editor_name: "ft" or "ft-l".
+        requests: EditRequests of facts the model knows.
+        grid: hyper-parameter overrides, one dict per setting.
+        neighbours: (prompt_text, true_object) pairs that the edits should not change.
+        held_text: text for perplexity (skipped if None).
+
+    Returns:
+        pandas DataFrame, one row per (setting, request): p_new before/after, neighbour
+        probability after (mean), perplexity after, seconds, steps run.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from loudfacts.fluency import perplexity
+    from loudfacts.scoring import target_probs
+
+    n_prompts = [p for p, _ in neighbours]
+    n_true = [t for _, t in neighbours]
+    base_nb = float(target_probs(model, n_prompts, n_true).mean()) if neighbours else float("nan")
+    base_ppl = perplexity(model, held_text, max_tokens) if held_text else float("nan")
+    rows = []
+    for setting in tqdm(grid, desc=f"sweep {editor_name}"):
+        editor = _get_editor(editor_name, model, **setting)
+        for r in requests:
+            p_before = float(target_probs(model, [r.text], [r.target_new])[0])
+            t0 = time.perf_counter()
+            e = editor.edit(r)
+            secs = time.perf_counter() - t0
+            with e.applied():
+                p_after = float(target_probs(model, [r.text], [r.target_new])[0])
+                nb = float(target_probs(model, n_prompts, n_true).mean()) if neighbours else float("nan")
+                ppl = perplexity(model, held_text, max_tokens) if held_text else float("nan")
+            rows.append({**setting, "subject": r.subject, "target_new": r.target_new,
+                         "p_new_before": p_before, "p_new_after": p_after,
+                         "neighbour_p_true": nb, "neighbour_p_true_base": base_nb,
+                         "ppl_after": ppl, "ppl_base": base_ppl, "seconds": secs,
+                         "steps_run": e.info["steps_run"]})
+    return pd.DataFrame(rows)
+
+
+def _get_editor(name, model, **hp):  # late import: base.get_editor imports this module
+    from loudfacts.editing.base import get_editor
+
+    return get_editor(name, model, **hp)
+
+
+def probe_table(model, edits: dict, probes, batch_size: int = 32):
+    """P(target) after each probe prompt, for the unedited model and under each edit.
+
+    Args:
+        model: the LoadedModel.
+        edits: {label: Edit}; "unedited" is added first (no edit applied).
+        probes: (probe_name, prompt_text, target) triples, e.g.
+            ("implication", "The Louvre is located in the country of", "Italy").
+
+    Returns:
+        Long pandas DataFrame with columns editor, probe, prompt, target, p.
+    """
+    import pandas as pd
+
+    from loudfacts.scoring import target_probs
+
+    probes = list(probes)
+    for pr in probes:
+        if len(pr) != 3:
+            raise ValueError(f"probe {pr!r} must be (name, prompt_text, target)")
+    prompts = [p for _, p, _ in probes]
+    targets = [t for _, _, t in probes]
+    rows = []
+
+    def score(label):
+        ps = target_probs(model, prompts, targets, batch_size=batch_size)
+        rows.extend({"editor": label, "probe": n, "prompt": p, "target": t, "p": float(x)}
+                    for (n, p, t), x in zip(probes, ps))
+
+    score("unedited")
+    for label, edit in edits.items():
+        with edit.applied():
+            score(label)
+    return pd.DataFrame(rows)
+
+
+def bricking_table(model, editors: dict, request: EditRequest, targets, prompts, held_text: str,
+                   max_new_tokens: int = 30, max_tokens: int = 256, use_cache: bool = True):
+    """Does writing `request` with each target break the model? Fluency before and after.
+
+    For each editor and each target, the request is edited to that target (the same subject
+    and prompt), and the edited model generates greedily from `prompts` (n-gram entropy, GE)
+    and scores `held_text` (perplexity); the unedited model gives the baseline row.
+
+    Args:
+        editors: {label: Editor}.
+        request: the fact to rewrite; its target_new is replaced by each of `targets`.
+        targets: new objects, e.g. ["Norway", "Sweden", "Italy"].
+        prompts: generation prompts.
+        held_text: text for perplexity.
+        use_cache: read/write `data/cache/bricking/` keyed by the weights' digest, the
+            editors' hyper-parameters and every argument.
+
+    Returns:
+        pandas DataFrame: editor, target, p_new (on the rewrite prompt), ge, ppl, seconds,
+        generation (the first prompt's continuation).
+    """
+    import dataclasses
+    import hashlib
+    import os
+
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from loudfacts.fluency import fluency_scores
+    from loudfacts.paths import cache_dir
+    from loudfacts.scoring import target_probs
+
+    targets, prompts = list(targets), list(prompts)
+    if not targets:
+        raise ValueError("bricking_table() needs at least one target")
+    same = [t for t in targets if request.target_true and t.strip() == request.target_true.strip()]
+    if same:
+        raise ValueError(f"targets {same} equal the true object {request.target_true!r}: no edit")
+    key_doc = {
+        "model": model.name, "digest": model.weight_digest(),
+        "editors": {k: {"name": e.name, "hparams": e.hparams} for k, e in editors.items()},
+        "request": request.to_dict(), "targets": targets, "prompts": prompts,
+        "text": hashlib.sha256(held_text.encode()).hexdigest(),
+        "max_new_tokens": max_new_tokens, "max_tokens": max_tokens, "version": 1,
+    }
+    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_dir("bricking") / f"{model.name.replace('/', '_')}-{key[:16]}.csv"
+    if use_cache and path.exists():
+        try:
+            df = pd.read_csv(path)
+            if len(df) == 1 + len(editors) * len(targets) and {"ge", "ppl"} <= set(df):
+                df["target"] = df["target"].fillna("").astype(str)
+                df["generation"] = df["generation"].fillna("").astype(str)
+                return df
+        except (OSError, ValueError, pd.errors.ParserError) as e:  # corrupt: recompute
+            print(f"ignoring unreadable cache {path.name}: {e}")
+    rows = []
+
+    def measure(label, target, p_new, secs):
+        f = fluency_scores(model, prompts, held_text, max_new_tokens, max_tokens)
+        rows.append({"editor": label, "target": target, "p_new": p_new, "ge": f["ge"],
+                     "ppl": f["ppl"], "seconds": secs, "generation": f["generations"][0]})
+
+    measure("unedited", "", float("nan"), 0.0)
+    jobs = [(label, ed, t) for label, ed in editors.items() for t in targets]
+    for label, ed, t in tqdm(jobs, desc="bricking"):
+        req = dataclasses.replace(request, target_new=t)
+        edit = ed.edit(req)
+        with edit.applied():
+            p_new = float(target_probs(model, [req.text], [t])[0])
+            measure(label, t, p_new, edit.info.get("seconds", float("nan")))
+    df = pd.DataFrame(rows)
+    if use_cache:
+        tmp = path.with_suffix(".tmp")
+        df.to_csv(tmp, index=False)
+        os.replace(tmp, path)
+    return df

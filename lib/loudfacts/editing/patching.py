@@ -1,0 +1,758 @@
+"""Inference-time fact edits by path patching: TransformerLens hooks, no weight changes.
+
+The seed report asked whether editing a fact *during inference*, by patching in activations that
+the same model produces, respects logical implications better than a weight edit. This module
+makes such patched models, under the same `Edit` contract as ROME and FT, so they can be
+prompted and scored like any other edit:
+
+    editor = get_editor("patch-donor", model)              # or "patch-context", "hook-delta"
+    edit = editor.edit(EditRequest("{} is located in the city of", "The Louvre", "Rome"))
+    with edit.applied():                                     # hooks registered on model.bridge
+        target_probs(model, ["The Louvre is in the country of"], ["Italy"])
+
+Three editors, all writing at the **last token of the edited subject, wherever the subject occurs
+in whatever input is being run** (ROME's key position):
+
+- ``"patch-donor"``: a *donor* subject whose true object is the new target for the same relation
+  (the Louvre -> Rome borrows from the Colosseum) is run once through the rewrite template; its
+  activations at its last subject token (or at all its subject tokens, right-aligned onto the
+  edited subject's), at chosen layers and site (MLP outputs or residual stream), replace the
+  edited subject's activations there.
+- ``"patch-context"``: the source run *states* the new fact in context and then names the subject
+  again ("The Louvre is located in the city of Rome. The Louvre"); the activations at that final
+  subject occurrence (which has read the statement) are patched into bare prompts.
+- ``"hook-delta"``: ROME's residual ``delta = v* - W k*`` is *added* to the MLP output of ROME's
+  layer at the subject's last token only: a control that writes what ROME writes, but only at the
+  subject's positions (ROME's weight edit also shifts every other position by a little, in
+  proportion to how much its key overlaps k*).
+
+How a hook finds the subject: the bridge's ``embed.hook_in`` receives the input ids of every
+forward. A `SubjectLocator` hooks it, matches the subject's token sequences (with and without a
+leading space, and the exact tokens the subject had in the prompts the editor saw) against each
+batch row, and keeps a (batch, pos) mask of last-subject-token positions; the layer hooks read
+that mask. Matching on ids works for any prompt, for batches with right (or left) padding, and for
+several occurrences per row. A hook on ``ln_final.hook_normalized`` clears the mask at the end of
+each forward, so a forward that skips the embedding (``bridge(resid, start_at_layer=L)``) is not
+patched with a stale mask.
+
+Generation (``model.generate`` / ``hf.generate``) with a KV cache: the first step runs the whole
+prompt, so every subject occurrence in the prompt is patched and the patched states are stored in
+the cache (later tokens attend to them). Later steps see only the newly generated token(s); they
+are patched only if a whole subject token sequence occurs within that step's ids (in practice: a
+one-token subject the model itself generates). A multi-token subject that the model generates is
+not patched. Nothing crashes: the mask is computed per forward from the ids that forward has.
+Caveat (checked, not ours): with the TransformerLens bridge wrapped around the HF module, HF's
+KV-cached decoding is wrong even without hooks (SmolLM2: the second step's logits differ from
+a full recompute by ~17); `LoadedModel.generate` therefore decodes with `use_cache=False`, where
+every step re-runs the whole sequence and every subject occurrence (in the prompt or generated)
+is patched on every step.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterable, Sequence
+from typing import ClassVar
+
+import torch
+
+from loudfacts.editing.base import (
+    EditError,
+    Editor,
+    EditRequest,
+    HookEdit,
+    load_hparams,
+    register_editor,
+)
+from loudfacts.tokens import fill, find_subject_spans
+
+SITES = {
+    "mlp_out": "blocks.{}.hook_mlp_out",
+    "resid_post": "blocks.{}.hook_resid_post",
+    "resid_pre": "blocks.{}.hook_resid_pre",
+    "attn_out": "blocks.{}.hook_attn_out",
+}
+
+
+# -- finding the subject on token ids -----------------------------------------------------------
+_ARTICLES = ("The ", "the ", "A ", "a ", "An ", "an ")
+
+
+def subject_variants(subject: str) -> list[str]:
+    """Other ways a prompt writes the same subject: "The Louvre" -> ["the Louvre", "Louvre"].
+
+    A leading article is swapped for its other case and dropped; a lowercase first letter is
+    capitalised (sentence start). The last token of every variant is the subject's last token,
+    so patching there hits ROME's key position in each.
+    """
+    s = subject.strip()
+    out = []
+    for art in _ARTICLES:
+        if s.startswith(art) and len(s) > len(art):
+            core = s[len(art):]
+            out += [core, art.swapcase()[0] + art[1:] + core if art[0].isalpha() else core]
+            break
+    else:
+        if s[0].islower():
+            out.append(s[0].upper() + s[1:])
+    return [v for v in dict.fromkeys(out) if v and v != s]
+
+
+def subject_token_patterns(
+    model, subject: str, texts: Iterable[str] = (), variants: bool = True
+) -> list[tuple[int, ...]]:
+    """The token sequences the subject can take, longest first.
+
+    Always includes the subject's tokens with and without a leading space; `texts` (prompts in
+    which the subject occurs) add the exact tokens it had there (a subject after "(" or at the
+    start of a text can tokenise differently); `variants` adds `subject_variants` ("the
+    Louvre", "Louvre" for "The Louvre").
+
+    Raises:
+        ValueError: the subject is empty.
+    """
+    if not isinstance(subject, str) or not subject.strip():
+        raise ValueError(f"subject {subject!r} is empty")
+    s = subject.strip()
+    forms = {s}
+    if variants:
+        forms |= set(subject_variants(s))
+    pats = set()
+    for f in forms:
+        pats |= {tuple(model.encode(f)), tuple(model.encode(" " + f))}
+    for text in texts:
+        ids = model.encode(text)
+        for a, b in find_subject_spans(model, text, s):
+            pats.add(tuple(ids[a:b]))
+    pats.discard(())
+    return sorted(pats, key=lambda p: (-len(p), p))
+
+
+def find_token_occurrences(ids: Sequence[int], patterns: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """Every occurrence of any pattern in `ids` as a span (start, stop), sorted by position.
+
+    Occurrences of different patterns that end on the same token (one pattern a suffix of
+    another) are reported once, with the longest span. Returns [] when none occurs.
+    """
+    ids = list(ids)
+    best: dict[int, int] = {}  # stop -> start (smallest start = longest span)
+    for pat in patterns:
+        pat = list(pat)
+        n = len(pat)
+        if n == 0:
+            continue
+        for i in range(len(ids) - n + 1):
+            if ids[i : i + n] == pat:
+                stop = i + n
+                best[stop] = min(best.get(stop, i), i)
+    return sorted((a, b) for b, a in best.items())
+
+
+def subject_last_token_mask(
+    ids: torch.Tensor, patterns: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Where a subject ends: bool mask of shape (batch, pos), True at last subject tokens.
+
+    Args:
+        ids: LongTensor (batch, pos) or (pos,) of input ids (padding of any side is fine: pad
+            ids do not match a subject).
+        patterns: token sequences of the subject (`subject_token_patterns`).
+    """
+    if ids.dim() == 1:
+        ids = ids[None]
+    b, p = ids.shape
+    mask = torch.zeros((b, p), dtype=torch.bool, device=ids.device)
+    for pat in patterns:
+        n = len(pat)
+        if n == 0 or n > p:
+            continue
+        pat_t = torch.as_tensor(list(pat), dtype=ids.dtype, device=ids.device)
+        hit = (ids.unfold(1, n, 1) == pat_t).all(-1)  # (b, p - n + 1), True at starts
+        mask[:, n - 1 :] |= hit
+    return mask
+
+
+def subject_token_offsets(
+    ids: torch.Tensor, patterns: Sequence[Sequence[int]]
+) -> torch.Tensor:
+    """Each token's distance from the end of the subject occurrence it belongs to.
+
+    Returns:
+        LongTensor (batch, pos): 0 at a last subject token, 1 at the one before, ...; -1 outside
+        every occurrence. Where occurrences of different patterns overlap, the larger distance
+        (the longer match) wins.
+    """
+    if ids.dim() == 1:
+        ids = ids[None]
+    b, p = ids.shape
+    off = torch.full((b, p), -1, dtype=torch.long, device=ids.device)
+    for pat in patterns:
+        n = len(pat)
+        if n == 0 or n > p:
+            continue
+        pat_t = torch.as_tensor(list(pat), dtype=ids.dtype, device=ids.device)
+        hit = (ids.unfold(1, n, 1) == pat_t).all(-1)  # (b, p - n + 1)
+        for j in range(n):
+            seg = off[:, j : j + hit.shape[1]]
+            seg.copy_(torch.where(hit, torch.clamp(seg, min=n - 1 - j), seg))
+    return off
+
+
+class SubjectLocator:
+    """Per-forward state shared by one edit's hooks: where the subject ends in the current input.
+
+    `read_ids_hook` (on ``embed.hook_in``) sets `mask` (batch, pos) from the input ids;
+    `clear_hook` (on ``ln_final.hook_normalized``) resets it after the forward.
+    """
+
+    def __init__(self, patterns: Sequence[Sequence[int]]):
+        self.patterns = [tuple(p) for p in patterns]
+        self.mask: torch.Tensor | None = None
+        self.offsets: torch.Tensor | None = None
+        self.n_patched = 0  # positions patched since creation (for tests and diagnostics)
+
+    def read_ids_hook(self, ids, hook):
+        if ids.dtype in (torch.long, torch.int32, torch.int64) and ids.dim() in (1, 2):
+            self.offsets = subject_token_offsets(ids, self.patterns)
+            self.mask = self.offsets == 0
+        else:  # inputs_embeds or something unexpected: no ids, no patching
+            self.mask = self.offsets = None
+        return ids
+
+    def clear_hook(self, act, hook):
+        self.mask = self.offsets = None
+        return act
+
+    def current_mask(self, act: torch.Tensor) -> torch.Tensor | None:
+        """The mask if it fits `act`'s (batch, pos), else None (do not patch)."""
+        m = self.mask
+        if m is None or act.dim() != 3 or tuple(m.shape) != tuple(act.shape[:2]):
+            return None
+        return m.to(act.device)
+
+
+def replace_at_subject_hook(act, hook, *, locator: SubjectLocator, value: torch.Tensor):
+    """Replace act[b, pos] by `value` (d_model,) at the subject's last tokens."""
+    m = locator.current_mask(act)
+    if m is None or not m.any():
+        return act
+    locator.n_patched += int(m.sum())
+    return torch.where(m[..., None], value.to(act.device, act.dtype), act)
+
+
+def replace_aligned_at_subject_hook(act, hook, *, locator: SubjectLocator, values: torch.Tensor):
+    """Replace the subject's tokens by `values` (k, d_model), right-aligned: the subject's last
+    token gets values[-1], the one before values[-2], ...; subject tokens beyond k stay."""
+    m = locator.current_mask(act)
+    if m is None or not m.any():
+        return act
+    off = locator.offsets.to(act.device)
+    k = values.shape[0]
+    inside = (off >= 0) & (off < k)
+    locator.n_patched += int(m.sum())
+    src = values.to(act.device, act.dtype)[(k - 1 - off.clamp(0, k - 1))]  # (b, pos, d)
+    return torch.where(inside[..., None], src, act)
+
+
+def add_at_subject_hook(act, hook, *, locator: SubjectLocator, delta: torch.Tensor):
+    """Add `delta` (d_model,) to act[b, pos] at the subject's last tokens."""
+    m = locator.current_mask(act)
+    if m is None or not m.any():
+        return act
+    locator.n_patched += int(m.sum())
+    return act + m[..., None].to(act.dtype) * delta.to(act.device, act.dtype)
+
+
+def build_hooks(locator_factory, layer_hooks) -> callable:
+    """A callable for `HookEdit`: a fresh locator per apply, its id/clear hooks, layer hooks."""
+
+    def hooks():
+        loc = locator_factory()
+        out = [("embed.hook_in", loc.read_ids_hook)]
+        for name, fn, kw in layer_hooks:
+            out.append((name, functools.partial(fn, locator=loc, **kw)))
+        out.append(("ln_final.hook_normalized", loc.clear_hook))
+        hooks.last_locator = loc
+        return out
+
+    hooks.last_locator = None
+    return hooks
+
+
+# -- activations at a position ------------------------------------------------------------------
+@torch.no_grad()
+def activations_at(model, text: str, pos, hook_names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Activations of `text`'s token `pos` (int -> (d_model,)) or tokens (slice -> (k, d_model))
+    at each hook point (one forward)."""
+    store = {}
+
+    def save_hook(act, hook, *, key):
+        store[key] = act[0, pos].detach().clone()
+        return act
+
+    hooks = [(n, functools.partial(save_hook, key=n)) for n in hook_names]
+    with model.bridge.hooks(fwd_hooks=hooks):
+        model.hf(model.to_tensor(text))
+    missing = set(hook_names) - set(store)
+    if missing:
+        raise EditError(f"hook point(s) {sorted(missing)} did not fire on {model.name}")
+    return store
+
+
+def _resolve_layers(model, layers, name="layers") -> list[int]:
+    if isinstance(layers, int):
+        layers = [layers]
+    layers = [int(x) for x in layers]
+    for layer in layers:
+        if not 0 <= layer < model.n_layers:
+            raise EditError(f"{name} {layers} out of range for {model.name} (0..{model.n_layers - 1})")
+    if not layers:
+        raise EditError(f"{name} is empty")
+    return layers
+
+
+def _hook_names(model, site: str, layers) -> list[str]:
+    if site not in SITES:
+        raise EditError(f"site {site!r} unknown; use one of {sorted(SITES)}")
+    return [SITES[site].format(L) for L in _resolve_layers(model, layers)]
+
+
+# -- donors -------------------------------------------------------------------------------------
+_POOLS: dict[str, list[tuple[str, str, str]]] = {}
+
+
+def _fact_pool(model) -> list[tuple[str, str, str]]:
+    """(template, subject, true object) of facts to draw donors from (cached per model name).
+
+    Sources that are missing (no data files, no cached knowledge table) are skipped.
+    """
+    if model.name in _POOLS:
+        return _POOLS[model.name]
+    pool: list[tuple[str, str, str]] = []
+    try:
+        import json
+
+        from loudfacts.paths import repo_path
+
+        path = repo_path("data", "probes", "implications.jsonl")
+        for line in path.read_text().splitlines():
+            if line.strip():
+                e = json.loads(line)["edit"]  # unknown ones too: donors are ranked by P anyway
+                pool.append((e["prompt"], e["subject"].strip(), e["target_true"].strip()))
+    except (OSError, ValueError, KeyError):
+        pass
+    try:
+        from loudfacts.knowledge import latest_known_facts_table
+        from loudfacts.paths import cache_dir
+
+        if any(cache_dir("knowledge").glob(f"known_facts-{model.name.replace('/', '_')}-*.csv")):
+            df = latest_known_facts_table(model)
+            df = df[df["known"].astype(bool)]
+            pool += [(r.prompt, str(r.subject).strip(), str(r.target_true).strip())
+                     for r in df.itertuples()]
+    except (ImportError, OSError, ValueError, KeyError, AttributeError):
+        pass
+    try:
+        from loudfacts.data import load_counterfact
+
+        pool += [(r.prompt, r.subject.strip(), r.target_true.strip())
+                 for r in load_counterfact("edit", verbose=False)]
+    except (ImportError, OSError, ValueError):
+        pass
+    _POOLS[model.name] = pool
+    return pool
+
+
+# -- editors ------------------------------------------------------------------------------------
+class _PatchingEditor(Editor):
+    """Shared parts: hparams from one file with a section per editor, subject patterns."""
+
+    hparams_dir = "patching"
+
+    def __post_init__(self):
+        merged = dict(self.defaults)
+        merged.update(load_hparams(self.hparams_dir, self.model.name).get(self.name, {}))
+        unknown = set(self.hparams) - set(merged)
+        if unknown:
+            raise ValueError(
+                f"unknown hyper-parameter(s) {sorted(unknown)} for editor {self.name!r}; "
+                f"known: {sorted(merged)}"
+            )
+        merged.update(self.hparams)
+        self.hparams = merged
+
+    def _locator_factory(self, request: EditRequest):
+        patterns = subject_token_patterns(
+            self.model, request.subject, [request.text], variants=bool(self.hparams["variants"])
+        )
+        return patterns, (lambda: SubjectLocator(patterns))
+
+
+@register_editor("patch-donor")
+class PatchDonorEditor(_PatchingEditor):
+    """Patch a donor subject's activations in at the edited subject's last token.
+
+    Hyper-parameters:
+        donor: donor subject (None: search CounterFact / known facts for a subject whose true
+            object is target_new under the same template, and keep the one the model ranks
+            highest).
+        site: "mlp_out" | "resid_post" | "resid_pre" | "attn_out".
+        layers: layers to patch at that site.
+        positions: "last" (the donor's last subject token into the subject's last token),
+            "aligned" (the donor's subject tokens right-aligned onto the subject's: last onto
+            last, the one before onto the one before, ...; for subjects like "The Eiffel
+            Tower", whose fact lives on "iffel" rather than " Tower"), or "auto" (whichever
+            gives target_new the higher probability on the rewrite prompt: two forwards).
+        max_candidates: donor candidates scored when searching.
+        min_donor_p: a same-template donor is preferred when the model gives target_new at
+            least this probability after it; otherwise the best candidate of any template.
+    """
+
+    defaults: ClassVar[dict] = {
+        "donor": None,
+        "site": "resid_post",
+        "layers": [6],
+        "positions": "auto",
+        "max_candidates": 24,
+        "min_donor_p": 0.2,
+        "variants": True,
+    }
+
+    def _compute(self, request: EditRequest):
+        hp = self.hparams
+        t0 = time.perf_counter()
+        donor, p_donor, n_cand = self.choose_donor(request)
+        t_search = time.perf_counter() - t0
+        names = _hook_names(self.model, hp["site"], hp["layers"])
+        donor_text = fill(request.prompt, donor)
+        spans = find_subject_spans(self.model, donor_text, donor)
+        if not spans:
+            raise EditError(f"donor {donor!r} not found in {donor_text!r}")
+        t1 = time.perf_counter()
+        a, b = spans[-1]
+        acts = activations_at(self.model, donor_text, slice(a, b), names)
+        t_cache = time.perf_counter() - t1
+        patterns, factory = self._locator_factory(request)
+        builders = {
+            "last": lambda: build_hooks(factory, [(n, replace_at_subject_hook,
+                                                   {"value": acts[n][-1]}) for n in names]),
+            "aligned": lambda: build_hooks(factory, [(n, replace_aligned_at_subject_hook,
+                                                      {"values": acts[n]}) for n in names]),
+        }
+        mode = hp["positions"]
+        fit = {}
+        if mode == "auto":  # keep the alignment that writes the fact on the rewrite prompt
+            from loudfacts.scoring import target_probs
+
+            for cand, make in builders.items():
+                with HookEdit(self.model, make(), request, self.name).applied():
+                    fit[cand] = float(target_probs(self.model, [request.text],
+                                                   [request.target_new])[0])
+            mode = max(fit, key=fit.get)
+        elif mode not in builders:
+            raise EditError(f"positions {mode!r} unknown; use 'last', 'aligned' or 'auto'")
+        hooks = builders[mode]()
+        info = {
+            "positions": mode,
+            "positions_fit": fit,
+            "donor": donor,
+            "donor_text": donor_text,
+            "p_donor_target": p_donor,
+            "donor_candidates": n_cand,
+            "hook_points": names,
+            "patterns": patterns,
+            "timings": {"donor_search": t_search, "cache": t_cache},
+        }
+        return HookEdit(self.model, hooks, request, self.name, info)
+
+    def donor_candidates(self, request: EditRequest) -> list[str]:
+        """Subjects whose true object is `request.target_new`, same template first.
+
+        Sources, in order: the edits of `data/probes/implications.jsonl` (facts checked on the
+        embedded model), the cached known-facts table of notebook 00 (only if already built:
+        building it here would take minutes), CounterFact's edit split.
+        """
+        new, subj = request.target_new.strip(), request.subject.strip()
+        same_tpl, other = [], []
+        for prompt, subject, true in _fact_pool(self.model):
+            if true == new and subject != subj:
+                (same_tpl if prompt == request.prompt else other).append(subject)
+        self._same_template = set(same_tpl)
+        return [s for s in dict.fromkeys(same_tpl + other) if s not in request.prompt]
+
+    def choose_donor(self, request: EditRequest) -> tuple[str, float | None, int]:
+        """(donor subject, P(target_new | donor prompt), number of candidates scored)."""
+        from loudfacts.scoring import target_probs
+
+        donor = self.hparams["donor"]
+        if donor:
+            text = fill(request.prompt, donor)
+            p = float(target_probs(self.model, [text], [request.target_new])[0])
+            return donor, p, 1
+        cands = self.donor_candidates(request)[: int(self.hparams["max_candidates"])]
+        if not cands:
+            raise EditError(
+                f"no donor subject with true object {request.target_new!r} found for "
+                f"{request.text!r}; pass donor='...' (a subject whose true object it is)"
+            )
+        probs = target_probs(self.model, [fill(request.prompt, c) for c in cands],
+                             [request.target_new] * len(cands))
+        # Prefer a donor of the same relation (same template, e.g. another landmark) that the
+        # model completes with target_new; fall back to the best-scoring candidate of any kind.
+        same = [i for i, c in enumerate(cands) if c in self._same_template]
+        good = [i for i in same if float(probs[i]) >= self.hparams["min_donor_p"]]
+        i = max(good, key=lambda j: float(probs[j])) if good else int(torch.argmax(probs))
+        return cands[i], float(probs[i]), len(cands)
+
+
+@register_editor("patch-context")
+class PatchContextEditor(_PatchingEditor):
+    """Patch in the subject's activations from a run where the new fact was stated in context.
+
+    Source text: ``context_template`` with ``{statement}`` = "The Louvre is located in the city
+    of Rome." repeated ``repeats`` times, followed by the subject itself ("... Rome. The
+    Louvre"). We read the activations at the *last* occurrence's last subject token. Since the
+    model is causal, what follows the subject cannot change them, so ending the source text at
+    the subject loses nothing; the earlier statements are what the subject's state can read
+    from. Those states are then patched into bare prompts at the subject's last token.
+
+    Hyper-parameters:
+        site, layers: where to patch (see `PatchDonorEditor`).
+        repeats: how many times the statement precedes the subject.
+        context_template: format string with {statement} (joined repeats) and {subject}.
+    """
+
+    defaults: ClassVar[dict] = {
+        "site": "resid_post",
+        "layers": [6],
+        "repeats": 2,
+        "context_template": "{statement} {subject}",
+        "variants": True,
+    }
+
+    def source_text(self, request: EditRequest) -> str:
+        st = " ".join([request.statement] * int(self.hparams["repeats"]))
+        return self.hparams["context_template"].format(statement=st, subject=request.subject.strip())
+
+    def _compute(self, request: EditRequest):
+        names = _hook_names(self.model, self.hparams["site"], self.hparams["layers"])
+        src = self.source_text(request)
+        spans = find_subject_spans(self.model, src, request.subject)
+        if not spans:
+            raise EditError(f"subject {request.subject!r} not found in source text {src!r}")
+        t1 = time.perf_counter()
+        acts = activations_at(self.model, src, spans[-1][1] - 1, names)
+        t_cache = time.perf_counter() - t1
+        patterns, factory = self._locator_factory(request)
+        hooks = build_hooks(factory, [(n, replace_at_subject_hook, {"value": acts[n]}) for n in names])
+        info = {"source_text": src, "hook_points": names, "patterns": patterns,
+                "timings": {"cache": t_cache}}
+        return HookEdit(self.model, hooks, request, self.name, info)
+
+
+@register_editor("hook-delta")
+class HookDeltaEditor(_PatchingEditor):
+    """Add ROME's delta (v* - W k*) to the MLP output of ROME's layer at the subject's last token.
+
+    Hyper-parameters:
+        rome: overrides passed to `get_editor("rome", model, **rome)`.
+        scale: multiplier on delta (1.0 = what ROME writes at k*).
+    """
+
+    defaults: ClassVar[dict] = {"rome": {}, "scale": 1.0, "variants": True}
+
+    def rome_editor(self):
+        """The ROME editor whose components this control borrows (`rome` hparams applied)."""
+        from loudfacts.editing.base import get_editor
+
+        try:
+            rome = get_editor("rome", self.model, **dict(self.hparams["rome"]))
+        except ValueError as e:
+            raise EditError(f"hook-delta needs the ROME editor: {e}") from e
+        if not hasattr(rome, "components"):
+            raise EditError("hook-delta needs RomeEditor.components(request); not available")
+        return rome
+
+    def _compute(self, request: EditRequest):
+        return self.edit_from_components(request, self.rome_editor().components(request))
+
+    def edit_from_components(self, request: EditRequest, comp: dict) -> HookEdit:
+        """The hook edit for ROME components already computed (`RomeEditor.components`), so
+        ROME's weight edit and this control can share one optimisation of v*."""
+        layer = int(comp["layer"])
+        delta = torch.as_tensor(comp["delta"]).detach().float().reshape(-1)
+        if delta.numel() != self.model.d_model:
+            raise EditError(f"ROME delta has {delta.numel()} values, expected d_model={self.model.d_model}")
+        delta = delta * float(self.hparams["scale"])
+        name = SITES["mlp_out"].format(layer)
+        patterns, factory = self._locator_factory(request)
+        hooks = build_hooks(factory, [(name, add_at_subject_hook, {"delta": delta})])
+        info = {"layer": layer, "hook_points": [name], "patterns": patterns,
+                "delta_norm": float(delta.norm()), "timings": dict(comp.get("timings", {}))}
+        return HookEdit(self.model, hooks, request, self.name, info)
+
+
+def rome_weight_edit_from_components(rome, request: EditRequest, comp: dict):
+    """ROME's weight edit (W + δ uᵀ/(uᵀk*)) built from precomputed components, as
+    `RomeEditor._compute` builds it; pairs with `HookDeltaEditor.edit_from_components`."""
+    from loudfacts.editing.base import WeightEdit
+
+    path = rome.model.arch.mlp_out.format(int(comp["layer"]))
+    w = rome.model.module(path).weight.detach()
+    dw = rome.rank_one_update(comp["k_star"], comp["delta"])
+    new_w = (w.to(torch.float64).cpu() + dw).to(w.dtype)
+    return WeightEdit(rome.model, {path: new_w}, request, "rome",
+                      {"layer": int(comp["layer"]), "timings": dict(comp.get("timings", {}))})
+
+
+# -- comparing edits on one probe set (notebook 04) ------------------------------------------------
+PARAPHRASES = {
+    "{} is located in the city of": [
+        "{} can be found in the city of",
+        "Where is {}? It is in the city of",
+    ],
+    "The opposite of {} is": ["The antonym of {} is", "What is the opposite of {}? It is"],
+}
+LOUD_PREFIX = "{} is cool. "
+
+
+def seed_case_probes(case: dict, cases: Sequence[dict], unrelated: Sequence[str] = (),
+                     n_neighbours: int = 3) -> list[dict]:
+    """Probes for one case of `data/probes/implications.jsonl`, by kind.
+
+    Kinds: "efficacy" (the rewrite prompt), "paraphrase" (`PARAPHRASES` of the template),
+    "neighbourhood" (other cases' subjects under the same template: their own object should
+    stay), "loud" ("{subject} is cool. " + an unrelated prompt: only P(new) is read, a leak
+    raises it), "implied" (the case's probes: country via several phrasings, the symmetric
+    partner). Each probe: {case, kind, phrasing, prompt, old, new}; old is None for "loud".
+    """
+    e = case["edit"]
+    subj, new, true = e["subject"], e["target_new"], e["target_true"]
+    out = [{"kind": "efficacy", "phrasing": "rewrite", "prompt": fill(e["prompt"], subj), "old": true,
+                "new": new}]
+    out += [{"kind": "paraphrase", "phrasing": t, "prompt": fill(t, subj), "old": true, "new": new}
+            for t in PARAPHRASES.get(e["prompt"], [])]
+    others = [c for c in cases if c["edit"]["prompt"] == e["prompt"] and c["id"] != case["id"]
+              and c["edit"]["subject"] != subj and c["edit"]["target_true"] != new]
+    out += [{"kind": "neighbourhood", "phrasing": c["edit"]["subject"],
+                 "prompt": fill(e["prompt"], c["edit"]["subject"]), "old": c["edit"]["target_true"],
+                 "new": new} for c in others[:n_neighbours]]
+    out += [{"kind": "loud", "phrasing": u, "prompt": LOUD_PREFIX.format(subj.strip()) + u, "old": None,
+                 "new": new} for u in unrelated if new.lower() not in u.lower()]
+    out += [{"kind": "implied", "phrasing": p.get("phrasing", ""), "prompt": p["prompt"],
+                 "old": p["old"], "new": p["new"]} for p in case["probes"]]
+    for p in out:
+        p["case"] = case["id"]
+    return out
+
+
+@torch.no_grad()
+def score_probes(model, edits: dict, probes: Sequence[dict], batch_size: int = 32):
+    """P(old) and P(new) of every probe before and under each edit (`target_probs`).
+
+    Args:
+        edits: {editor name: Edit} for the probes' case.
+
+    Returns:
+        DataFrame, one row per (editor, probe): editor, case, kind, phrasing, prompt, old, new,
+        p_old_pre, p_new_pre, p_old_post, p_new_post, success (p_new_post > p_old_post; for
+        "loud" probes: P(new) rose by more than 0.05).
+    """
+    import pandas as pd
+
+    from loudfacts.scoring import target_probs
+
+    probes = list(probes)
+    prompts = [p["prompt"] for p in probes] * 2
+    targets = [p["new"] for p in probes] + [p["old"] or p["new"] for p in probes]
+    n = len(probes)
+
+    def run():
+        v = target_probs(model, prompts, targets, batch_size=batch_size)
+        return v[:n], v[n:]
+
+    new_pre, old_pre = run()
+    rows = []
+    for name, edit in edits.items():
+        with edit.applied():
+            new_post, old_post = run()
+        for i, p in enumerate(probes):
+            loud = p["old"] is None
+            row = dict(editor=name, **{k: p[k] for k in ("case", "kind", "phrasing", "prompt",
+                                                          "old", "new")})
+            row.update(p_old_pre=None if loud else float(old_pre[i]),
+                       p_new_pre=float(new_pre[i]),
+                       p_old_post=None if loud else float(old_post[i]),
+                       p_new_post=float(new_post[i]))
+            row["success"] = (float(new_post[i]) - float(new_pre[i]) > 0.05) if loud else \
+                bool(new_post[i] > old_post[i])
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summarize_probes(df):
+    """Per editor and kind: fraction of probes where new beats old (for "neighbourhood": where
+    old still beats new; for "loud": where P(new) rose by > 0.05), mean P(new) after, count."""
+    d = df.copy()
+    d["score"] = d["success"].astype(float)
+    nb = d["kind"] == "neighbourhood"
+    d.loc[nb, "score"] = 1.0 - d.loc[nb, "score"]
+    return (d.groupby(["editor", "kind"], sort=False)
+            .agg(score=("score", "mean"), p_new_post=("p_new_post", "mean"),
+                 p_new_pre=("p_new_pre", "mean"), n=("prompt", "size"))
+            .reset_index())
+
+
+def implication_verdict(scores, patchers=("patch-donor", "patch-context"),
+                        weight_editors=("rome", "ft"), min_efficacy: float = 0.5):
+    """The seed hypothesis, tested on the numbers of `score_probes`.
+
+    "Patching activations from the same model respects logical implications better than
+    weight edits": an editor can only respect an implication of a fact it wrote, so each pair
+    (activation patcher, weight editor) is compared **on the cases where both edits succeeded
+    on the rewrite prompt** (new beats old). Pairs with fewer than `min_efficacy` x cases are
+    dropped; the patcher and weight editor that carry the most implied probes are compared.
+    A difference smaller than one probe per case is called "not distinguished".
+
+    Returns:
+        (verdict sentence, DataFrame of the two editors' scores by kind on the shared cases)
+        or (reason, empty DataFrame) when no pair qualifies.
+    """
+    import pandas as pd
+
+    def table_for(sub):
+        return summarize_probes(sub).pivot(index="editor", columns="kind", values="score")
+
+    present = set(scores["editor"])
+    pairs = []
+    for p in [e for e in patchers if e in present]:
+        for w in [e for e in weight_editors if e in present]:
+            ok = scores[(scores.kind == "efficacy") & scores.success.astype(bool)]
+            shared = set(ok.loc[ok.editor == p, "case"]) & set(ok.loc[ok.editor == w, "case"])
+            sub = scores[scores.editor.isin([p, w]) & scores.case.isin(shared)]
+            if not shared or "implied" not in set(sub.kind):
+                continue
+            t = table_for(sub)
+            if len(shared) < min_efficacy * scores.case.nunique():
+                continue
+            pairs.append((t.loc[p, "implied"] - t.loc[w, "implied"], p, w, t, len(shared), sub))
+    if not pairs:
+        return (("not testable: no activation patcher and weight editor both wrote the fact on "
+                f"at least {min_efficacy:.0%} of the cases"), pd.DataFrame())
+    # the best patcher against the best weight editor
+    best_p = max({x[1] for x in pairs},
+                 key=lambda p: max(x[3].loc[p, "implied"] for x in pairs if x[1] == p))
+    best_w = max({x[2] for x in pairs},
+                 key=lambda w: max(x[3].loc[w, "implied"] for x in pairs if x[2] == w))
+    d, p, w, t, n, sub = next(x for x in pairs if x[1] == best_p and x[2] == best_w)
+    per_case = (sub.kind == "implied").sum() / (2 * n)
+    margin = 1.0 / max(1.0, per_case)
+    if d > margin:
+        v = f"supported on {n} shared case(s): {p} carries {d:+.2f} more implied probes than {w}"
+    elif d < -margin:
+        v = f"contradicted on {n} shared case(s): {p} carries {d:+.2f} implied probes vs {w}"
+    else:
+        v = (f"not distinguished on {n} shared case(s): {p} vs {w} differ by {d:+.2f} on "
+             "implied probes, within one probe per case")
+    return v, t

@@ -1,0 +1,1013 @@
+"""Did the edit work, and what else did it change? CounterFact, Specificity+, loud facts,
+logical implications.
+
+Every edit is scored against the *unedited* model (never against an earlier edit): the edit is
+computed, put in place with `edit.applied()`, probed, and undone. The unedited model's numbers
+for a record are computed once and cached (keyed by the weights' digest), so evaluating seven
+editors on the same records pays for the baseline once.
+
+Metrics per record (ROME's conventions: the probability of a multi-token target is
+exp(-mean token NLL), teacher-forced, via `loudfacts.scoring`):
+
+* `ES`/`EM` efficacy on the rewrite prompt: 1[P(new) > P(true)] and P(new) - P(true).
+* `PS`/`PM` the same, averaged over the paraphrase prompts.
+* `NS`/`NM` neighbourhood: prompts about *other* subjects whose true object is the record's;
+  1[P(true) > P(new)] and P(true) - P(new), averaged. Higher is better (nothing leaked).
+* `NS+`/`NM+` CounterFact+ (Hoelscher-Obermaier et al. 2023, "Detecting Edit Failures in
+  Large Language Models: An Improved Specificity Benchmark"): the same neighbourhood prompts,
+  each prefixed by the edit statement, `"{rewrite prompt} {target_new}. " + prompt`.
+* `NS+cool` the seed report's variant: prefix `"{subject} is cool. "` (a tangential mention).
+* `NKL` KL(P_unedited || P_edited) in nats of the first next token on the CounterFact+ prompts,
+  averaged over prompts: the paper's equation. `NKL_code` KL(P_edited || P_unedited) / vocab
+  size: what the published code computes (`kl_div(..., reduction="batchmean")` on a 1-D
+  vector divides by the vocabulary size); compare *that* with `../shared/data/reference`.
+* `GE` ROME's generation entropy (weighted bi/trigram entropy, `loudfacts.fluency`) of greedy
+  generations from the record's generation prompts, or "{subject}"-led prompts when the
+  layout has none.
+* `Score` harmonic mean of ES, PS, NS (per row; `summarize` also gives it over the means).
+
+Records the unedited model does not know (P(true) <= P(new) on the rewrite prompt) are not
+edited; they keep a row with `known=False` and empty metrics and are counted (printed, and in
+`df.attrs["n_unknown"]`). `summarize` uses known rows only.
+
+The flattened CounterFact layout has a single neighbourhood prompt per record, so
+`build_neighbourhoods` adds prompts from other records with the same relation and the same true
+object (their own rewrite prompts and neighbourhood prompts); `n_neighbours` says how many each
+record got.
+
+Runner: `evaluate(..., out="results/rome.jsonl")` appends one JSON line per record as soon as it
+is done; a rerun skips case ids already in the file, so an interrupted run resumes. Records are
+split deterministically into shards by case id (`shard_records`), the neighbourhood pool always
+comes from all records, and `merge` joins shard files into the unsharded table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loudfacts.editing.base import Editor, EditRequest, get_editor
+from loudfacts.scoring import next_token_logprobs, target_probs
+from loudfacts.tokens import fill, target_ids
+
+METRICS = ["ES", "EM", "PS", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL", "NKL_code", "GE",
+           "Score"]
+BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
+        "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_neighbours", "n_generation",
+        "edit_seconds", "eval_seconds"]
+COLUMNS = BOOK + METRICS
+
+UNRELATED_PROMPTS = [
+    "Barack Obama is from",
+    "The capital of Japan is",
+    "Michael Jordan plays the sport of",
+    "The Eiffel Tower is located in the city of",
+    "Apple was founded by",
+    "The official language of Brazil is",
+]
+UNRELATED_SENTENCE = "The weather was pleasant yesterday. "
+
+
+# -- prompts -----------------------------------------------------------------------------------
+def statement_prefix(request: EditRequest) -> str:
+    """CounterFact+ prefix as published: `"{rewrite prompt} {target_new}. "`."""
+    return request.statement + " "
+
+
+def cool_prefix(request: EditRequest) -> str:
+    """The seed report's tangential prefix: `"{subject} is cool. "`."""
+    return f"{request.subject.strip()} is cool. "
+
+
+def ladder_prefixes(request: EditRequest) -> dict[str, str]:
+    """The loud-fact ladder, from loudest to quietest mention of the edited subject."""
+    s = request.subject.strip()
+    return {
+        "none": "",
+        "statement": statement_prefix(request),
+        "mention": f"{s}. ",
+        "tangential": f"{s} is cool. ",
+        "unrelated": UNRELATED_SENTENCE,
+    }
+
+
+def generation_prompts_for(record, n: int) -> list[str]:
+    """The record's generation prompts, or "{subject}"-led ones when the layout has none."""
+    prompts = list(getattr(record, "generation_prompts", []) or [])
+    if not prompts:
+        s = record.subject.strip()
+        prompts = [f"{s} is", f"{s} was known for", f"The story of {s}"]
+    return prompts[:n]
+
+
+def build_neighbourhoods(records, pool=None, n_neighbours: int = 10) -> dict:
+    """Neighbourhood prompts per record: its own, then more from records sharing its relation
+    and true object (their rewrite prompts, and their neighbourhood prompts with that object).
+
+    Args:
+        records: the records to evaluate.
+        pool: records to draw extra prompts from (default `records`); give the full record set
+            when evaluating a shard so every shard sees the same neighbourhoods.
+        n_neighbours: at most this many prompts per record.
+
+    Returns:
+        {case_id: [(prompt, true_object), ...]} (no prompt mentions the record's subject).
+    """
+    pool = list(records if pool is None else pool)
+    by_key: dict[tuple, list] = {}
+    for r in pool:
+        by_key.setdefault((r.relation, r.target_true), []).append(r)
+    out = {}
+    for rec in records:
+        subj = rec.subject.strip()
+        cands = list(zip(rec.neighborhood_prompts,
+                         rec.neighborhood_true or [rec.target_true] * len(rec.neighborhood_prompts)))
+        for other in by_key.get((rec.relation, rec.target_true), []):
+            if other.case_id == rec.case_id or other.subject.strip() == subj:
+                continue
+            cands.append((fill(other.prompt, other.subject), rec.target_true))
+            cands += [(p, t) for p, t in zip(other.neighborhood_prompts, other.neighborhood_true)
+                      if t == rec.target_true]
+        seen, chosen = set(), []
+        for p, t in cands:
+            if p in seen or subj in p:
+                continue
+            seen.add(p)
+            chosen.append((p, t))
+            if len(chosen) >= n_neighbours:
+                break
+        out[rec.case_id] = chosen
+    return out
+
+
+# -- metrics on numbers ------------------------------------------------------------------------
+def success_magnitude(p_a, p_b) -> tuple[float, float]:
+    """Mean of 1[p_a > p_b] and of p_a - p_b (NaN for no pairs)."""
+    p_a, p_b = torch.as_tensor(p_a, dtype=torch.float64), torch.as_tensor(p_b, dtype=torch.float64)
+    if p_a.numel() == 0:
+        return math.nan, math.nan
+    return float((p_a > p_b).double().mean()), float((p_a - p_b).mean())
+
+
+def kl_divergences(logp_pre: torch.Tensor, logp_post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row KLs between next-token distributions.
+
+    Args:
+        logp_pre, logp_post: (n, vocab) log-probabilities of the unedited / edited model.
+
+    Returns:
+        (paper, code), each (n,): paper = KL(P_pre || P_post) in nats (the Specificity+ paper's
+        equation, our `NKL`); code = KL(P_post || P_pre) / vocab (the published code's
+        `kl_div(pre, post, batchmean)` on 1-D vectors, our `NKL_code`).
+    """
+    if logp_pre.shape != logp_post.shape or logp_pre.dim() != 2:
+        raise ValueError(f"log-prob shapes differ or are not 2-D: {tuple(logp_pre.shape)} vs "
+                         f"{tuple(logp_post.shape)}")
+    a, b = logp_pre.double(), logp_post.double()
+    paper = (a.exp() * (a - b)).sum(-1)
+    code = (b.exp() * (b - a)).sum(-1) / a.shape[-1]
+    return paper.float(), code.float()
+
+
+def harmonic_mean(values: Sequence[float]) -> float:
+    """Harmonic mean; 0 if any value is 0, NaN if any is NaN."""
+    vals = [float(v) for v in values]
+    if any(math.isnan(v) for v in vals):
+        return math.nan
+    if any(v <= 0 for v in vals):
+        return 0.0
+    return len(vals) / sum(1 / v for v in vals)
+
+
+# -- the unedited model's numbers, computed once ------------------------------------------------
+class _UneditedCache:
+    """Probabilities and next-token log-probs of the unedited model, keyed by weights digest.
+
+    Valid as long as the model is unedited outside `Edit.applied()` blocks, which is the edit
+    contract; the digest makes a permanently changed model miss the cache instead of reusing it.
+    """
+
+    def __init__(self, max_logprob_rows: int = 4096):
+        self.probs: dict[tuple, float] = {}
+        self.logprobs: dict[tuple, torch.Tensor] = {}
+        self.max_logprob_rows = max_logprob_rows
+        self._digests: dict[int, tuple] = {}
+
+    def digest(self, model) -> str:
+        # Hashing 135M parameters takes ~1 s: do it once per model object and evaluate() call.
+        return model.weight_digest()
+
+    def target_probs(self, model, key, prompts, targets, batch_size) -> list[float]:
+        missing = [(p, t) for p, t in zip(prompts, targets) if (key, p, t) not in self.probs]
+        missing = list(dict.fromkeys(missing))
+        if missing:
+            ps = target_probs(model, [m[0] for m in missing], [m[1] for m in missing], batch_size)
+            for (p, t), v in zip(missing, ps.tolist()):
+                self.probs[(key, p, t)] = v
+        return [self.probs[(key, p, t)] for p, t in zip(prompts, targets)]
+
+    def next_logprobs(self, model, key, prompts, batch_size) -> torch.Tensor:
+        missing = list(dict.fromkeys(p for p in prompts if (key, p) not in self.logprobs))
+        if missing:
+            if len(self.logprobs) + len(missing) > self.max_logprob_rows:
+                self.logprobs.clear()  # a full vocab row is ~200 kB; keep memory bounded
+            lp = next_token_logprobs(model, missing, batch_size=batch_size)
+            for p, row in zip(missing, lp):
+                self.logprobs[(key, p)] = row.clone()
+        if not prompts:
+            return torch.empty(0, model.d_vocab)
+        return torch.stack([self.logprobs[(key, p)] for p in prompts])
+
+
+UNEDITED = _UneditedCache()
+
+
+# -- one record --------------------------------------------------------------------------------
+@dataclass
+class _Probe:
+    """All (prompt, target) pairs of one record, in one flat list for one batched call."""
+
+    pairs: list[tuple[str, str]]
+    slices: dict[str, slice]
+    cfplus_prompts: list[str]
+
+
+def _probe_set(request: EditRequest, record, neighbours) -> _Probe:
+    pairs, slices = [], {}
+
+    def add(name, prompts_targets):
+        start = len(pairs)
+        pairs.extend(prompts_targets)
+        slices[name] = slice(start, len(pairs))
+
+    new, true = request.target_new, request.target_true
+    add("rewrite_true", [(request.text, true)])
+    add("rewrite_new", [(request.text, new)])
+    para = list(record.paraphrase_prompts)
+    add("para_true", [(p, true) for p in para])
+    add("para_new", [(p, new) for p in para])
+    for tag, prefix in (("n", ""), ("n+", statement_prefix(request)),
+                        ("ncool", cool_prefix(request))):
+        add(f"{tag}_true", [(prefix + p, t) for p, t in neighbours])
+        add(f"{tag}_new", [(prefix + p, new) for p, _ in neighbours])
+    cf = [statement_prefix(request) + p for p, _ in neighbours]
+    return _Probe(pairs, slices, cf)
+
+
+def pair_probs(model, pairs, batch_size: int = 32, extra_prompts=()):
+    """P(target | prompt) for many pairs with as few forwards as possible.
+
+    Pairs whose target is one token are read off one next-token distribution per distinct
+    prompt (two targets after the same prompt share a forward); multi-token targets go through
+    `scoring.target_probs` (exp(-mean NLL), teacher-forced). `extra_prompts` are added to the
+    next-token pass so callers get their distributions for free (the CounterFact+ prompts for
+    NKL).
+
+    Returns:
+        (probs (n_pairs,) float64, {prompt: (vocab,) log-probs} for single-token prompts).
+    """
+    ids = [target_ids(model, t) for _, t in pairs]
+    single = list(dict.fromkeys([p for (p, _), i in zip(pairs, ids) if len(i) == 1]
+                                + list(extra_prompts)))
+    logp = next_token_logprobs(model, single, batch_size=batch_size) if single else None
+    rows = {p: logp[j] for j, p in enumerate(single)}
+    out = torch.empty(len(pairs), dtype=torch.float64)
+    multi = [k for k, i in enumerate(ids) if len(i) > 1]
+    for k, ((p, _), i) in enumerate(zip(pairs, ids)):
+        if len(i) == 1:
+            out[k] = rows[p][i[0]].double().exp()
+    if multi:
+        mp = target_probs(model, [pairs[k][0] for k in multi], [pairs[k][1] for k in multi],
+                          batch_size=batch_size)
+        out[multi] = mp.double()
+    return out, rows
+
+
+def _score_record(model, probe: _Probe, batch_size: int, logp_pre: torch.Tensor) -> dict:
+    probs, rows = pair_probs(model, probe.pairs, batch_size, extra_prompts=probe.cfplus_prompts)
+    g = {k: probs[s] for k, s in probe.slices.items()}
+    row = {}
+    row["ES"], row["EM"] = success_magnitude(g["rewrite_new"], g["rewrite_true"])
+    row["PS"], row["PM"] = success_magnitude(g["para_new"], g["para_true"])
+    row["NS"], row["NM"] = success_magnitude(g["n_true"], g["n_new"])
+    row["NS+"], row["NM+"] = success_magnitude(g["n+_true"], g["n+_new"])
+    row["NS+cool"], _ = success_magnitude(g["ncool_true"], g["ncool_new"])
+    if probe.cfplus_prompts:
+        logp_post = torch.stack([rows[p] for p in probe.cfplus_prompts])
+        paper, code = kl_divergences(logp_pre, logp_post)
+        row["NKL"], row["NKL_code"] = float(paper.mean()), float(code.mean())
+    else:
+        row["NKL"] = row["NKL_code"] = math.nan
+    ns = row["NS"] if not math.isnan(row["NS"]) else 1.0  # no neighbours: score ES, PS only
+    row["Score"] = harmonic_mean([row["ES"], row["PS"] if not math.isnan(row["PS"]) else row["ES"], ns])
+    return row
+
+
+@torch.no_grad()
+def greedy_generate(model, prompt: str, max_new_tokens: int = 40) -> str:
+    """Greedy continuation of `prompt` (without the prompt), computed without a KV cache.
+
+    Why no cache: with the TransformerLens bridge wrapped around the HF module, cached
+    generation produced degenerate text on SmolLM2 ("The Louvre is a-----...") while
+    cache-free decoding gives the model's real greedy continuation; hook edits also see the
+    full sequence on every step this way.
+    """
+    ids = model.to_tensor(prompt)
+    out = model.hf.generate(ids, attention_mask=torch.ones_like(ids),
+                            max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
+                            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id)
+    return model.decode(out[0, ids.shape[1]:].tolist())
+
+
+def _generation_entropy(model, prompts, max_new_tokens: int) -> float:
+    from loudfacts.fluency import ngram_entropy
+
+    texts = [p + greedy_generate(model, p, max_new_tokens) for p in prompts]
+    return ngram_entropy(texts)
+
+
+# -- sharding, resume, merge ------------------------------------------------------------------
+def parse_shard(shard) -> tuple[int, int] | None:
+    """"i/n" or (i, n) -> (i, n) with 0 <= i < n; None stays None."""
+    if shard is None:
+        return None
+    if isinstance(shard, str):
+        try:
+            i, n = (int(x) for x in shard.split("/"))
+        except ValueError:
+            raise ValueError(f"shard {shard!r} must look like 'i/n', e.g. '0/4'") from None
+    else:
+        i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"shard {shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def _shard_of(case_id, n: int) -> int:
+    try:
+        return int(case_id) % n
+    except (TypeError, ValueError):
+        return zlib.crc32(str(case_id).encode()) % n
+
+
+def shard_records(records, shard) -> list:
+    """Records whose case id falls in shard i of n (case_id mod n; crc32 for non-integer ids).
+
+    Depends only on each record's case id, so shards are disjoint, cover every record, and do
+    not change when the record list is reordered.
+    """
+    s = parse_shard(shard)
+    if s is None:
+        return list(records)
+    i, n = s
+    return [r for r in records if _shard_of(r.case_id, n) == i]
+
+
+def read_results(path) -> list[dict]:
+    """Rows of a results .jsonl file. A truncated last line (a run killed mid-write) is cut off
+    so the next append starts on a clean line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        cut = raw.rfind(b"\n") + 1
+        with open(path, "r+b") as f:
+            f.truncate(cut)
+        print(f"{path}: dropped a truncated last line (interrupted write)")
+        raw = raw[:cut]
+    rows = []
+    for i, line in enumerate(raw.decode().splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                print(f"{path}: line {i + 1} is not JSON; ignored")
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(row, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def to_frame(rows: Iterable[dict]):
+    import pandas as pd
+
+    df = pd.DataFrame(list(rows))
+    for c in COLUMNS:
+        if c not in df.columns:
+            df[c] = np.nan
+    df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+    if len(df):
+        df["known"] = df["known"].astype(bool)
+    df.attrs["n_unknown"] = int((~df["known"]).sum()) if len(df) else 0
+    df.attrs["n_known"] = int(df["known"].sum()) if len(df) else 0
+    return df
+
+
+def merge(parts) -> pd.DataFrame:  # noqa: F821
+    """Join shard results (paths to .jsonl files and/or DataFrames) into one table sorted by
+    (editor, case_id); a case id present twice (a resumed shard) keeps its first row."""
+    import pandas as pd
+
+    frames = [to_frame(read_results(p)) if isinstance(p, (str, Path)) else p for p in parts]
+    df = pd.concat(frames, ignore_index=True) if frames else to_frame([])
+    df = df.drop_duplicates(subset=["editor", "case_id"], keep="first")
+    df = df.sort_values(["editor", "case_id"]).reset_index(drop=True)
+    return to_frame(df.to_dict("records"))
+
+
+# -- the evaluation loop -----------------------------------------------------------------------
+def evaluate(
+    model,
+    editor,
+    records,
+    *,
+    out=None,
+    n_neighbours: int = 10,
+    batch_size: int = 32,
+    generation: bool = True,
+    n_generation: int = 1,
+    max_new_tokens: int = 30,
+    pool=None,
+    shard=None,
+    progress: bool = True,
+):
+    """Edit each record's fact, score it against the unedited model, undo it.
+
+    Args:
+        model: a LoadedModel.
+        editor: an `Editor` or an editor name ("rome", "ft", ..., "unedited").
+        records: normalised CounterFact records (`loudfacts.data.CounterFactRecord`).
+        out: a .jsonl path: rows are appended as they finish, case ids already there are
+            skipped (resume), and the returned table holds the file's rows for `records`.
+        n_neighbours: neighbourhood prompts per record (own ones first, then borrowed).
+        batch_size: forward batch size for scoring.
+        generation: compute GE (greedy generations, the slow part); NaN when False.
+        n_generation / max_new_tokens: generation prompts per record and their length.
+        pool: records to borrow neighbourhood prompts from (default: `records`).
+        shard: "i/n" to evaluate only shard i of n (neighbourhoods still come from `pool`).
+        progress: tqdm bar and a printed count of unknown records.
+
+    Returns:
+        DataFrame, one row per record (columns `COLUMNS`), attrs n_known / n_unknown.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(editor, str):
+        editor = get_editor(editor, model)
+    if not isinstance(editor, Editor):
+        raise TypeError(f"editor must be an Editor or a name, got {type(editor).__name__}")
+    records = list(records)
+    pool = records if pool is None else list(pool)
+    neighbourhoods = build_neighbourhoods(records, pool, n_neighbours)
+    todo = shard_records(records, shard)
+    done: dict = {}
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for r in read_results(out):
+            if r.get("editor") != editor.name or r.get("model") != model.name:
+                raise ValueError(f"{out} holds results of editor {r.get('editor')!r} on "
+                                 f"{r.get('model')!r}, not {editor.name!r} on {model.name!r}; "
+                                 "use one file per editor and model")
+            done[r["case_id"]] = r
+    key = UNEDITED.digest(model)
+    rows = []
+    bar = tqdm(todo, desc=f"evaluate {editor.name}", disable=not progress, leave=False)
+    for rec in bar:
+        if rec.case_id in done:
+            rows.append(done[rec.case_id])
+            continue
+        row = _evaluate_record(model, editor, rec, neighbourhoods[rec.case_id], key,
+                               batch_size=batch_size, generation=generation,
+                               n_generation=n_generation, max_new_tokens=max_new_tokens)
+        if out is not None:
+            _append(out, row)
+        rows.append(row)
+    df = to_frame(rows)
+    if progress:
+        print(f"evaluate({editor.name}): {df.attrs['n_known']} known records evaluated, "
+              f"{df.attrs['n_unknown']} excluded as not known (P(true) <= P(new) unedited)")
+    return df
+
+
+def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generation,
+                     n_generation, max_new_tokens) -> dict:
+    request = EditRequest.from_record(rec)
+    row = {"case_id": rec.case_id, "subject": rec.subject, "relation": rec.relation,
+           "target_true": rec.target_true, "target_new": rec.target_new,
+           "editor": editor.name, "model": model.name,
+           "n_paraphrases": len(rec.paraphrase_prompts), "n_neighbours": len(neighbours)}
+    p_true, p_new = UNEDITED.target_probs(model, key, [request.text] * 2,
+                                          [rec.target_true, rec.target_new], batch_size)
+    row.update(p_true_pre=p_true, p_new_pre=p_new, known=bool(p_true > p_new))
+    if not row["known"]:
+        return {**row, **{m: None for m in METRICS}, "edit_seconds": None, "eval_seconds": None,
+                "n_generation": 0}
+    probe = _probe_set(request, rec, neighbours)
+    logp_pre = UNEDITED.next_logprobs(model, key, probe.cfplus_prompts, batch_size)
+    t0 = time.perf_counter()
+    edit = editor.edit(request)
+    row["edit_seconds"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    gen_prompts = generation_prompts_for(rec, n_generation) if generation else []
+    with edit.applied():
+        row.update(_score_record(model, probe, batch_size, logp_pre))
+        row["GE"] = (_generation_entropy(model, gen_prompts, max_new_tokens)
+                     if gen_prompts else None)
+    row["n_generation"] = len(gen_prompts)
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row
+
+
+# -- summaries with bootstrap CIs --------------------------------------------------------------
+def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 1000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap CI (scipy.stats.bootstrap) of `statistic` over `values`; NaNs
+    dropped; (nan, nan) for fewer than 2 values, (v, v) for constant values."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) < 2:
+        return math.nan, math.nan
+    if np.all(x == x[0]):
+        return float(x[0]), float(x[0])
+    res = bootstrap((x,), statistic, n_resamples=n_resamples, confidence_level=confidence,
+                    method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0):
+    """Mean and bootstrap 95% CI per editor and metric, on known records only.
+
+    Returns:
+        DataFrame with columns editor, metric, mean, ci_low, ci_high, n. `Score` here is the
+        harmonic mean of the *means* of ES, PS, NS (ROME's aggregate), bootstrapped jointly.
+    """
+    import pandas as pd
+
+    metrics = [m for m in (metrics or METRICS) if m in df.columns]
+    known = df[df["known"].astype(bool)]
+    rows = []
+    for editor, g in known.groupby("editor", sort=False):
+        for m in metrics:
+            if m == "Score":
+                es, ps, ns = (g[c].astype(float).fillna(g["ES"].astype(float)).to_numpy()
+                              for c in ("ES", "PS", "NS"))
+                mean = harmonic_mean([es.mean(), ps.mean(), ns.mean()]) if len(g) else math.nan
+                lo, hi = _score_ci(es, ps, ns, n_resamples, seed)
+                n = len(g)
+            else:
+                x = g[m].astype(float).to_numpy()
+                x = x[~np.isnan(x)]
+                mean = float(x.mean()) if len(x) else math.nan
+                lo, hi = bootstrap_ci(x, n_resamples=n_resamples, seed=seed)
+                n = len(x)
+            rows.append({"editor": editor, "metric": m, "mean": mean, "ci_low": lo,
+                         "ci_high": hi, "n": n})
+    return pd.DataFrame(rows, columns=["editor", "metric", "mean", "ci_low", "ci_high", "n"])
+
+
+def _score_ci(es, ps, ns, n_resamples, seed):
+    from scipy.stats import bootstrap
+
+    if len(es) < 2:
+        return math.nan, math.nan
+
+    def stat(a, b, c, axis=-1):
+        means = np.stack([a.mean(axis=axis), b.mean(axis=axis), c.mean(axis=axis)])
+        with np.errstate(divide="ignore"):
+            h = 3 / (1 / means).sum(axis=0)
+        return np.where((means <= 0).any(axis=0), 0.0, h)
+
+    if np.allclose([es.std(), ps.std(), ns.std()], 0):
+        point = float(stat(es, ps, ns))
+        return point, point
+    res = bootstrap((es, ps, ns), stat, paired=True, vectorized=True, n_resamples=n_resamples,
+                    method="percentile", random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def wide_table(summary):
+    """`summarize` output as one row per editor: 'mean [low, high]' strings per metric."""
+    import pandas as pd
+
+    cells = {}
+    for _, r in summary.iterrows():
+        txt = f"{r['mean']:.3g}"
+        if not math.isnan(r["ci_low"]):
+            txt += f" [{r['ci_low']:.3g}, {r['ci_high']:.3g}]"
+        cells.setdefault(r["editor"], {})[r["metric"]] = txt
+    return pd.DataFrame(cells).T
+
+
+def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B")):
+    """Our NS/NS+/NM/NM+/NKL_code means next to the published Specificity+ means.
+
+    Returns a DataFrame: source (model), algorithm, and columns NS, NS+, NM, NM+, NKL_code.
+    The published KL is the code's quantity (KL(post || pre) / vocab), so it sits next to our
+    `NKL_code`, not `NKL`.
+    """
+    import pandas as pd
+
+    from loudfacts.data import load_reference
+
+    names = {("N", "S"): "NS", ("N+", "S"): "NS+", ("N", "M"): "NM", ("N+", "M"): "NM+",
+             ("N", "KL"): "NKL_code (N)", ("N+", "KL"): "NKL_code"}
+    rows = []
+    for ref in reference_models:
+        try:
+            tab = load_reference(ref)
+        except FileNotFoundError as e:
+            print(f"reference {ref}: {e}")
+            continue
+        for alg, g in tab.groupby("algorithm", sort=False):
+            row = {"source": ref, "algorithm": alg}
+            for _, r in g.iterrows():
+                row[names[(r["prompt_type"], r["metric"])]] = r["value"]
+            rows.append(row)
+    ours = summary.pivot(index="editor", columns="metric", values="mean")
+    for editor, r in ours.iterrows():
+        rows.append({"source": "ours", "algorithm": editor,
+                     **{c: r.get(c, math.nan) for c in ("NS", "NS+", "NM", "NM+", "NKL_code")}})
+    return pd.DataFrame(rows)
+
+
+# -- loud-fact ladder --------------------------------------------------------------------------
+def loud_fact_ladder(model, edit, request: EditRequest | None = None,
+                     unrelated_prompts: Sequence[str] = UNRELATED_PROMPTS,
+                     batch_size: int = 32):
+    """Does mentioning the edited subject make the new object leak into unrelated prompts?
+
+    Each rung prepends a prefix to every unrelated prompt: none, the edit statement itself
+    ("The Louvre is located in the city of Rome. "), a bare mention ("The Louvre. "), a
+    tangential sentence ("The Louvre is cool. "), an unrelated sentence (no subject).
+
+    Returns:
+        DataFrame, one row per rung and prompt: step, prefix, prompt, p_new_pre, p_new_post,
+        top1_pre, top1_post (whether target_new's first token is the greedy next token).
+        Unrelated prompts whose answer is target_new are dropped (that would not be a leak).
+    """
+    import pandas as pd
+
+    request = request or edit.request
+    new = request.target_new
+    first = target_ids(model, new)[0]
+    prompts = [p for p in unrelated_prompts if new.lower() not in p.lower()]
+    rungs = ladder_prefixes(request)
+    texts = [(step, pre, pre + p, p) for step, pre in rungs.items() for p in prompts]
+    full = [t[2] for t in texts]
+    p_pre = target_probs(model, full, [new] * len(full), batch_size=batch_size)
+    top_pre = next_token_logprobs(model, full, batch_size=batch_size).argmax(-1) == first
+    with edit.applied():
+        p_post = target_probs(model, full, [new] * len(full), batch_size=batch_size)
+        top_post = next_token_logprobs(model, full, batch_size=batch_size).argmax(-1) == first
+    return pd.DataFrame([
+        {"step": s, "prefix": pre, "prompt": p, "p_new_pre": float(a), "p_new_post": float(b),
+         "top1_pre": bool(c), "top1_post": bool(d)}
+        for (s, pre, _, p), a, b, c, d in zip(texts, p_pre, p_post, top_pre, top_post)
+    ])
+
+
+def ladder_for_editors(model, editors, records, unrelated_prompts=UNRELATED_PROMPTS,
+                       progress: bool = True):
+    """`loud_fact_ladder` for every editor (name or Editor) and record; one long DataFrame
+    with an `editor` and `case_id` column. Editors that fail on a record are skipped, counted."""
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    frames, failed = [], 0
+    for ed in editors:
+        ed = get_editor(ed, model) if isinstance(ed, str) else ed
+        for rec in tqdm(records, desc=f"ladder {ed.name}", disable=not progress, leave=False):
+            req = EditRequest.from_record(rec)
+            try:
+                edit = ed.edit(req)
+            except ValueError as e:
+                failed += 1
+                print(f"ladder: {ed.name} could not edit case {rec.case_id}: {e}")
+                continue
+            f = loud_fact_ladder(model, edit, req, unrelated_prompts)
+            f.insert(0, "case_id", rec.case_id)
+            f.insert(0, "editor", ed.name)
+            frames.append(f)
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    df.attrs["n_failed"] = failed
+    return df
+
+
+def ladder_summary(ladder):
+    """Per editor and step: mean P(target_new) before/after and fraction top-1 after."""
+    return (ladder.groupby(["editor", "step"], sort=False)
+            .agg(p_new_pre=("p_new_pre", "mean"), p_new_post=("p_new_post", "mean"),
+                 top1_pre=("top1_pre", "mean"), top1_post=("top1_post", "mean"),
+                 n=("prompt", "size"))
+            .reset_index())
+
+
+# -- logical implications ----------------------------------------------------------------------
+IMPLICATION_KINDS = ("symmetric", "transitive", "inverse")
+
+
+def implications_path() -> Path:
+    from loudfacts.paths import repo_path
+
+    return repo_path("data", "probes", "implications.jsonl")
+
+
+def load_implications(path=None, known_only: bool = True, kinds=None) -> list[dict]:
+    """Cases of `data/probes/implications.jsonl`.
+
+    Each line: {"id", "kind" (symmetric|transitive|inverse), "edit": {"prompt" (template with
+    {}), "subject", "target_true", "target_new"}, "probes": [{"prompt" (full text), "old",
+    "new", "phrasing"}], "checks": [{"prompt", "true", "false"}] (facts the unedited model must
+    know for the case to make sense), "known": bool (set by `verify_implications`)}.
+
+    Args:
+        known_only: keep only cases marked known (every check passed on the embedded model).
+    """
+    path = Path(path) if path else implications_path()
+    cases = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    for c in cases:
+        if c.get("kind") not in IMPLICATION_KINDS:
+            raise ValueError(f"{path}: case {c.get('id')!r} has kind {c.get('kind')!r}, "
+                             f"expected one of {IMPLICATION_KINDS}")
+        EditRequest(**c["edit"])  # validates the template
+    if known_only:
+        cases = [c for c in cases if c.get("known", True)]
+    if kinds:
+        cases = [c for c in cases if c["kind"] in kinds]
+    return cases
+
+
+def implication_checks(case: dict) -> list[tuple[str, str, str]]:
+    """Every fact a case relies on, as (prompt, true, false): the edited fact (true beats new),
+    each probe's old implied object (old beats new), and the case's extra checks."""
+    e = case["edit"]
+    out = [(fill(e["prompt"], e["subject"]), e["target_true"], e["target_new"])]
+    out += [(p["prompt"], p["old"], p["new"]) for p in case["probes"]]
+    out += [(c["prompt"], c["true"], c["false"]) for c in case.get("checks", [])]
+    return out
+
+
+def verify_implications(model, cases, batch_size: int = 32):
+    """Check every fact of every case on the unedited model: P(true) > P(false).
+
+    Returns:
+        DataFrame, one row per check: id, kind, prompt, true, false, p_true, p_false, known.
+    """
+    import pandas as pd
+
+    rows = [(c["id"], c["kind"], *chk) for c in cases for chk in implication_checks(c)]
+    if not rows:
+        return pd.DataFrame(columns=["id", "kind", "prompt", "true", "false", "p_true",
+                                     "p_false", "known"])
+    pt = target_probs(model, [r[2] for r in rows], [r[3] for r in rows], batch_size)
+    pf = target_probs(model, [r[2] for r in rows], [r[4] for r in rows], batch_size)
+    df = pd.DataFrame(rows, columns=["id", "kind", "prompt", "true", "false"])
+    df["p_true"], df["p_false"] = pt.numpy(), pf.numpy()
+    df["known"] = df["p_true"] > df["p_false"]
+    return df
+
+
+def score_implications(model, editor, cases, *, generations: int = 0, max_new_tokens: int = 15,
+                       batch_size: int = 32, progress: bool = True):
+    """Edit each case, then compare P(new implied) with P(old implied) before and after.
+
+    Returns:
+        DataFrame, one row per probe: editor, id, kind, phrasing, prompt, old, new, p_old_pre,
+        p_new_pre, p_old_post, p_new_post, implied (p_new_post > p_old_post), shift (change of
+        p_new - p_old), efficacy (the edit itself succeeded on its rewrite prompt). The first
+        `generations` cases also get `generation_pre/post` (greedy continuations of the first
+        probe) as illustration.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if isinstance(editor, str):
+        editor = get_editor(editor, model)
+    key = UNEDITED.digest(model)
+    rows, failed = [], []
+    for k, case in enumerate(tqdm(cases, desc=f"implications {editor.name}",
+                                  disable=not progress, leave=False)):
+        req = EditRequest(**{f: case["edit"][f] for f in ("prompt", "subject", "target_new",
+                                                          "target_true")})
+        probes = case["probes"]
+        prompts = [req.text, req.text] + [p["prompt"] for p in probes] * 2
+        targets = [req.target_new, req.target_true] + [p["old"] for p in probes] + \
+                  [p["new"] for p in probes]
+        pre = UNEDITED.target_probs(model, key, prompts, targets, batch_size)
+        t0 = time.perf_counter()
+        try:
+            edit = editor.edit(req)
+        except ValueError as e:
+            print(f"implications: {editor.name} could not edit {case['id']}: {e}")
+            failed.append(case["id"])
+            continue
+        seconds = time.perf_counter() - t0
+        gen = {}
+        with edit.applied():
+            post = target_probs(model, prompts, targets, batch_size).tolist()
+            if k < generations:
+                gen["generation_post"] = greedy_generate(model, probes[0]["prompt"],
+                                                         max_new_tokens)
+        if k < generations:
+            gen["generation_pre"] = greedy_generate(model, probes[0]["prompt"], max_new_tokens)
+        n = len(probes)
+        for j, p in enumerate(probes):
+            po, pn = pre[2 + j], pre[2 + n + j]
+            qo, qn = post[2 + j], post[2 + n + j]
+            rows.append({"editor": editor.name, "id": case["id"], "kind": case["kind"],
+                         "phrasing": p.get("phrasing", ""), "prompt": p["prompt"],
+                         "old": p["old"], "new": p["new"], "p_old_pre": po, "p_new_pre": pn,
+                         "p_old_post": qo, "p_new_post": qn, "implied_pre": pn > po,
+                         "implied": qn > qo, "shift": (qn - qo) - (pn - po),
+                         "efficacy": post[0] > post[1], "edit_seconds": seconds,
+                         **(gen if j == 0 else {})})
+    df = pd.DataFrame(rows)
+    df.attrs["failed"] = failed  # cases the editor refused (EditError), not scored
+    if failed and progress:
+        print(f"implications {editor.name}: {len(failed)} of {len(cases)} cases could not be "
+              "edited and are not scored")
+    return df
+
+
+def implication_summary(df):
+    """Per editor and kind: edit efficacy, fraction of probes where the new implied object
+    beats the old one before and after the edit, and the mean shift of P(new) - P(old)."""
+    return (df.groupby(["editor", "kind"], sort=False)
+            .agg(cases=("id", "nunique"), probes=("prompt", "size"),
+                 efficacy=("efficacy", "mean"), implied_pre=("implied_pre", "mean"),
+                 implied_post=("implied", "mean"), mean_shift=("shift", "mean"))
+            .reset_index())
+
+
+def headline_table(summary, results, implications=None):
+    """One row per editor for the report's headline: ES, PS, NS, NS+ and NKL as
+    'mean [95% CI]', the implication follow-through (share of implied probes where the new
+    implied object wins after the edit, over all kinds, from `implication_summary`), the
+    number of known records and the mean seconds per edit.
+
+    Args:
+        summary: `summarize(results)`.
+        results: the per-record table (for edit seconds and counts).
+        implications: `implication_summary(...)` output, or None.
+    """
+    import pandas as pd
+
+    wide = wide_table(summary[summary["metric"].isin(["ES", "PS", "NS", "NS+", "NKL"])])
+    table = wide.reindex(columns=["ES", "PS", "NS", "NS+", "NKL"])
+    known = results[results["known"].astype(bool)]
+    table["known records"] = known.groupby("editor")["case_id"].nunique()
+    table["s / edit"] = known.groupby("editor")["edit_seconds"].mean().round(1)
+    if implications is not None and len(implications):
+        weighted = implications.assign(hits=implications["implied_post"] * implications["probes"])
+        per_editor = weighted.groupby("editor")[["hits", "probes"]].sum()
+        table["implied (05)"] = (per_editor["hits"] / per_editor["probes"]).round(2)
+    table = table.reindex(_order(table.index))
+    table.index.name = "editor"
+    return pd.DataFrame(table)
+
+
+def results_path(model, editor, *, split: str, n: int, n_neighbours: int, generation: bool,
+                 root=None) -> Path:
+    """Cache file for `evaluate(out=...)`, keyed by model, editor and its hyper-parameters,
+    records and settings, so a rerun with the same settings resumes/reuses and any change
+    starts a new file."""
+    import hashlib
+
+    from loudfacts.paths import cache_dir
+
+    if isinstance(editor, str):
+        editor = get_editor(editor, model)
+    hp = hashlib.sha256(json.dumps(editor.hparams, sort_keys=True, default=str).encode())
+    stem = (f"{editor.name}-{hp.hexdigest()[:10]}-{split}-n{n}-k{n_neighbours}"
+            f"-{'ge' if generation else 'noge'}.jsonl")
+    root = Path(root) if root else cache_dir("evaluation", model.name.replace("/", "_"))
+    return root / stem
+
+
+# -- figures -----------------------------------------------------------------------------------
+def _order(editors):
+    from loudfacts.plotting import EDITOR_ORDER
+
+    return [e for e in EDITOR_ORDER if e in set(editors)] + \
+        sorted(set(editors) - set(EDITOR_ORDER))
+
+
+def plot_ns_vs_nsplus(summary, metrics=("NS", "NS+", "NS+cool")):
+    """Bar chart: neighbourhood success without / with the prefixes, per editor, with the
+    bootstrap 95% CIs of `summarize` as error bars."""
+    import matplotlib.pyplot as plt
+
+    s = summary[summary["metric"].isin(metrics)]
+    editors = _order(s["editor"].unique())
+    fig, ax = plt.subplots(figsize=(1.3 * len(editors) + 2, 3.8))
+    width = 0.8 / len(metrics)
+    import seaborn as sns
+
+    colors = sns.color_palette(n_colors=len(metrics))
+    for j, m in enumerate(metrics):
+        g = s[s["metric"] == m].set_index("editor").reindex(editors)
+        x = np.arange(len(editors)) + (j - (len(metrics) - 1) / 2) * width
+        err = np.stack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]).clip(min=0)
+        ax.bar(x, g["mean"], width, yerr=np.nan_to_num(err), capsize=3, label=m,
+               color=colors[j])
+    ax.set_xticks(np.arange(len(editors)), editors, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("neighbourhood success")
+    ax.legend(title="prompts", ncol=len(metrics), loc="upper center", fontsize=8,
+              bbox_to_anchor=(0.5, -0.22), frameon=False)
+    ax.set_title("NS (CounterFact) vs NS+ (CounterFact+: edit statement prefixed)")
+    return fig
+
+
+def plot_ladder(ladder_sum):
+    """Line plot: mean P(target_new) on unrelated prompts for each rung of the loud-fact
+    ladder, one line per editor (left), and the fraction where it becomes top-1 (right)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    steps = ["none", "statement", "mention", "tangential", "unrelated"]
+    d = ladder_sum.copy()
+    d["step"] = pd_categorical(d["step"], steps)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    order = _order(d["editor"].unique())
+    sns.pointplot(data=d, x="step", y="p_new_post", hue="editor", hue_order=order, ax=axes[0],
+                  order=steps)
+    axes[0].set_ylabel("P(target_new) after the edit")
+    axes[0].set_yscale("log")
+    sns.pointplot(data=d, x="step", y="top1_post", hue="editor", hue_order=order, ax=axes[1],
+                  order=steps, legend=False)
+    axes[1].set_ylabel("fraction target_new is top-1")
+    axes[1].set_ylim(-0.03, 1.03)
+    for ax in axes:
+        ax.set_xlabel("prefix before the unrelated prompt")
+        ax.tick_params(axis="x", rotation=20)
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Loud-fact ladder: leak of the new object into unrelated prompts", y=1.03)
+    return fig
+
+
+def pd_categorical(values, categories):
+    import pandas as pd
+
+    return pd.Categorical(values, categories=categories, ordered=True)
+
+
+def plot_nkl(df, column: str = "NKL"):
+    """Strip + box plot of per-record NKL (nats, log scale) per editor (known records)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    d = df[df["known"].astype(bool)].copy()
+    d[column] = d[column].astype(float).clip(lower=1e-9)
+    order = _order(d["editor"].unique())
+    fig, ax = plt.subplots(figsize=(1.3 * len(order) + 2, 3.6))
+    sns.boxplot(data=d, x="editor", y=column, order=order, ax=ax, color="0.9", fliersize=0)
+    sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"{column}: KL(P_unedited || P_edited), nats" if column == "NKL" else column)
+    ax.tick_params(axis="x", rotation=20)
+    ax.set_title("Change of the next-token distribution on CounterFact+ prompts")
+    return fig
+
+
+def plot_implications(summary):
+    """Fraction of probes where the new implied object beats the old one, before (grey) and
+    after each editor's edit, per kind of implication."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    kinds = [k for k in IMPLICATION_KINDS if k in set(summary["kind"])]
+    order = _order(summary["editor"].unique())
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, k in zip(axes[0], kinds):
+        g = summary[summary["kind"] == k]
+        sns.barplot(data=g, x="editor", y="implied_post", order=order, ax=ax)
+        ax.axhline(g["implied_pre"].mean(), color="0.4", ls="--", lw=1, label="before edit")
+        ax.scatter(range(len(order)), g.set_index("editor").reindex(order)["efficacy"],
+                   marker="x", color="k", zorder=3, label="edit efficacy")
+        ax.set_title(k)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=35)
+    axes[0][0].set_ylabel("P(new implied) > P(old implied)")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Does the edit carry over to facts it implies?", y=1.04)
+    return fig

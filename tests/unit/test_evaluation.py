@@ -1,0 +1,371 @@
+"""Unit tests of loudfacts.evaluation on hand-built numbers and tiny random models."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from loudfacts.data import CounterFactRecord
+from loudfacts.editing.base import Editor, HookEdit, WeightEdit
+from loudfacts.evaluation import (
+    METRICS,
+    bootstrap_ci,
+    build_neighbourhoods,
+    evaluate,
+    harmonic_mean,
+    kl_divergences,
+    ladder_summary,
+    load_implications,
+    loud_fact_ladder,
+    merge,
+    read_results,
+    score_implications,
+    shard_records,
+    success_magnitude,
+    summarize,
+    verify_implications,
+)
+from loudfacts.scoring import target_probs
+from loudfacts.tokens import target_ids
+
+TIMING = ["edit_seconds", "eval_seconds"]
+
+
+# -- hand-built numbers ------------------------------------------------------------------------
+def test_success_magnitude_hand_built():
+    s, m = success_magnitude([0.5, 0.1, 0.3], [0.2, 0.4, 0.3])
+    assert s == pytest.approx(1 / 3)  # ties do not count as success
+    assert m == pytest.approx((0.3 - 0.3 + 0.0) / 3)
+    assert all(math.isnan(v) for v in success_magnitude([], []))
+
+
+def test_kl_divergences_match_definitions():
+    pre = torch.tensor([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]).log()
+    post = torch.tensor([[0.25, 0.5, 0.25], [1 / 3, 1 / 3, 1 / 3]]).log()
+    paper, code = kl_divergences(pre, post)
+    want = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5)
+    want_rev = 0.25 * math.log(0.25 / 0.5) + 0.5 * math.log(0.5 / 0.25)
+    assert paper[0].item() == pytest.approx(want, abs=1e-6)
+    assert code[0].item() == pytest.approx(want_rev / 3, abs=1e-6)  # divided by vocab size
+    assert paper[1].item() == pytest.approx(0, abs=1e-7) and code[1].item() == pytest.approx(0)
+    # asymmetric: a different pair gives different paper and code*vocab values
+    pre2 = torch.tensor([[0.9, 0.05, 0.05]]).log()
+    post2 = torch.tensor([[0.3, 0.4, 0.3]]).log()
+    p2, c2 = kl_divergences(pre2, post2)
+    assert p2.item() != pytest.approx(c2.item() * 3, rel=1e-3)
+    with pytest.raises(ValueError):
+        kl_divergences(pre, post[:1])
+
+
+def test_harmonic_mean_and_bootstrap():
+    assert harmonic_mean([1, 1, 1]) == 1
+    assert harmonic_mean([1, 0.5, 1]) == pytest.approx(3 / 4)
+    assert harmonic_mean([1, 0, 1]) == 0
+    assert math.isnan(harmonic_mean([1, float("nan")]))
+    x = np.random.default_rng(0).normal(size=200)
+    lo, hi = bootstrap_ci(x)
+    assert lo < x.mean() < hi and hi - lo < 0.5
+    assert bootstrap_ci([0.3, 0.3, 0.3]) == (0.3, 0.3)
+    assert all(math.isnan(v) for v in bootstrap_ci([1.0]))
+
+
+# -- tiny-model fixtures -----------------------------------------------------------------------
+WORDS = ["cat", "dog", "red", "blue", "tree", "house", "sun", "moon", "Paris", "Rome"]
+SUBJECTS = ["Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot", "Golf", "Hotel"]
+TEMPLATE = "{} lives near the"
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama):
+    return tiny_llama
+
+
+@pytest.fixture(scope="module")
+def records(tiny):
+    """Records whose true object the tiny model prefers over target_new on every prompt used
+    (rewrite and neighbourhood), so they are 'known' and NS is 1 before editing."""
+    prompts = [TEMPLATE.format(s) for s in SUBJECTS] + ["Zulu lives near the"]
+    probs = torch.stack([target_probs(tiny, prompts, [w] * len(prompts)) for w in WORDS])
+    margin = {(a, b): float((probs[a] - probs[b]).min())
+              for a in range(len(WORDS)) for b in range(len(WORDS)) if a != b}
+    (t, n), best = max(margin.items(), key=lambda kv: kv[1])
+    assert best > 0, "no word pair ordered the same on every prompt"
+    true, new = WORDS[t], WORDS[n]
+    recs = []
+    for i, s in enumerate(SUBJECTS):
+        recs.append(CounterFactRecord(
+            case_id=100 + i, subject=s, prompt=TEMPLATE, target_true=true, target_new=new,
+            relation=TEMPLATE, paraphrase_prompts=[f"{s} lives near the"], neighborhood_prompts=["Zulu lives near the"],
+            neighborhood_true=[true], layout="flat"))
+    return recs
+
+
+def boost_target_after_subject_hook(logits, hook, *, state, token_ids, scale):
+    """Add `scale` to target tokens' logits at every position from the subject on."""
+    mask = state["mask"].to(logits.device)
+    bump = torch.zeros(logits.shape[-1], device=logits.device)
+    bump[token_ids] = scale
+    bump[token_ids[0]] += 1.0  # the first target token wins the greedy step
+    return logits + mask[..., None] * bump
+
+
+def find_subject_hook(ids, hook, *, state, variants):
+    """Mark positions after the first full occurrence of the subject's tokens (any of its
+    tokenisations, with or without a leading space); works on right-padded batches."""
+    hit = torch.zeros(ids.shape, dtype=torch.float32)
+    for b in range(ids.shape[0]):
+        row = ids[b].tolist()
+        starts = [i + len(v) for v in variants for i in range(len(row) - len(v) + 1)
+                  if row[i:i + len(v)] == v]
+        if starts:
+            hit[b, min(starts) - 1:] = 1.0
+    state["mask"] = hit
+    return ids
+
+
+class LoudEditor(Editor):
+    """Test editor: whenever the edited subject appears in the input, every later position
+    prefers target_new -- it writes the fact and leaks it into any prompt that mentions the
+    subject (the CounterFact+ failure), but changes nothing without the subject."""
+
+    name = "test-loud"
+
+    def _compute(self, request):
+        state = {}
+        variants = [self.model.encode(request.subject), self.model.encode(" " + request.subject)]
+        hooks = [("embed.hook_in", functools.partial(find_subject_hook, state=state,
+                                                      variants=variants)),
+                 ("unembed.hook_out", functools.partial(
+                     boost_target_after_subject_hook, state=state,
+                     token_ids=target_ids(self.model, request.target_new), scale=30.0))]
+        return HookEdit(self.model, hooks, request, self.name)
+
+
+class AddEditor(Editor):
+    """Test editor: a small deterministic WeightEdit on lm_head (changes every prompt a bit)."""
+
+    name = "test-add"
+    calls = 0
+
+    def _compute(self, request):
+        AddEditor.calls += 1
+        w = self.model.hf.lm_head.weight.detach().clone()
+        g = torch.Generator().manual_seed(int(request.case_id))
+        w += 0.05 * torch.randn(w.shape, generator=g)
+        return WeightEdit(self.model, {"lm_head": w}, request, self.name)
+
+
+class InterruptingEditor(AddEditor):
+    fail_on = None
+
+    def _compute(self, request):
+        if request.case_id == self.fail_on:
+            raise KeyboardInterrupt("simulated interruption")
+        return super()._compute(request)
+
+
+# -- neighbourhoods, shards --------------------------------------------------------------------
+def test_neighbourhoods_borrow_same_relation_and_true(records):
+    other = CounterFactRecord(case_id=999, subject="Kilo", prompt="{} works near the",
+                              target_true=records[0].target_true, target_new="x",
+                              relation="{} works near the")
+    nb = build_neighbourhoods(records[:2], records + [other], n_neighbours=4)
+    for rec in records[:2]:
+        prompts = [p for p, _ in nb[rec.case_id]]
+        assert prompts[0] == "Zulu lives near the"  # own prompt first
+        assert len(prompts) == 4 and len(set(prompts)) == 4
+        assert not any(rec.subject in p for p in prompts)
+        assert not any("Kilo" in p for p in prompts)  # other relation never borrowed
+        assert all(t == rec.target_true for _, t in nb[rec.case_id])
+
+
+def test_shards_are_disjoint_and_cover(records):
+    parts = [shard_records(records, f"{i}/3") for i in range(3)]
+    ids = [r.case_id for p in parts for r in p]
+    assert sorted(ids) == sorted(r.case_id for r in records)
+    assert shard_records(list(reversed(records)), "1/3")[::-1] == parts[1]
+    with pytest.raises(ValueError, match="shard"):
+        shard_records(records, "3/3")
+
+
+# -- metrics on a tiny model -------------------------------------------------------------------
+def test_unedited_has_no_effect(tiny, records):
+    df = evaluate(tiny, "unedited", records[:3], generation=False, progress=False)
+    assert set(METRICS) <= set(df.columns)
+    assert df["known"].all() and len(df) == 3
+    assert (df["ES"] == 0).all() and (df["NS"] == 1).all()
+    assert np.allclose(df["NKL"], 0, atol=1e-6) and np.allclose(df["NKL_code"], 0, atol=1e-9)
+    assert (df["n_neighbours"] == 3).all()  # 1 own + the 2 other records' rewrite prompts
+    wide = evaluate(tiny, "unedited", records[:1], pool=records, generation=False,
+                    progress=False)
+    assert wide["n_neighbours"].iloc[0] == 8  # 1 own + 7 borrowed from the pool
+
+
+def test_loud_edit_ns_high_nsplus_low(tiny, records):
+    df = evaluate(tiny, LoudEditor(tiny), records[:3], generation=False, progress=False)
+    assert (df["ES"] == 1).all() and (df["PS"] == 1).all()
+    assert (df["NS"] == 1).all(), "neighbours without the subject must be untouched"
+    assert (df["NS+"] == 0).all() and (df["NS+cool"] == 0).all()
+    assert (df["NM+"] < 0).all() and (df["NKL"] > 0.1).all() and (df["NKL_code"] > 0).all()
+    assert (df["Score"] == 1).all()
+    s = summarize(df)
+    assert set(s["metric"]) >= {"NS", "NS+", "Score"}
+    assert ((s["ci_low"] <= s["mean"] + 1e-12) | s["ci_low"].isna()).all()
+
+
+def test_unknown_records_are_excluded_and_counted(tiny, records, capsys):
+    flipped = CounterFactRecord(**{**records[0].to_dict(), "case_id": 7,
+                                   "target_true": records[0].target_new,
+                                   "target_new": records[0].target_true})
+    df = evaluate(tiny, "unedited", [flipped, records[1]], generation=False, progress=True)
+    assert df.attrs["n_unknown"] == 1 and df.attrs["n_known"] == 1
+    assert math.isnan(df.loc[df.case_id == 7, "ES"].iloc[0])
+    assert "1 excluded as not known" in capsys.readouterr().out
+    assert summarize(df)["n"].max() == 1
+
+
+def test_generation_entropy_column(tiny, records):
+    df = evaluate(tiny, "unedited", records[:1], generation=True, n_generation=1,
+                  max_new_tokens=8, progress=False)
+    assert df["GE"].iloc[0] >= 0 and df["n_generation"].iloc[0] == 1
+
+
+# -- runner: resume and shards -----------------------------------------------------------------
+def test_resume_after_interruption(tiny, records, tmp_path):
+    full = evaluate(tiny, AddEditor(tiny), records, generation=False, progress=False,
+                    out=tmp_path / "full.jsonl")
+    out = tmp_path / "run.jsonl"
+    ed = InterruptingEditor(tiny)
+    ed.name = "test-add"
+    ed.fail_on = records[3].case_id
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(tiny, ed, records, generation=False, progress=False, out=out)
+    assert len(read_results(out)) == 3
+    with open(out, "a") as f:  # a write cut off mid-line
+        f.write('{"case_id": 1')
+    ed.fail_on = None
+    AddEditor.calls = 0
+    resumed = evaluate(tiny, ed, records, generation=False, progress=False, out=out)
+    assert AddEditor.calls == len(records) - 3, "done records must not be edited again"
+    assert len(read_results(out)) == len(records)
+    cols = [c for c in full.columns if c not in TIMING]
+    assert resumed[cols].equals(full[cols])
+
+
+def test_shard_merge_equals_unsharded(tiny, records, tmp_path):
+    full = evaluate(tiny, AddEditor(tiny), records, generation=False, progress=False)
+    paths = []
+    for i in range(3):
+        p = tmp_path / f"s{i}.jsonl"
+        evaluate(tiny, AddEditor(tiny), records, shard=f"{i}/3", generation=False,
+                 progress=False, out=p)
+        paths.append(p)
+    merged = merge(paths)
+    cols = [c for c in full.columns if c not in TIMING]
+    want = full.sort_values(["editor", "case_id"]).reset_index(drop=True)[cols]
+    assert merged[cols].equals(want)
+    assert merged.attrs["n_known"] == full.attrs["n_known"]
+
+
+def test_results_file_of_other_editor_is_refused(tiny, records, tmp_path):
+    out = tmp_path / "x.jsonl"
+    evaluate(tiny, "unedited", records[:1], generation=False, progress=False, out=out)
+    with pytest.raises(ValueError, match="one file per editor"):
+        evaluate(tiny, AddEditor(tiny), records[:1], generation=False, progress=False, out=out)
+
+
+# -- loud-fact ladder --------------------------------------------------------------------------
+def test_ladder_leaks_only_with_subject(tiny, records):
+    from loudfacts.editing.base import EditRequest
+
+    req = EditRequest.from_record(records[0])
+    edit = LoudEditor(tiny).edit(req)
+    lad = loud_fact_ladder(tiny, edit, req, ["Zulu lives near the", "The sky is"])
+    s = ladder_summary(lad.assign(editor="test-loud")).set_index("step")
+    assert list(s.index) == ["none", "statement", "mention", "tangential", "unrelated"]
+    for step in ("statement", "mention", "tangential"):
+        assert s.loc[step, "top1_post"] == 1.0 and s.loc[step, "p_new_post"] > s.loc[step, "p_new_pre"]
+    for step in ("none", "unrelated"):
+        assert s.loc[step, "p_new_post"] == pytest.approx(s.loc[step, "p_new_pre"], rel=1e-5)
+
+
+# -- implications ------------------------------------------------------------------------------
+def test_implications_file_schema():
+    cases = load_implications(known_only=False)
+    known = [c for c in cases if c["known"]]
+    assert len(known) >= 40
+    kinds = {c["kind"] for c in known}
+    assert kinds == {"symmetric", "transitive", "inverse"}
+    for c in cases:
+        assert c["probes"] and all({"prompt", "old", "new"} <= set(p) for p in c["probes"])
+
+
+def test_score_implications_tiny(tiny, records):
+    case = {"id": "t", "kind": "symmetric",
+            "edit": {"prompt": TEMPLATE, "subject": "Alpha",
+                     "target_true": records[0].target_true, "target_new": records[0].target_new},
+            "probes": [{"prompt": "Alpha lives near the", "old": records[0].target_true,
+                        "new": records[0].target_new},
+                       {"prompt": "Zulu lives near the", "old": records[0].target_true,
+                        "new": records[0].target_new}]}
+    chk = verify_implications(tiny, [case])
+    assert len(chk) == 3 and chk["known"].all()
+    df = score_implications(tiny, LoudEditor(tiny), [case], generations=1, max_new_tokens=3,
+                            progress=False)
+    assert len(df) == 2 and df["efficacy"].all()
+    assert df.loc[0, "implied"] and not df.loc[1, "implied"]
+    assert not df["implied_pre"].any() and isinstance(df.loc[0, "generation_post"], str)
+
+
+def test_cli_runs_and_resumes(tmp_path, capsys):
+    from loudfacts.evaluate import main
+
+    out = tmp_path / "cli.jsonl"
+    args = ["--editor", "unedited", "--model", "tiny-llama", "--n", "6", "--out", str(out),
+            "--no-generation"]
+    assert main(args + ["--shard", "0/2"]) == 0
+    assert main(args + ["--shard", "1/2"]) == 0
+    rows = read_results(out)
+    assert len(rows) == 6 and len({r["case_id"] for r in rows}) == 6
+    assert (tmp_path / "cli.jsonl.summary.csv").exists()
+    merged = tmp_path / "m.jsonl"
+    assert main(["--merge", str(out), "--out", str(merged)]) == 0
+    assert len(json.loads(merged.read_text().splitlines()[0])) > 5
+
+
+def test_pair_probs_matches_target_probs(tiny):
+    from loudfacts.evaluation import pair_probs
+
+    pairs = [("Alpha lives near the", "cat"), ("Alpha lives near the", "Paris"),
+             ("The sky is", "blue"), ("The sky is", "x"), ("Zulu", "moon")]
+    got, rows = pair_probs(tiny, pairs, extra_prompts=["Hello there"])
+    want = target_probs(tiny, [p for p, _ in pairs], [t for _, t in pairs]).double()
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-7)
+    assert "Hello there" in rows and rows["Hello there"].shape == (tiny.d_vocab,)
+
+
+def test_headline_table_has_one_row_per_editor_with_cis_and_implications():
+    import pandas as pd
+
+    from loudfacts.evaluation import headline_table, summarize
+
+    rows = []
+    for editor, es in [("rome", 1.0), ("unedited", 0.0)]:
+        for i in range(6):
+            rows.append({"editor": editor, "case_id": i, "known": True, "ES": es, "PS": es,
+                         "NS": 1.0, "NS+": 0.5 if editor == "rome" else 1.0, "NKL": 0.1 * i,
+                         "edit_seconds": 2.0 if editor == "rome" else 0.0})
+    results = pd.DataFrame(rows)
+    implications = pd.DataFrame({"editor": ["rome", "rome"], "kind": ["symmetric", "transitive"],
+                                 "probes": [2, 6], "implied_post": [0.0, 0.5]})
+    table = headline_table(summarize(results, n_resamples=200), results, implications)
+    assert list(table.index) == ["unedited", "rome"]
+    assert table.loc["rome", "ES"].startswith("1")
+    assert table.loc["rome", "NS+"].startswith("0.5")
+    assert table.loc["rome", "implied (05)"] == 0.38  # (0*2 + 0.5*6) / 8, weighted by probes
+    assert table.loc["rome", "s / edit"] == 2.0 and table.loc["rome", "known records"] == 6

@@ -1,0 +1,109 @@
+"""ROME on tiny random models: the update's defining equation, restore, bad input, GPT-2."""
+
+import pytest
+import torch
+
+from loudfacts.editing import EditError, EditRequest, get_editor
+from loudfacts.editing.rome import RomeEditor
+
+# Layer 0 of 2: an edit at the last layer could not reach later positions (no attention above).
+FAST = {"layer": 0, "n_prefixes": 2, "prefix_len": 3, "v_num_grad_steps": 4,
+        "mom2_n_tokens": 512, "mom2_seq_len": 64, "mom2_ridge": 1e-3}
+
+
+@pytest.fixture(autouse=True)
+def tmp_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
+
+
+REQ = EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris")
+
+
+def _mlp_out(model, layer, k):
+    mod = model.mlp_out_module(layer)
+    out = k @ mod.weight if model.arch.mlp_out_transposed else mod.weight @ k
+    return out + mod.bias if getattr(mod, "bias", None) is not None else out
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_updated_weight_maps_k_star_to_v_star(fixture, request):
+    model = request.getfixturevalue(fixture)
+    editor = get_editor("rome", model, **FAST)
+    assert isinstance(editor, RomeEditor)
+    comps = editor.components(REQ)
+    assert comps["k_star"].shape == (model.d_mlp,)
+    assert comps["v_star"].shape == comps["delta"].shape == (model.d_model,)
+    torch.testing.assert_close(comps["v_star"] - comps["w_k"], comps["delta"])
+    torch.testing.assert_close(_mlp_out(model, 0, comps["k_star"]), comps["w_k"], rtol=1e-4,
+                               atol=1e-5)
+    assert comps["delta"].norm() > 0
+    edit = editor.edit(REQ)
+    with edit.applied():
+        got = _mlp_out(model, 0, comps["k_star"])
+    torch.testing.assert_close(got, comps["v_star"], rtol=1e-3, atol=1e-4)
+    assert edit.info["timings"].keys() >= {"k", "v", "update"}
+
+
+def test_update_leaves_other_keys_alone_in_the_c_metric(tiny_llama):
+    """ΔW = δ uᵀ/(uᵀk*) with u = C⁻¹k*: ΔW k* = δ, and ΔW (C x) = 0 for every x ⟂ k*."""
+    editor = get_editor("rome", tiny_llama, **FAST)
+    k = torch.randn(tiny_llama.d_mlp)
+    delta = torch.randn(tiny_llama.d_model)
+    dw = editor.rank_one_update(k, delta)
+    torch.testing.assert_close(dw @ k.double(), delta.double())
+    c = editor.second_moment()
+    c = c + FAST["mom2_ridge"] * torch.trace(c) / c.shape[0] * torch.eye(c.shape[0],
+                                                                          dtype=c.dtype)
+    x = torch.randn(tiny_llama.d_mlp, dtype=torch.float64)
+    x = x - (x @ k.double()) / (k.double() @ k.double()) * k.double()  # x ⟂ k*
+    assert (dw @ (c @ x)).abs().max() < 1e-6 * dw.abs().max() * (c @ x).abs().max() * 10
+
+
+def test_restore_is_bit_exact_also_on_error(tiny_llama):
+    digest = tiny_llama.weight_digest()
+    edit = get_editor("rome", tiny_llama, **FAST).edit(REQ)
+    assert tiny_llama.weight_digest() == digest  # computing an edit changes nothing
+    with edit.applied():
+        assert tiny_llama.weight_digest() != digest
+    assert tiny_llama.weight_digest() == digest
+    with pytest.raises(RuntimeError, match="boom"), edit.applied():
+        raise RuntimeError("boom")
+    assert tiny_llama.weight_digest() == digest
+
+
+def test_bad_input_raises_and_leaves_model_unedited(tiny_llama, monkeypatch):
+    digest = tiny_llama.weight_digest()
+    editor = get_editor("rome", tiny_llama, **FAST)
+    # A filled EditRequest always contains its subject as text; what can fail is finding it
+    # among the tokens. Simulate that, and check both entry points refuse.
+    monkeypatch.setattr("loudfacts.editing.base.find_subject_spans", lambda m, t, s: [])
+    for call in (editor.edit, editor.components):
+        with pytest.raises(EditError, match="not found"):
+            call(REQ)
+    monkeypatch.undo()
+    monkeypatch.setattr("loudfacts.editing.base.target_ids",
+                        lambda m, t: (_ for _ in ()).throw(ValueError("tokenises to nothing")))
+    with pytest.raises(EditError, match="tokenises to nothing"):
+        editor.edit(REQ)
+    monkeypatch.undo()
+    with pytest.raises(EditError, match="empty"):
+        EditRequest("{} is in", "The Louvre", "   ")
+    # A non-finite loss: an infinite KL weight times a zero KL is NaN at the first step.
+    bad = get_editor("rome", tiny_llama, **{**FAST, "kl_factor": float("inf")})
+    with pytest.raises(EditError, match="non-finite|not finite"):
+        bad.edit(REQ)
+    assert tiny_llama.weight_digest() == digest
+
+
+def test_unknown_hparam_and_bad_layer(tiny_llama):
+    with pytest.raises(ValueError, match="unknown hyper-parameter"):
+        get_editor("rome", tiny_llama, layr=1)
+    with pytest.raises(ValueError, match="out of range"):
+        get_editor("rome", tiny_llama, layer=9)
+
+
+def test_without_covariance_adjustment_direction_is_k_star(tiny_llama):
+    editor = get_editor("rome", tiny_llama, **{**FAST, "mom2_adjustment": False})
+    k = torch.randn(tiny_llama.d_mlp)
+    dw = editor.rank_one_update(k, torch.ones(tiny_llama.d_model))
+    torch.testing.assert_close(dw[0], k.double() / (k.double() @ k.double()))
