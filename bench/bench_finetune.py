@@ -85,7 +85,7 @@ def bench(model_name: str, n_requests: int, out: str) -> dict:
         }
         print(f"{name:6s} median {results[name]['seconds_median']:.2f} s/edit  {secs}")
     ref = results.get("rome", {}).get("seconds_median")
-    for name, r in results.items():
+    for r in results.values():
         r["ratio_to_rome"] = r["seconds_median"] / ref if ref else None
     doc = {
         "benchmark": "seconds per edit (editor.edit(request), model unchanged afterwards)",

@@ -12,6 +12,7 @@ import os
 import platform
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,8 +30,9 @@ def timed(fn):
 
 def main() -> dict:
     tiny_model("llama")  # the shared tokenizer is trained once per process
-    tiny = {f: round(min(timed(lambda: tiny_model(f))[1] for _ in range(3)), 3)
-            for f in ("llama", "gpt2", "gptj", "neox")}
+    tiny = {}
+    for family in ("llama", "gpt2", "gptj", "neox"):
+        tiny[family] = round(min(timed(partial(tiny_model, family))[1] for _ in range(3)), 3)
     with tempfile.TemporaryDirectory() as cache:
         os.environ["LOUDFACTS_CACHE"] = cache
         _, cold = timed(load_model)          # GGUF -> float32, then written to the cache

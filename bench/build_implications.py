@@ -67,7 +67,7 @@ def rotate(items, k=1):
 def landmark_cases():
     cases = []
     by_city = {}
-    for subj, city, country in LANDMARKS:
+    for _subj, city, country in LANDMARKS:
         by_city.setdefault(city, (city, country))
     cities = list(by_city.values())
     for i, (subj, city, country) in enumerate(LANDMARKS):
@@ -101,7 +101,7 @@ def city_country_cases():
     cases = []
     seen = set()
     countries = [c for _, _, c in LANDMARKS]
-    for i, (subj, city, country) in enumerate(LANDMARKS):
+    for i, (_subj, city, country) in enumerate(LANDMARKS):
         if city in seen:
             continue
         seen.add(city)
