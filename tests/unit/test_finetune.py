@@ -190,14 +190,16 @@ def test_hparams_json_sections(tmp_path, monkeypatch):
     path = tmp_path / "m.json"
     path.write_text(json.dumps({"ft": {"layer": 3, "lr": 0.1}, "ft-l": {"eps": 0.01},
                                 "evidence": {"x": 1}}))
-    monkeypatch.setattr(finetune, "hparams_path", lambda method, name: path)
-    assert finetune.load_ft_hparams("ft", "m") == {"layer": 3, "lr": 0.1}
-    assert finetune.load_ft_hparams("ft-l", "m") == {"eps": 0.01}
+    from loudfacts.editing import base
+
+    monkeypatch.setattr(base, "hparams_path", lambda method, name: path)
+    assert base.load_hparams("ft", "m", section="ft") == {"layer": 3, "lr": 0.1}
+    assert base.load_hparams("ft", "m", section="ft-l") == {"eps": 0.01}
     path.write_text(json.dumps({"layer": 2, "evidence": {}}))
-    assert finetune.load_ft_hparams("ft", "m") == {"layer": 2}
+    assert base.load_hparams("ft", "m", section="ft") == {"layer": 2}
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        finetune.load_ft_hparams("ft", "m")
+        base.load_hparams("ft", "m", section="ft")
 
 
 def test_shipped_hparams_files_are_valid():

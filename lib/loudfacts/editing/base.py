@@ -292,8 +292,9 @@ class Editor:
 
     def __post_init__(self):
         merged = dict(self.defaults)
-        merged.update(load_hparams(self.hparams_dir, self.model.name) if self.hparams_dir else {})
-        unknown = set(self.hparams) - set(merged) - {"evidence", "notes"}
+        if self.hparams_dir:
+            merged.update(load_hparams(self.hparams_dir, self.model.name, section=self.name))
+        unknown = set(self.hparams) - set(merged)
         if unknown:
             raise ValueError(
                 f"unknown hyper-parameter(s) {sorted(unknown)} for editor {self.name!r}; "
@@ -377,10 +378,29 @@ def hparams_path(method: str, model_name: str):
     return repo_path("hparams", method, f"{model_name.replace('/', '_')}.json")
 
 
-def load_hparams(method: str, model_name: str) -> dict:
-    """`hparams/<method>/<model>.json` without its "evidence"/"notes" keys ({} if absent)."""
+_NOT_HPARAMS = ("evidence", "notes", "source")
+
+
+def load_hparams(method: str, model_name: str, section: str | None = None) -> dict:
+    """`hparams/<method>/<model>.json` without its "evidence"/"notes" keys ({} if absent).
+
+    A file may hold one section per editor ({"ft": {...}, "ft-l": {...}, "evidence": ...}):
+    then `section` picks one ({} when it is missing). A flat file applies to every editor.
+
+    Raises:
+        ValueError: the file is not valid JSON (naming the file).
+    """
     path = hparams_path(method, model_name)
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
-    return {k: v for k, v in data.items() if k not in ("evidence", "notes", "source")}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+    # Sections are dict values named after an editor (a flat file may hold dict-valued
+    # hyper-parameters too, so a dict alone does not make a section).
+    names = set(_REGISTRY) | ({section} if section else set())
+    sectioned = any(isinstance(v, dict) and k in names for k, v in data.items())
+    if sectioned:
+        data = data.get(section, {}) if section else {}
+    return {k: v for k, v in data.items() if k not in _NOT_HPARAMS}

@@ -39,31 +39,11 @@ from loudfacts.editing.base import (
     Editor,
     EditRequest,
     WeightEdit,
-    hparams_path,
     register_editor,
 )
 from loudfacts.tokens import check_context, target_ids
 
 MODULE_CHOICES = ("mlp_out", "mlp")
-
-
-def load_ft_hparams(editor: str, model_name: str) -> dict:
-    """The `editor` section ("ft" or "ft-l") of `hparams/ft/<model>.json` ({} if absent).
-
-    A file without sections (a flat dict of hyper-parameters) applies to both editors.
-    """
-    path = hparams_path("ft", model_name)
-    if not path.exists():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-    if editor in data or any(k in data for k in ("ft", "ft-l")):
-        section = data.get(editor, {})
-    else:
-        section = data
-    return {k: v for k, v in section.items() if k not in ("evidence", "notes", "source")}
 
 
 def trained_paths(model, layer: int, module: str = "mlp_out") -> list[str]:
@@ -155,18 +135,8 @@ class _FineTuneEditor(Editor):
     }
 
     def __post_init__(self):
-        # The json holds one section per editor, so the flat loading of the base class does
-        # not apply: merge class defaults <- this editor's section <- keyword arguments.
-        merged = dict(self.defaults)
-        merged.update(load_ft_hparams(self.name, self.model.name))
-        unknown = set(self.hparams) - set(merged) - {"evidence", "notes"}
-        if unknown:
-            raise ValueError(
-                f"unknown hyper-parameter(s) {sorted(unknown)} for editor {self.name!r}; "
-                f"known: {sorted(merged)}"
-            )
-        merged.update(self.hparams)
-        self.hparams = merged
+        # class defaults <- this editor's section of hparams/ft/<model>.json <- keyword args
+        super().__post_init__()
         self._check_hparams()
 
     def _check_hparams(self):

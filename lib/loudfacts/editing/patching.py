@@ -62,7 +62,6 @@ from loudfacts.editing.base import (
     Editor,
     EditRequest,
     HookEdit,
-    load_hparams,
     register_editor,
 )
 from loudfacts.tokens import fill, find_subject_spans
@@ -368,19 +367,7 @@ def _fact_pool(model) -> list[tuple[str, str, str]]:
 class _PatchingEditor(Editor):
     """Shared parts: hparams from one file with a section per editor, subject patterns."""
 
-    hparams_dir = "patching"
-
-    def __post_init__(self):
-        merged = dict(self.defaults)
-        merged.update(load_hparams(self.hparams_dir, self.model.name).get(self.name, {}))
-        unknown = set(self.hparams) - set(merged)
-        if unknown:
-            raise ValueError(
-                f"unknown hyper-parameter(s) {sorted(unknown)} for editor {self.name!r}; "
-                f"known: {sorted(merged)}"
-            )
-        merged.update(self.hparams)
-        self.hparams = merged
+    hparams_dir = "patching"  # one section per editor, picked by Editor.__post_init__
 
     def _locator_factory(self, request: EditRequest):
         patterns = subject_token_patterns(
