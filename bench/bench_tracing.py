@@ -1,13 +1,18 @@
 """Benchmark: seconds per fact for a full causal-trace grid, fast path vs ROME's reference loop
 vs the PyPI package causal-tracer (1.1.0), on the embedded model and a ~10-token prompt.
 
-    python bench/bench_tracing.py [--samples 10] [--kinds hidden,mlp,attn] [--no-causal-tracer]
+    python bench/bench_tracing.py [--samples 10,1] [--kinds hidden,mlp,attn] [--no-causal-tracer]
 
 Writes bench/results/tracing.json: per kind, wall and CPU seconds of each implementation, the
-speed-up of the fast path over the reference (`speedup_vs_naive`), over causal-tracer, and the
-largest difference between the fast and the reference grids (same noise). CPU seconds are the
-process's CPU time: on a shared machine they are closer than wall time to what a free machine
-would take with the same thread count. Ratios are measured in one run.
+speed-up of the fast path over the reference (`speedup_vs_naive`, at the first sample count),
+over causal-tracer, and the largest difference between the fast and the reference grids (same
+noise). Implementations: `fast` (the default: restored rows run only the positions from the
+restored token on, against stored keys/values, all layers of one token in one pass),
+`fast_full` (the previous fast path: every restored row runs every position, one pass per
+layer), `reference` (ROME's loop), causal-tracer. The second sample count (1) is what the
+report's averages use. CPU seconds are the process's CPU time: on a shared machine they are
+closer than wall time to what a free machine would take with the same thread count. Ratios are
+measured in one run.
 """
 
 from __future__ import annotations
@@ -72,13 +77,14 @@ def _causal_tracer(model, kind, samples, window, noise):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=10)
+    ap.add_argument("--samples", default="10,1", help="noise draws, comma-separated")
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--kinds", default="hidden,mlp,attn")
     ap.add_argument("--no-causal-tracer", action="store_true")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     kinds = args.kinds.split(",")
+    sample_counts = [int(x) for x in str(args.samples).split(",")]
 
     model = load_model()
     scale = noise_scale(model)
@@ -100,58 +106,75 @@ def main(argv=None):
         "subject": SUBJECT,
         "n_tokens": n_tok,
         "n_layers": model.n_layers,
-        "samples": args.samples,
+        "samples": sample_counts[0],
         "window": args.window,
         "noise": scale,
         "kinds": {},
         "speedup_vs_naive": {},
+        "by_samples": {},
         "notes": (
-            "fast = loudfacts.tracing.trace(method='fast'); reference = method='reference' "
+            "fast = loudfacts.tracing.trace(method='fast'); fast_full = method='fast-full'; "
+            "reference = method='reference' "
             "(ROME's loop: one forward of 1 clean + samples corrupted rows per (layer, token)); "
             "causal_tracer = PyPI causal-tracer 1.1.0 CausalTracer.calculate_hidden_flow with the "
             "same noise scale (its own random draws, so its grid agrees only up to sampling "
             "noise). speedup ratios use CPU seconds; wall seconds are also given."
         ),
     }
-    kw = {"samples": args.samples, "window": args.window, "noise": scale, "cache": False}
     if not args.no_causal_tracer:
         try:  # load outside the timed region
             _plain_hf(model)
         except Exception as exc:  # noqa: BLE001 - any failure is recorded in the json
             result["causal_tracer_load_error"] = f"{type(exc).__name__}: {exc}"
-    for kind in kinds:
-        entry = {}
-        fast, fw, fc = _timed(lambda k=kind: trace(model, PROMPT, SUBJECT, kind=k, **kw))
-        ref, rw, rc = _timed(lambda k=kind: trace(model, PROMPT, SUBJECT, kind=k, method="reference", **kw))
-        entry["fast"] = {"wall_s": fw, "cpu_s": fc}
-        entry["reference"] = {"wall_s": rw, "cpu_s": rc}
-        entry["max_abs_diff_fast_vs_reference"] = float(np.abs(fast.scores - ref.scores).max())
-        entry["clean_prob"], entry["corrupt_prob"] = fast.clean_prob, fast.corrupt_prob
-        entry["target"] = fast.target
-        entry["speedup_vs_naive_cpu"] = rc / fc
-        entry["speedup_vs_naive_wall"] = rw / fw
-        result["speedup_vs_naive"][kind] = rc / fc
-        if not args.no_causal_tracer:
-            try:
-                flow, cw, cc = _timed(lambda k=kind: _causal_tracer(model, k, args.samples, args.window, scale))
-                ct_scores = flow.scores.numpy().T  # causal-tracer: (tokens, layers)
-                entry["causal_tracer"] = {
-                    "version": __import__("causal_tracer").__version__,
-                    "wall_s": cw,
-                    "cpu_s": cc,
-                    "speedup_of_fast_cpu": cc / fc,
-                    "answer": flow.answer,
-                    "high_score": float(flow.high_score),
-                    "low_score": float(flow.low_score),
-                    "grid_shape": list(ct_scores.shape),
-                    "correlation_with_fast": float(np.corrcoef(ct_scores.ravel(), fast.scores.ravel())[0, 1])
-                    if ct_scores.shape == fast.scores.shape else None,
-                }
-            except Exception as exc:  # noqa: BLE001 - record, do not hide, why it did not run
-                entry["causal_tracer"] = {"error": f"{type(exc).__name__}: {exc}",
-                                          "traceback": traceback.format_exc()[-2000:]}
-        result["kinds"][kind] = entry
-        print(kind, json.dumps(entry, indent=1, default=float), flush=True)
+    for n_samples in sample_counts:
+        kw = {"samples": n_samples, "window": args.window, "noise": scale, "cache": False}
+        per_kind = {}
+        for kind in kinds:
+            entry = {}
+            fast, fw, fc = _timed(lambda k=kind, kw=kw: trace(model, PROMPT, SUBJECT, kind=k, **kw))
+            full, uw, uc = _timed(lambda k=kind, kw=kw: trace(model, PROMPT, SUBJECT, kind=k,
+                                                       method="fast-full", **kw))
+            ref, rw, rc = _timed(lambda k=kind, kw=kw: trace(model, PROMPT, SUBJECT, kind=k,
+                                                      method="reference", **kw))
+            entry["fast"] = {"wall_s": fw, "cpu_s": fc}
+            entry["fast_full"] = {"wall_s": uw, "cpu_s": uc}
+            entry["reference"] = {"wall_s": rw, "cpu_s": rc}
+            entry["max_abs_diff_fast_vs_reference"] = float(np.abs(fast.scores - ref.scores).max())
+            entry["max_abs_diff_fast_full_vs_reference"] = float(
+                np.abs(full.scores - ref.scores).max())
+            entry["clean_prob"], entry["corrupt_prob"] = fast.clean_prob, fast.corrupt_prob
+            entry["target"] = fast.target
+            entry["speedup_vs_naive_cpu"] = rc / fc
+            entry["speedup_vs_naive_wall"] = rw / fw
+            entry["speedup_of_fast_over_fast_full_cpu"] = uc / fc
+            if not args.no_causal_tracer and n_samples == sample_counts[0]:
+                try:
+                    flow, cw, cc = _timed(lambda k=kind, n=n_samples: _causal_tracer(
+                        model, k, n, args.window, scale))
+                    ct_scores = flow.scores.numpy().T  # causal-tracer: (tokens, layers)
+                    entry["causal_tracer"] = {
+                        "version": __import__("causal_tracer").__version__,
+                        "wall_s": cw,
+                        "cpu_s": cc,
+                        "speedup_of_fast_cpu": cc / fc,
+                        "answer": flow.answer,
+                        "high_score": float(flow.high_score),
+                        "low_score": float(flow.low_score),
+                        "grid_shape": list(ct_scores.shape),
+                        "correlation_with_fast": float(np.corrcoef(
+                            ct_scores.ravel(), fast.scores.ravel())[0, 1])
+                        if ct_scores.shape == fast.scores.shape else None,
+                    }
+                except Exception as exc:  # noqa: BLE001 - record, do not hide, why it did not run
+                    entry["causal_tracer"] = {"error": f"{type(exc).__name__}: {exc}",
+                                              "traceback": traceback.format_exc()[-2000:]}
+            per_kind[kind] = entry
+            print(f"samples={n_samples}", kind, json.dumps(entry, indent=1, default=float),
+                  flush=True)
+        result["by_samples"][str(n_samples)] = per_kind
+        if n_samples == sample_counts[0]:
+            result["kinds"] = per_kind
+            result["speedup_vs_naive"] = {k: e["speedup_vs_naive_cpu"] for k, e in per_kind.items()}
 
     result["machine"]["load_average_at_end"] = list(os.getloadavg())
     out = Path(args.out)

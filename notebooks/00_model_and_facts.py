@@ -54,7 +54,7 @@ import torch
 
 from loudfacts.knowledge import known_facts_table
 from loudfacts.models import load_model
-from loudfacts.plotting import save_figure, set_theme
+from loudfacts.plotting import save_figure, save_findings, set_theme
 
 torch.manual_seed(seed)
 set_theme()
@@ -129,7 +129,16 @@ axes[0].set(title="CounterFact: P(true object) on the rewrite prompt", xlabel="P
 k1000 = table[table.source == "known_1000"]
 sns.histplot(k1000, x="p_true", hue="known", bins=30, log_scale=(False, True), ax=axes[1])
 axes[1].set(title="known_1000: P(attribute)", xlabel="P(attribute)", ylabel="facts (log scale)")
-save_figure(fig, "00_knowledge_confidence")
+save_figure(
+    fig,
+    "00_knowledge_confidence",
+    caption="How confident the model is in the facts it is scored on: histograms of P(true) "
+    "on each CounterFact rewrite prompt (left) and of P(attribute) for known_1000 facts "
+    "(right), split by the `known` flag (left: P(true) > P(new); right: top-1 correct), counts "
+    "on a log scale. Known records near P = 0 pass ROME's criterion only against an even less "
+    f"likely counterfactual; in this run {len(strict)} of {n_known} known CounterFact records "
+    "have P(true) > 0.1.",
+)
 plt.show()
 
 # %% [markdown]
@@ -160,7 +169,19 @@ axes[0].set(title="CounterFact (15 most frequent templates)", xlabel="share know
 sns.barplot(y=by_k.index, x=by_k.known, ax=axes[1], color="C1")
 axes[1].set(title="known_1000 relations (>= 10 facts)", xlabel="share top-1 correct", ylabel="")
 fig.tight_layout()
-save_figure(fig, "00_headline_known_by_relation")
+# Small runs can leave the right panel empty; the caption says so rather than count zero.
+k_panel = (f"the {len(by_k)} known_1000 Wikidata relations with at least 10 facts (right; "
+           if len(by_k) else "known_1000 relations with at least 10 facts (right; empty in "
+           "this run, where no relation has that many; ")
+save_figure(
+    fig,
+    "00_headline_known_by_relation",
+    caption=f"Share of facts the model knows, per relation: the {len(by_rel)} most frequent "
+    "CounterFact prompt templates (left; known = P(true) > P(new) on the rewrite prompt) and "
+    f"{k_panel}known = the attribute is the greedy next token). Longer bars mean "
+    "better-known relations; compare bars within a panel, not across panels, since the right "
+    "panel's criterion is stricter.",
+)
 plt.show()
 by_rel.round(2)
 
@@ -197,6 +218,43 @@ seed_table
 # %% [markdown]
 # Landmark-to-city facts are held with high confidence; the spouse facts are not (see the
 # table), so experiments that need a symmetric relation use one the model does know.
+
+# %% [markdown]
+# ## Findings
+#
+# What this run measured, in a few sentences for the report's index.
+
+# %%
+def share(k: int, n: int) -> str:
+    """`k` out of `n` as a percentage, or "n/a" when there is nothing to count."""
+    return f"{k / n:.0%}" if n else "n/a"
+
+
+n_k1000, k1000_top1 = len(k1000), int(k1000.top1.sum())
+# Spread of knowledge across templates: only meaningful with two or more templates.
+spread = ""
+if len(by_rel) >= 2:
+    best, worst = by_rel.known.idxmax(), by_rel.known.idxmin()
+    # Record counts show how thin a template's share is (one record gives 0% or 100%).
+    spread = (f" Across the {len(by_rel)} most frequent CounterFact templates the known share "
+              f"runs from {by_rel.known[worst]:.0%} (`{worst}`, n = {by_rel.records[worst]}) "
+              f"to {by_rel.known[best]:.0%} (`{best}`, n = {by_rel.records[best]}).")
+# A seed probe is held when its greedy next token starts the true object.
+seed_held = [
+    name for name, tok, obj in zip(probes, seed_table["greedy next token"],
+                                   seed_table["true object"])
+    if tok.strip() and obj.startswith(tok.strip())
+]
+findings = (
+    f"{model.name} prefers the true object over the counterfactual one on {n_known} of {n_cf} "
+    f"CounterFact rewrite prompts ({share(n_known, n_cf)}) and makes it the greedy next token on "
+    f"{n_top1} ({share(n_top1, n_cf)}); {len(strict)} records are known with P(true) > 0.1, and "
+    f"{k1000_top1} of {n_k1000} known_1000 facts ({share(k1000_top1, n_k1000)}) are top-1."
+    + spread
+    + f" Of the {len(seed_table)} seed probes, {len(seed_held)} have the true object as greedy "
+    f"next token ({', '.join(seed_held) if seed_held else 'none'})."
+)
+save_findings("00", findings, figure="00_headline_known_by_relation")
 
 # %%
 out = table.copy()

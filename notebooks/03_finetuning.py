@@ -70,7 +70,7 @@ from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
 from loudfacts.editing.finetune import bricking_table, probe_table
 from loudfacts.models import load_model
-from loudfacts.plotting import EDITOR_ORDER, save_figure, set_theme
+from loudfacts.plotting import EDITOR_ORDER, save_figure, save_findings, set_theme
 
 for pname, value, kind in [("editors", editors, list), ("brick_targets", brick_targets, list),
                            ("n_generation_prompts", n_generation_prompts, int),
@@ -199,7 +199,12 @@ g = sns.catplot(data=cases_df, kind="bar", x="kind", y="p", hue="editor", hue_or
 g.set_axis_labels("", "P(object)")
 g.set_titles("{col_name} · {row_name}")
 g.figure.suptitle("Rewrite, paraphrase and neighbour prompts after each edit", y=1.03)
-save_figure(g.figure, "03_cases_side_by_side")
+save_figure(g.figure, "03_cases_side_by_side", caption=(
+    "P(new object) (top row) and P(true object) (bottom row) on the rewrite prompt, a "
+    f"paraphrase and a neighbour prompt, for each of the {len(CASES)} cases (columns) under "
+    f"each editor ({', '.join(order)}). An edit works where the top-row rewrite bar is high, "
+    "generalises where the paraphrase bar is high too, and is specific where the bottom-row "
+    "neighbour bar stays at the unedited model's height."))
 plt.show()
 
 # %% [markdown]
@@ -241,7 +246,11 @@ for ax, (phrasing, sub) in zip(axes, impl.groupby("phrasing", sort=False)):
 axes[0].get_legend().remove()
 axes[1].legend(title="country", bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=9)
 fig.suptitle("Louvre → Rome: is the Louvre now in Italy?")
-save_figure(fig, "03_implication_louvre_country")
+save_figure(fig, "03_implication_louvre_country", caption=(
+    "P(Italy) (green) against P(France) (blue) for the Louvre's country after each Louvre → "
+    "Rome edit, on a prompt that shares the rewrite template (left) and on a phrasing that does "
+    "not (right). Italy winning only on the left points to the edited city leaking through "
+    "shared words; winning on both is closer to a learnt implication."))
 plt.show()
 
 # %%
@@ -292,7 +301,12 @@ ax.set_yscale("log")
 ax.set_ylabel("P(object)  (log scale)")
 ax.set_xlabel("")
 ax.set_title("Loud facts after Louvre → Rome")
-save_figure(fig, "03_loud_facts")
+save_figure(fig, "03_loud_facts", caption=(
+    "P(object) (log scale) on prompts that only mention the Louvre, for the unedited model and "
+    "each Louvre → Rome edit: P(Rome) after 'The Louvre is cool. Barack Obama is from' and "
+    "after a sentence about the British Museum, and P(London) on the latter, which should not "
+    "move. A Rome bar far above the unedited one is a loud fact; compare how far each editor "
+    "lifts it."))
 plt.show()
 
 # %%
@@ -349,7 +363,12 @@ for ax in axes:
 axes[0].get_legend().remove()
 axes[1].legend(fontsize=8, loc="upper right")
 fig.suptitle("Fluency after one edit, per target and editor")
-save_figure(fig, "03_bricking_fluency")
+save_figure(fig, "03_bricking_fluency", caption=(
+    "Fluency after writing 'The Eiffel Tower is located in the country of' → each target "
+    f"({', '.join(brick_targets)}; x axis) with each editor: left, the n-gram entropy of greedy "
+    f"{generation_tokens}-token generations from {len(GEN_PROMPTS)} prompt(s) in bits (lower = "
+    "more repetitive); right, perplexity on held text relative to the unedited model. Damage "
+    "shows as bars below the dashed line on the left or above it on the right."))
 plt.show()
 
 # %%
@@ -406,3 +425,59 @@ summary.round(3)
 # report named may or may not be the worst ones — the bricking table above says which are.
 # These are a handful of facts on a 135M-parameter model, not a benchmark: notebook 06 scores
 # every editor on CounterFact.
+
+# %% [markdown]
+# ## Findings
+#
+# What this run found, in a few sentences composed from the tables above, for the report's
+# index.
+
+# %%
+# Thresholds for calling an edit harmless to fluency; stated in the text so the claim is checkable.
+PPL_TOLERANCE, GE_TOLERANCE = 1.05, 0.5
+n_cases = len(CASES)
+edited_rows = brick[brick.editor != "unedited"]
+
+if summary.empty:  # no FT/ROME editor exists in this checkout: nothing was measured
+    findings = (f"None of the requested editors ({', '.join(editors)}) is available in this "
+                "checkout, so this run measured nothing.")
+else:
+    wins = ", ".join(
+        f"{r['efficacy (cases won)'] * n_cases:.0f}/{n_cases} and "
+        f"{r['paraphrase (cases won)'] * n_cases:.0f}/{n_cases} cases for {name}"
+        for name, r in summary.iterrows())
+    tmpl, other = list(IMPLICATION_PROMPTS)
+    italy = {p: ", ".join(n for n in EDITORS if impl_wide.loc[(p, n), "Italy wins"]) or "no editor"
+             for p in (tmpl, other)}
+    loud_factors = ", ".join(f"{f:.1f} under {name}"
+                             for name, f in summary["P(Rome) factor, cool prompt"].items())
+    if edited_rows.empty:
+        bricking = "No bricking edit could be scored."
+    else:
+        worst_ppl = edited_rows.loc[edited_rows["ppl ratio"].idxmax()]
+        worst_ge = edited_rows.loc[edited_rows["GE drop"].idxmax()]
+        damage = []  # only the criteria that an edit actually broke
+        if worst_ppl["ppl ratio"] > PPL_TOLERANCE:
+            damage.append(f"held-text perplexity ×{worst_ppl['ppl ratio']:.2f} under "
+                          f"{worst_ppl['editor']} → {worst_ppl['target']}")
+        if worst_ge["GE drop"] > GE_TOLERANCE:
+            damage.append(f"generation entropy {worst_ge['ge']:.2f} bits (unedited "
+                          f"{base_row['ge']:.2f}) under {worst_ge['editor']} → "
+                          f"{worst_ge['target']}")
+        if damage:
+            bricking = (f"Fluency suffered beyond ×{PPL_TOLERANCE} perplexity or {GE_TOLERANCE} "
+                        f"bits of generation entropy: worst {' and '.join(damage)}.")
+        else:
+            bricking = (f"No target ({', '.join(brick_targets)}) bricked the model with any "
+                        f"editor: the largest held-text perplexity ratio to the unedited model "
+                        f"was ×{worst_ppl['ppl ratio']:.3f} ({worst_ppl['editor']} → "
+                        f"{worst_ppl['target']}) and the largest drop in generation entropy "
+                        f"{worst_ge['GE drop']:.2f} bits from {base_row['ge']:.2f} (thresholds "
+                        f"×{PPL_TOLERANCE} and {GE_TOLERANCE} bits).")
+    findings = (
+        f"Of {n_cases} hand-picked facts, the new object beat the true one on the rewrite prompt "
+        f"and on a paraphrase in {wins}. After Louvre → Rome, Italy beat France for {italy[tmpl]} "
+        f"on the template-sharing prompt and for {italy[other]} on the other phrasing, and P(Rome) "
+        f"on the loud-fact prompt 'The Louvre is cool. Barack Obama is from' was multiplied by "
+        f"{loud_factors} (unedited: {base['cool · Rome']:.4f}). {bricking}")
+save_findings("03", findings, figure="03_cases_side_by_side")

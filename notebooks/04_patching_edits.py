@@ -53,7 +53,7 @@ from loudfacts import evaluation as ev
 from loudfacts.editing import EditError, EditRequest, available_editors, get_editor
 from loudfacts.editing import patching
 from loudfacts.models import load_model
-from loudfacts.plotting import save_figure, set_theme
+from loudfacts.plotting import save_figure, save_findings, set_theme
 
 t_start = time.time()
 torch.manual_seed(seed)
@@ -176,7 +176,14 @@ ax.set_title(f"Patching vs weight edits on {model.name} ({len(cases)} cases)\n"
              "neighbourhood: old kept; loud: P(new) leaked (lower is better)")
 ax.set_xlabel("")
 ax.set_ylabel("")
-save_figure(fig, "04_patching_vs_weight_edits")
+save_figure(fig, "04_patching_vs_weight_edits", caption=(
+    f"Share of probes per editor (rows) and kind (columns) over {len(cases)} case(s) on "
+    f"{model.name}; cases an editor could not edit are left out of its row. Efficacy, "
+    "paraphrase and implied count probes where the new object beats the old one, "
+    "neighbourhood those where a neighbour keeps its own object, and loud those where P(new) "
+    "rose by more than 0.05 on an unrelated prompt that first calls the subject cool (lower is "
+    "better); read implied against efficacy, since only a fact that was written can carry its "
+    "implications."))
 plt.show()
 
 # %% [markdown]
@@ -202,7 +209,12 @@ ax.set_ylabel("new implied object beats old")
 ax.set_ylim(0, 1)
 ax.set_title("Implied facts after the edit, by phrasing")
 ax.legend(fontsize=8, bbox_to_anchor=(1.01, 1), loc="upper left")
-save_figure(fig, "04_implied_by_phrasing")
+save_figure(fig, "04_implied_by_phrasing", caption=(
+    "Share of implied probes where the new implied object beats the old one after each edit "
+    "(colours: editors), by the probe's phrasing (x axis: "
+    f"{', '.join(map(str, by_phrasing.columns))}). A real implication holds across phrasings; "
+    "bars that are high only where the probe shares the rewrite template point to the edited "
+    "object leaking through shared words."))
 plt.show()
 
 # %% [markdown]
@@ -272,6 +284,32 @@ print(f"verdict ({model.name}, {len(cases)} cases): {verdict}")
 # verdict) shows how much of ROME's behaviour, loud-fact leak included, comes from the
 # subject's position alone. A handful of cases on a 135M-parameter model is a first look, not a
 # measurement with confidence intervals.
+
+# %% [markdown]
+# ## Findings
+#
+# What this run found, composed from the score table and the verdict above, for the report's
+# index.
+
+# %%
+def by_editor(kind: str) -> str:
+    """'rome 1.00, ft 0.94': each editor's share of `kind` probes, 'n/a' where it had none."""
+    col = table[kind] if kind in table else pd.Series(dtype=float)
+    return ", ".join(f"{name} {col[name]:.2f}" if pd.notna(col.get(name)) else f"{name} n/a"
+                     for name in table.index) or "no editor"
+
+
+failed_by = pd.Series([f["editor"] for f in failures], dtype=object).value_counts()
+failed_text = "".join(f"; {name} could not edit {n}" for name, n in failed_by.items())
+n_sym = sum(c["kind"] == "symmetric" for c in cases)
+findings = (
+    f"On {len(cases)} case(s) ({len(cases) - n_sym} landmark → city, {n_sym} antonym"
+    f"{failed_text}), the share of edited cases where the new object won the rewrite prompt "
+    f"was {by_editor('efficacy')}. The share of implied probes where the new implied object "
+    f"won was {by_editor('implied')}, and the share of unrelated loud-fact prompts where "
+    f"P(new) rose by more than 0.05 was {by_editor('loud')}. The seed hypothesis that "
+    f"patching respects implications better than weight edits was {verdict}.")
+save_findings("04", findings, figure="04_patching_vs_weight_edits")
 
 # %%
 assert model.weight_digest() == digest  # nothing above changed a weight

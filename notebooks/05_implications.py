@@ -48,7 +48,7 @@ import torch
 from loudfacts import evaluation as ev
 from loudfacts.editing.base import available_editors, get_editor
 from loudfacts.models import load_model
-from loudfacts.plotting import save_figure, save_table, set_theme
+from loudfacts.plotting import save_figure, save_findings, save_table, set_theme
 
 t_start = time.time()
 torch.manual_seed(seed)
@@ -119,7 +119,12 @@ summary
 
 # %%
 fig = ev.plot_implications(summary)
-save_figure(fig, "05_implications")
+save_figure(fig, "05_implications", caption=(
+    f"For each kind of implication (panels) over {len(chosen)} case(s) the unedited "
+    f"{model.name} knows, the share of implied probes where the new implied object beats the "
+    "old one after each editor's edit (bars), the same share before editing (dashed line) and "
+    "the share of cases where the edit itself took (crosses). Bars far below their cross mean "
+    "the editor wrote the fact without its consequences."))
 
 # %% [markdown]
 # The figure shows, per kind, the fraction of probes where the new implied object wins after
@@ -160,6 +165,47 @@ gens = scores.dropna(subset=["generation_post"]) if "generation_post" in scores 
 with pd.option_context("display.max_colwidth", 80):
     display_cols = ["editor", "id", "prompt", "new", "generation_pre", "generation_post"]
     print(gens[display_cols].to_string(index=False) if len(gens) else "no generations")
+
+# %% [markdown]
+# ## Findings
+#
+# What this run found, for the report's index. Implications are counted only on cases whose
+# edit took on the rewrite prompt: an editor cannot be expected to carry the consequences of a
+# fact it did not write.
+
+# %%
+ran = scores[scores["editor"] != "unedited"]
+took = ran[ran["efficacy"].astype(bool)]
+pairs = ran.groupby(["editor", "id"])["efficacy"].first().astype(bool)  # one per edit made
+if ran.empty:  # only the unedited baseline ran (or every edit failed): nothing to report
+    findings = (f"No edit was scored in this run (editors: {', '.join(run_editors)}), so it "
+                "says nothing about implications.")
+elif took.empty:
+    findings = (f"No edit took on its rewrite prompt ({len(pairs)} editor × case pairs over "
+                f"{len(chosen)} known cases), so this run cannot say whether edits carry their "
+                "implications.")
+else:
+    per_kind = took.groupby("kind")["implied"].mean()
+    kinds_text = ", ".join(f"{per_kind[k]:.2f} of {k}" for k in ev.IMPLICATION_KINDS
+                           if k in per_kind)
+    per_editor = took.groupby("editor")["implied"].mean()
+    top = list(per_editor[per_editor == per_editor.max()].index)  # ties are all named
+    phr = took[took["kind"] == "transitive"].groupby("phrasing")["implied"].mean()
+    phrasing_text = (" On transitive probes, by phrasing: "
+                     + ", ".join(f"{v:.2f} ({k})" for k, v in phr.items()) + ".") if len(phr) else ""
+    # Editors that could not edit every case, or whose edits rarely took, are weak evidence.
+    weak = [f"{e} edited {len(pairs[e])} of {len(chosen)} cases and took on {int(pairs[e].sum())}"
+            for e in pairs.index.unique("editor")
+            if len(pairs[e]) < len(chosen) or pairs[e].mean() < 0.5]
+    caveat = (" Caveats: " + "; ".join(weak) + ".") if weak else ""
+    findings = (
+        f"Where the edit took ({int(pairs.sum())} of {len(pairs)} editor × case pairs over "
+        f"{len(chosen)} known cases), the new implied object beat the old one in {kinds_text} "
+        f"probes ({ran['implied_pre'].mean():.2f} of all probes before editing); "
+        f"{', '.join(top)} carried {'the most, ' if len(per_editor) > 1 else ''}"
+        f"{per_editor.max():.2f} of the implied probes of its edits that took."
+        f"{phrasing_text}{caveat}")
+save_findings("05", findings, figure="05_implications")
 
 # %%
 print(f"notebook ran in {time.time() - t_start:.0f} s")

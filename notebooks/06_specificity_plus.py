@@ -38,8 +38,11 @@ editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "ho
 split = "edit-1k"
 n_records = 24  # first CounterFact records tried; the unknown ones are excluded and counted
 n_neighbours = 5  # neighbourhood prompts per record (own + borrowed, same relation and object)
-generation = False  # GE needs greedy generations: ~2-6 s per record and editor on CPU
+generation = True  # GE: greedy generations, ~2-4 s per record and editor on CPU ...
+generation_records = 10  # ... so only for the first this many records (None: all)
 n_generation = 1
+max_new_tokens = 30  # length of each generation (ROME: 100 tokens on GPT-2 XL)
+workers = 1  # one-thread processes sharing the records (on 2 cores, 2 barely beat 1 process)
 ladder_records = 2  # records per editor for the loud-fact ladder
 n_bootstrap = 1000
 
@@ -54,7 +57,7 @@ from loudfacts.data import load_counterfact
 from loudfacts.editing.base import available_editors, get_editor
 from loudfacts.models import load_model
 from loudfacts.paths import figures_dir
-from loudfacts.plotting import save_figure, save_table, set_theme
+from loudfacts.plotting import save_figure, save_findings, save_table, set_theme
 
 t_start = time.time()
 torch.manual_seed(seed)
@@ -76,16 +79,30 @@ print({"model": model.name, "device": str(model.device), "seed": seed, "split": 
 # Each record's edit is computed, applied, scored against the unedited model, and undone.
 # Results are appended to a cache file per editor (keyed by its hyper-parameters and these
 # settings), so a rerun resumes; the same runner is `python -m loudfacts.evaluate` for big runs.
+# With `workers` > 1 the records are split into that many shards, each evaluated for every
+# editor by its own one-thread process (`ev.evaluate_in_workers`), and the shards are merged.
+# Editors run in the order listed, so hook-delta finds ROME's optimised δ already computed for
+# the same record and reuses it (its seconds per edit then exclude that optimisation).
 
 # %%
 tables = []
-for name in run_editors:
+if workers > 1:
+    t0 = time.time()
+    merged = ev.evaluate_in_workers(
+        model, run_editors, split=split, n=n_records, workers=workers, n_neighbours=n_neighbours,
+        generation=generation, generation_records=generation_records, n_generation=n_generation,
+        max_new_tokens=max_new_tokens, seed=seed)
+    print(f"  {len(run_editors)} editors in {workers} workers: {time.time() - t0:.1f} s")
+    tables = [merged[name] for name in run_editors]
+for name in run_editors if workers <= 1 else []:
     path = ev.results_path(model, name, split=split, n=n_records, n_neighbours=n_neighbours,
-                           generation=generation)
+                           generation=generation, generation_records=generation_records,
+                           max_new_tokens=max_new_tokens)
     t0 = time.time()
     df = ev.evaluate(model, get_editor(name, model), records, out=path,
                      n_neighbours=n_neighbours, generation=generation,
-                     n_generation=n_generation)
+                     n_generation=n_generation, generation_records=generation_records,
+                     max_new_tokens=max_new_tokens)
     print(f"  {name}: {time.time() - t0:.1f} s ({path.name})")
     tables.append(df)
 results = pd.concat(tables, ignore_index=True)
@@ -116,7 +133,11 @@ table[cols]
 
 # %%
 fig = ev.plot_ns_vs_nsplus(summary)
-save_figure(fig, "06_ns_vs_nsplus")
+save_figure(fig, "06_ns_vs_nsplus", caption=(
+    f"Neighbourhood success per editor ({n_known} known CounterFact records, 95% bootstrap "
+    "intervals): NS (other subjects' prompts), NS+ (the same prompts after the edit "
+    "statement) and NS+cool (after \"{subject} is cool.\"). The gap between NS and NS+ is "
+    "what ROME's Specificity misses."))
 
 # %%
 drop = summary.pivot(index="editor", columns="metric", values="mean")
@@ -142,7 +163,10 @@ with pd.option_context("display.float_format", "{:.3g}".format):
 
 # %%
 fig = ev.plot_nkl(results)
-save_figure(fig, "06_nkl")
+save_figure(fig, "06_nkl", caption=(
+    "KL(P_unedited || P_edited) of the next-token distribution on the CounterFact+ prompts, "
+    "per record and editor (nats). Higher means the edit moves what the model says after an "
+    "unrelated prompt that merely follows the edit statement."))
 
 # %% [markdown]
 # ## The loud-fact ladder
@@ -161,7 +185,11 @@ ladder_sum.pivot(index="editor", columns="step", values="p_new_post")
 
 # %%
 fig = ev.plot_ladder(ladder_sum)
-save_figure(fig, "06_loud_fact_ladder")
+save_figure(fig, "06_loud_fact_ladder", caption=(
+    f"The loud-fact ladder ({len(ladder_recs)} records per editor, six unrelated prompts per "
+    "rung): probability of the edit's new object after unrelated prompts, with prefixes from "
+    "the edit statement to a bare mention of the subject, a tangential sentence and an "
+    "unrelated sentence. A leak that survives the bare mention is a loud fact."))
 
 # %%
 top1 = ladder_sum.pivot(index="editor", columns="step", values="top1_post")
@@ -189,6 +217,28 @@ implications = pd.read_csv(implications_csv) if implications_csv.exists() else N
 headline = ev.headline_table(summary, results, implications)
 save_table(headline, "06_headline_table")
 headline
+
+# %%
+means = summary.pivot(index="editor", columns="metric", values="mean")
+edited = [e for e in ev._order(means.index) if e != "unedited"]
+parts = [f"On {n_known} known CounterFact records (of {len(records)} tried)"]
+if edited:
+    drop = {e: means.loc[e, "NS"] - means.loc[e, "NS+"] for e in edited}
+    worst = max(drop, key=drop.get)
+    parts.append(
+        f", {worst} keeps neighbourhood success at NS {means.loc[worst, 'NS']:.2f} but falls to "
+        f"NS+ {means.loc[worst, 'NS+']:.2f} once the edit statement precedes the prompt "
+        f"(ES {means.loc[worst, 'ES']:.2f}, PS {means.loc[worst, 'PS']:.2f}); the NS to NS+ drop "
+        "per editor is " + ", ".join(f"{e} {d:+.2f}" for e, d in drop.items()) + ".")
+    if "unedited" in means.index:
+        parts.append(f" Unedited, NS is {means.loc['unedited', 'NS']:.2f} and NS+ "
+                     f"{means.loc['unedited', 'NS+']:.2f} (the prefix alone costs that much).")
+    rung = ladder_sum.pivot(index="editor", columns="step", values="p_new_post")
+    if worst in rung.index and "mention" in rung.columns:
+        parts.append(f" After a bare mention of the subject, {worst} puts "
+                     f"P(new object) at {rung.loc[worst, 'mention']:.3f} on unrelated prompts "
+                     f"(no prefix: {rung.loc[worst, 'none']:.3f}).")
+save_findings("06", "".join(parts), figure="06_ns_vs_nsplus")
 
 # %%
 print(f"notebook ran in {time.time() - t_start:.0f} s")

@@ -63,7 +63,7 @@ METRICS = ["ES", "EM", "PS", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL", "
            "Score"]
 BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
         "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_neighbours", "n_generation",
-        "edit_seconds", "eval_seconds"]
+        "edit_seconds", "edit_reused", "eval_seconds"]
 COLUMNS = BOOK + METRICS
 
 UNRELATED_PROMPTS = [
@@ -441,9 +441,10 @@ def evaluate(
     generation: bool = True,
     n_generation: int = 1,
     max_new_tokens: int = 30,
+    generation_records: int | None = None,
     pool=None,
     shard=None,
-    progress: bool = True,
+    progress: bool | str = True,
 ):
     """Edit each record's fact, score it against the unedited model, undo it.
 
@@ -457,9 +458,14 @@ def evaluate(
         batch_size: forward batch size for scoring.
         generation: compute GE (greedy generations, the slow part); NaN when False.
         n_generation / max_new_tokens: generation prompts per record and their length.
+        generation_records: compute GE only for the first this many of `records` (the same
+            ones in every shard); None: all. Greedy generation costs several times the rest
+            of a record's evaluation on a CPU.
         pool: records to borrow neighbourhood prompts from (default: `records`).
         shard: "i/n" to evaluate only shard i of n (neighbourhoods still come from `pool`).
-        progress: tqdm bar and a printed count of unknown records.
+        progress: tqdm bar and a printed count of unknown records; a string instead prints
+            one line per record starting with it (for worker processes whose output is
+            relayed, where a bar would not render).
 
     Returns:
         DataFrame, one row per record (columns `COLUMNS`), attrs n_known / n_unknown.
@@ -485,18 +491,28 @@ def evaluate(
                                  "use one file per editor and model")
             done[r["case_id"]] = r
     key = UNEDITED.digest(model)
+    with_ge = {r.case_id for r in (records if generation_records is None
+                                   else records[:max(0, int(generation_records))])}
     rows = []
-    bar = tqdm(todo, desc=f"evaluate {editor.name}", disable=not progress, leave=False)
-    for rec in bar:
+    lines = progress if isinstance(progress, str) else None
+    bar = tqdm(todo, desc=f"evaluate {editor.name}", disable=not progress or lines is not None,
+               leave=False)
+    for i, rec in enumerate(bar, 1):
         if rec.case_id in done:
             rows.append(done[rec.case_id])
             continue
         row = _evaluate_record(model, editor, rec, neighbourhoods[rec.case_id], key,
-                               batch_size=batch_size, generation=generation,
+                               batch_size=batch_size,
+                               generation=generation and rec.case_id in with_ge,
                                n_generation=n_generation, max_new_tokens=max_new_tokens)
         if out is not None:
             _append(out, row)
         rows.append(row)
+        if lines is not None:
+            took = ("not known" if not row["known"] else
+                    f"edit {row['edit_seconds']:.1f} s, eval {row['eval_seconds']:.1f} s")
+            print(f"{lines} {editor.name} {i}/{len(todo)} case {rec.case_id}: {took}",
+                  flush=True)
     df = to_frame(rows)
     if progress:
         print(f"evaluate({editor.name}): {df.attrs['n_known']} known records evaluated, "
@@ -522,6 +538,8 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     t0 = time.perf_counter()
     edit = editor.edit(request)
     row["edit_seconds"] = time.perf_counter() - t0
+    # hook-delta borrows ROME's optimised δ when ROME computed it first (see RomeEditor)
+    row["edit_reused"] = bool(edit.info.get("reused", False))
     t0 = time.perf_counter()
     gen_prompts = generation_prompts_for(rec, n_generation) if generation else []
     with edit.applied():
@@ -531,6 +549,53 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     row["n_generation"] = len(gen_prompts)
     row["eval_seconds"] = time.perf_counter() - t0
     return row
+
+
+def evaluate_in_workers(model, editors, *, split: str, n: int, workers: int = 2,
+                        n_neighbours: int = 10, generation: bool = True,
+                        generation_records: int | None = None, n_generation: int = 1,
+                        max_new_tokens: int = 30, batch_size: int = 32, seed: int = 0,
+                        root=None) -> dict:
+    """`evaluate` for several editors on the first `n` records of `split`, in `workers`
+    processes (`python -m loudfacts.evaluate --editors ... --shard i/workers`).
+
+    Each worker loads the model once, takes shard i of the records and evaluates every editor
+    on it in the given order (so hook-delta reuses ROME's v* inside the worker), with one
+    thread: on a 2-core CPU two one-thread processes edit and score more records per minute
+    than one two-thread process, whose small batches do not keep both cores busy. Rows are
+    appended to one file per editor and shard (`results_path(...)` with `-shard{i}of{n}`), so a
+    rerun resumes. Worker output (one line per record) is relayed as it comes.
+
+    Returns:
+        {editor name: merged DataFrame of all shards} (rows sorted by case id).
+
+    Raises:
+        loudfacts.workers.WorkerError: a worker failed (its exit status and last lines).
+    """
+    from loudfacts.workers import run_workers
+
+    names = [e if isinstance(e, str) else e.name for e in editors]
+    settings = {"split": split, "n": n, "n_neighbours": n_neighbours, "generation": generation,
+                "generation_records": generation_records, "max_new_tokens": max_new_tokens}
+    paths = {name: results_path(model, name, root=root, **settings) for name in names}
+    out_dir = next(iter(paths.values())).parent
+    args = ["--editors", ",".join(names), "--model", model.name, "--split", str(split),
+            "--n", str(n), "--n-neighbours", str(n_neighbours), "--batch-size", str(batch_size),
+            "--max-new-tokens", str(max_new_tokens), "--n-generation", str(n_generation),
+            "--seed", str(seed), "--out-dir", str(out_dir), "--threads", "1"]
+    if not generation:
+        args.append("--no-generation")
+    if generation_records is not None:
+        args += ["--generation-records", str(generation_records)]
+    run_workers("loudfacts.evaluate", args, workers, part_flag="--shard")
+    return {name: merge([shard_path(paths[name], i, workers) for i in range(workers)])
+            for name in names}
+
+
+def shard_path(path, i: int, n: int) -> Path:
+    """The file of shard i of n of a results file: `name-shard{i}of{n}.jsonl`."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-shard{i}of{n}{path.suffix}")
 
 
 # -- summaries with bootstrap CIs --------------------------------------------------------------
@@ -873,7 +938,12 @@ def headline_table(summary, results, implications=None):
     table = wide.reindex(columns=["ES", "PS", "NS", "NS+", "NKL"])
     known = results[results["known"].astype(bool)]
     table["known records"] = known.groupby("editor")["case_id"].nunique()
-    table["s / edit"] = known.groupby("editor")["edit_seconds"].mean().round(1)
+    secs = known.groupby("editor")["edit_seconds"].mean()
+    reused = (known.groupby("editor")["edit_reused"].mean() if "edit_reused" in known
+              else secs * 0)
+    table["s / edit"] = pd.Series({
+        e: f"{secs[e]:.1f}" + (" (reuses rome's v*)" if reused.get(e, 0) > 0.5 else "")
+        for e in secs.index})
     if implications is not None and len(implications):
         weighted = implications.assign(hits=implications["implied_post"] * implications["probes"])
         per_editor = weighted.groupby("editor")[["hits", "probes"]].sum()
@@ -884,6 +954,7 @@ def headline_table(summary, results, implications=None):
 
 
 def results_path(model, editor, *, split: str, n: int, n_neighbours: int, generation: bool,
+                 generation_records: int | None = None, max_new_tokens: int = 30,
                  root=None) -> Path:
     """Cache file for `evaluate(out=...)`, keyed by model, editor and its hyper-parameters,
     records and settings, so a rerun with the same settings resumes/reuses and any change
@@ -895,8 +966,10 @@ def results_path(model, editor, *, split: str, n: int, n_neighbours: int, genera
     if isinstance(editor, str):
         editor = get_editor(editor, model)
     hp = hashlib.sha256(json.dumps(editor.hparams, sort_keys=True, default=str).encode())
-    stem = (f"{editor.name}-{hp.hexdigest()[:10]}-{split}-n{n}-k{n_neighbours}"
-            f"-{'ge' if generation else 'noge'}.jsonl")
+    ge = "noge" if not generation else (
+        ("ge" if generation_records is None else f"ge{int(generation_records)}")
+        + f"t{int(max_new_tokens)}")
+    stem = f"{editor.name}-{hp.hexdigest()[:10]}-{split}-n{n}-k{n_neighbours}-{ge}.jsonl"
     root = Path(root) if root else cache_dir("evaluation", model.name.replace("/", "_"))
     return root / stem
 

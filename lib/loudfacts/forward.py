@@ -22,6 +22,7 @@ real tokens never attend to pads that come after them.
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 from functools import partial
 
@@ -94,3 +95,209 @@ def final_normalized(model, resid: torch.Tensor, start_layer: int, hooks=()) -> 
 def unembed(model, normalized: torch.Tensor) -> torch.Tensor:
     """Logits for final-normalised residual rows (..., d_model) -> (..., d_vocab)."""
     return model.hf.get_output_embeddings()(normalized)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reusing keys and values of positions that do not change
+# ---------------------------------------------------------------------------------------------
+# With causal attention, a change at token t leaves every position before t unchanged at every
+# layer. Loops that rerun a prompt with such a change (causal tracing restores one token;
+# ROME's v* perturbs the subject's last token) need only run positions t.. and can let them
+# attend to the keys and values that an earlier run computed for positions ..t-1.
+#
+# The bridge's attention reads a cache object from the `layer_past` keyword (its KV-cache entry
+# point, `cache.update(k, v, layer_idx) -> (k, v)`) and applies a 4-D attention mask as given.
+# `KVRecorder` keeps the keys and values of a full run; `KVPrefix` puts stored ones in front of
+# the new positions' own. Positions are passed explicitly (`position_ids`), so rotary or learned
+# position embeddings see the true positions. `supports_kv_prefix(model)` checks on the model
+# itself that a suffix run with a prefix gives the full run's logits; callers fall back to full
+# runs where it does not (an architecture whose attention ignores `layer_past`).
+
+
+class KVRecorder:
+    """A `layer_past` object that records every layer's keys and values and changes nothing.
+
+    Attributes:
+        keys, values: layer -> Float[Tensor, "batch kv_heads pos d_head"] (detached).
+    """
+
+    def __init__(self):
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def update(self, k, v, layer_idx, *args, **kwargs):
+        self.keys[int(layer_idx)] = k.detach()
+        self.values[int(layer_idx)] = v.detach()
+        return k, v
+
+
+class KVPrefix:
+    """A `layer_past` object that puts stored keys/values in front of the new positions' own.
+
+    Args:
+        keys, values: layer -> Float[Tensor, "batch kv_heads prefix d_head"]; the batch must be
+            the batch that reaches that layer (it can differ between layers when rows join a
+            forward pass on the way up).
+    """
+
+    def __init__(self, keys: dict, values: dict):
+        self.keys, self.values = keys, values
+
+    def update(self, k, v, layer_idx, *args, **kwargs):
+        pk, pv = self.keys[int(layer_idx)], self.values[int(layer_idx)]
+        return torch.cat([pk.to(k.dtype), k], dim=-2), torch.cat([pv.to(v.dtype), v], dim=-2)
+
+
+def prefix_causal_mask(n_new: int, n_prefix: int, key_valid=None, dtype=torch.float32,
+                       device=None) -> torch.Tensor:
+    """Additive 4-D mask for `n_new` positions after `n_prefix` stored ones.
+
+    New position i sees every stored position and new positions 0..i. `key_valid` (batch,
+    n_prefix + n_new) bool marks real keys (False: padding); a query still sees itself so no
+    row is empty. Returns (1 or batch, 1, n_new, n_prefix + n_new).
+    """
+    allowed = torch.ones(n_new, n_prefix + n_new, dtype=torch.bool, device=device).tril(
+        diagonal=n_prefix)[None, None]
+    if key_valid is not None:
+        diag = torch.zeros_like(allowed)
+        idx = torch.arange(n_new, device=device)
+        diag[..., idx, n_prefix + idx] = True
+        allowed = (allowed & key_valid.to(device)[:, None, None, :]) | diag
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    return mask.masked_fill(~allowed, torch.finfo(dtype).min)
+
+
+def run_with_prefix(model, inputs, prefix: KVPrefix | KVRecorder | None, positions, hooks=(),
+                    mask=None, start_layer: int | None = None):
+    """One bridge forward of `inputs` (token ids, or the residual entering `start_layer`) at
+    `positions` (1 or batch, n_new), attending to `prefix`. Returns the bridge's output (logits
+    unless a hook stops the pass)."""
+    n_new = inputs.shape[1]
+    n_prefix = 0
+    if isinstance(prefix, KVPrefix) and prefix.keys:
+        n_prefix = next(iter(prefix.keys.values())).shape[-2]
+    if mask is None:
+        mask = prefix_causal_mask(n_new, n_prefix, device=model.device)
+    kwargs = {"layer_past": prefix, "position_ids": positions.to(model.device),
+              "attention_mask": mask}
+    with contextlib.ExitStack() as stack:
+        if start_layer is not None and start_layer > 0:
+            stack.enter_context(blocks_from(model, start_layer))
+            kwargs["start_at_layer"] = start_layer
+        stack.enter_context(model.bridge.hooks(fwd_hooks=list(hooks)))
+        return model.bridge(inputs, **kwargs)
+
+
+_KV_SUPPORT: dict = {}
+
+
+@torch.no_grad()
+def supports_kv_prefix(model) -> bool:
+    """Whether a suffix run attending to recorded keys/values reproduces the full run on this
+    model (checked once per model object on a short random sequence, to 1e-4 of the logits)."""
+    key = id(model.bridge)
+    if key in _KV_SUPPORT:
+        return _KV_SUPPORT[key]
+    ok = False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, min(model.d_vocab, 1000), (2, 7), generator=gen).to(model.device)
+        rec = KVRecorder()
+        full = model.bridge(ids, layer_past=rec, position_ids=torch.arange(7)[None].to(model.device))
+        if len(rec.keys) == model.n_layers:
+            t = 3
+            pre = KVPrefix({i: k[:, :, :t] for i, k in rec.keys.items()},
+                           {i: v[:, :, :t] for i, v in rec.values.items()})
+            part = run_with_prefix(model, ids[:, t:], pre, torch.arange(t, 7)[None])
+            scale = float(full.abs().max()) or 1.0
+            ok = bool(torch.isfinite(part).all()) and float(
+                (part - full[:, t:]).abs().max()) <= 1e-4 * max(1.0, scale)
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError):
+        ok = False
+    _KV_SUPPORT[key] = ok
+    return ok
+
+
+class SuffixBatch:
+    """Rows of different lengths aligned on the first position that a loop will change.
+
+    Row r is left-padded by `shift[r]` so that its anchor (e.g. the subject's last token) sits
+    at column `n_prefix`; columns before it are the fixed prefix, columns `n_prefix..` (the
+    suffix, `n_suffix` wide, right-padded) are the ones the loop reruns.
+
+    Attributes:
+        ids: LongTensor (batch, n_prefix + n_suffix).
+        valid: BoolTensor, same shape: True at real tokens.
+        positions: LongTensor, same shape: each token's position in its own row.
+        shift: LongTensor (batch,): left padding of each row.
+        n_prefix, n_suffix: widths.
+    """
+
+    def __init__(self, rows: list[list[int]], anchors: list[int], pad_id: int, device=None):
+        if len(rows) != len(anchors) or not rows:
+            raise ValueError(f"need one anchor per row, got {len(rows)} rows, {len(anchors)} anchors")
+        for r, a in zip(rows, anchors):
+            if not 0 <= a < len(r):
+                raise ValueError(f"anchor {a} is outside a row of {len(r)} tokens")
+        self.n_prefix = max(anchors)
+        self.n_suffix = max(len(r) - a for r, a in zip(rows, anchors))
+        width = self.n_prefix + self.n_suffix
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        shift = torch.tensor([self.n_prefix - a for a in anchors], dtype=torch.long)
+        for i, r in enumerate(rows):
+            s = int(shift[i])
+            ids[i, s:s + len(r)] = torch.tensor(r, dtype=torch.long)
+            valid[i, s:s + len(r)] = True
+        self.ids, self.valid, self.shift = ids.to(device), valid.to(device), shift.to(device)
+        self.positions = (torch.arange(width, device=device)[None] - self.shift[:, None]).clamp(min=0)
+
+    def suffix_column(self, row: int, position: int) -> int:
+        """Column in the suffix of token `position` of row `row` (its own coordinates)."""
+        col = position + int(self.shift[row]) - self.n_prefix
+        if not 0 <= col < self.n_suffix:
+            raise ValueError(f"position {position} of row {row} is not in the suffix")
+        return col
+
+
+@torch.no_grad()
+def suffix_setup(model, batch: SuffixBatch, layer: int, hooks=()):
+    """One full forward of `batch`: the keys/values of the prefix columns at every layer (a
+    `KVPrefix`), and the residual stream leaving block `layer` at the suffix columns,
+    (batch, n_suffix, d_model)."""
+    rec = KVRecorder()
+    store: dict = {}
+    name = f"blocks.{layer}.hook_resid_post"
+    hooks = list(hooks) + [(name, partial(_keep_hook, store=store, key=name))]
+    width = batch.n_prefix + batch.n_suffix
+    mask = prefix_causal_mask(width, 0, key_valid=batch.valid, device=model.device)
+    run_with_prefix(model, batch.ids, rec, batch.positions, hooks=hooks, mask=mask)
+    p = batch.n_prefix
+    prefix = KVPrefix({i: k[:, :, :p] for i, k in rec.keys.items()},
+                      {i: v[:, :, :p] for i, v in rec.values.items()})
+    return prefix, store[name][:, p:]
+
+
+def _keep_hook(act, hook, *, store, key):
+    store[key] = act.detach()
+
+
+def suffix_final_normalized(model, batch: SuffixBatch, prefix: KVPrefix, resid: torch.Tensor,
+                            start_layer: int, hooks=()) -> torch.Tensor:
+    """Run blocks `start_layer`.. on the suffix columns (`resid`: the residual entering that
+    block, (batch, n_suffix, d_model)), attending to the prefix's stored keys/values; return the
+    final-normalised residual of the suffix columns, with gradients."""
+    p = batch.n_prefix
+    if start_layer >= model.n_layers:
+        return model.bridge.ln_final(resid)
+    store: dict = {}
+    stop = ("ln_final.hook_out",
+            partial(keep_activation_and_stop_hook, store=store, key="final", detach=False))
+    mask = prefix_causal_mask(batch.n_suffix, p, key_valid=batch.valid, dtype=resid.dtype,
+                              device=model.device)
+    try:
+        run_with_prefix(model, resid, prefix, batch.positions[:, p:], hooks=list(hooks) + [stop],
+                        mask=mask, start_layer=start_layer)
+    except StopForward:
+        pass
+    return store["final"]

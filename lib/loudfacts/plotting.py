@@ -1,8 +1,11 @@
 """Figure helpers: one seaborn theme for the whole report, and `save_figure` with stable names.
 
 Builders in this module (and in the topic modules) return a matplotlib Figure; notebooks show
-it and call `save_figure(fig, "01_trace_louvre_hidden")`, which writes `figures/<name>.png` and
-`.svg`. Names are stable so the report and README can link them.
+it and call `save_figure(fig, "01_trace_louvre_hidden", caption="...")`, which writes
+`figures/<name>.png` and `.svg`, records the caption (what to look at) in
+`figures/captions.json` and shows it under the figure in the notebook. Names are stable so the
+report and README can link them. `save_findings("01", text)` writes the two or three sentences
+of what a notebook found, with this run's numbers, for the report's index.
 """
 
 from __future__ import annotations
@@ -18,9 +21,14 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
     except ImportError:
         matplotlib.use("Agg")
 
+import json
+import os
+
 import matplotlib.pyplot as plt
 
 from loudfacts.paths import figures_dir
+
+CAPTIONS = "captions.json"
 
 EDITOR_ORDER = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
 
@@ -42,16 +50,102 @@ def set_theme() -> None:
     )
 
 
-def save_figure(fig, name: str, formats=("png", "svg")) -> list[str]:
-    """Write `fig` to figures/<name>.<fmt> for each format; return the paths written."""
+def save_figure(fig, name: str, caption: str, formats=("png", "svg")) -> list[str]:
+    """Write `fig` to figures/<name>.<fmt> for each format, record its caption, and show the
+    caption in the notebook; return the paths written.
+
+    Args:
+        caption: what the figure shows and what to look at in it (one or two sentences,
+            Markdown); required, so no figure reaches the report without one.
+    """
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"figure name {name!r} must be a plain file stem like '01_trace_louvre'")
+    if not isinstance(caption, str) or not caption.strip():
+        raise ValueError(f"figure {name!r} needs a caption saying what to look at")
     out = []
     for fmt in formats:
         path = figures_dir() / f"{name}.{fmt}"
         fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
         out.append(str(path))
+    captions = read_captions()
+    captions[name] = " ".join(caption.split())
+    _write_json(figures_dir() / CAPTIONS, dict(sorted(captions.items())))
+    _show_markdown(f"*Figure `{name}`.* {captions[name]}")
     return out
+
+
+def read_captions() -> dict:
+    """{figure name: caption} of every figure saved with `save_figure` in figures/."""
+    path = figures_dir() / CAPTIONS
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def save_findings(prefix: str, text: str, figure: str | None = None) -> str:
+    """Write figures/<prefix>_findings.json: what a notebook found, in two or three sentences
+    with this run's numbers, and its key figure; the report's index shows both.
+
+    Args:
+        prefix: the notebook's number, "01".
+        text: the findings (Markdown), composed from this run's numbers.
+        figure: name of the key figure (saved with `save_figure`; it must have a caption).
+    """
+    if not (isinstance(prefix, str) and len(prefix) == 2 and prefix.isdigit()):
+        raise ValueError(f"findings prefix {prefix!r} must be a notebook number like '01'")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"findings of notebook {prefix} are empty")
+    if figure is not None and figure not in read_captions():
+        raise ValueError(f"key figure {figure!r} of notebook {prefix} was not saved with "
+                         "save_figure (no caption recorded)")
+    path = figures_dir() / f"{prefix}_findings.json"
+    _write_json(path, {"text": " ".join(text.split()), "figure": figure})
+    _show_markdown("**Findings.** " + text.strip())
+    return str(path)
+
+
+def clear_outputs(prefix: str) -> int:
+    """Remove a notebook's figures, tables, findings and captions (`NN_*` in figures/) before
+    it runs again, so figures/ holds exactly what the last run wrote. Returns files removed."""
+    if not (isinstance(prefix, str) and len(prefix) == 2 and prefix.isdigit()):
+        raise ValueError(f"prefix {prefix!r} must be a notebook number like '01'")
+    removed = 0
+    for path in figures_dir().glob(f"{prefix}_*"):
+        if path.is_file():
+            path.unlink()
+            removed += 1
+    captions = read_captions()
+    kept = {k: v for k, v in captions.items() if not k.startswith(f"{prefix}_")}
+    if kept != captions:
+        _write_json(figures_dir() / CAPTIONS, kept)
+    return removed
+
+
+def read_findings(prefix: str) -> dict | None:
+    """{"text", "figure"} written by `save_findings(prefix, ...)`, or None."""
+    try:
+        data = json.loads((figures_dir() / f"{prefix}_findings.json").read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) and data.get("text") else None
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json(path, data) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _show_markdown(text: str) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import Markdown, display
+    except ImportError:
+        return
+    if get_ipython() is not None:
+        display(Markdown(text))
 
 
 def save_table(df, name: str, floatfmt: str = ".3f") -> list[str]:

@@ -47,6 +47,8 @@ class NotebookRun:
     ok: bool = True
     error: str = ""
     figure: str | None = None
+    caption: str = ""
+    findings: str = ""
     parameters: dict = field(default_factory=dict)
 
 
@@ -94,11 +96,25 @@ def _title_and_summary(nb) -> tuple[str, str]:
 
 
 def _headline_figure(stem: str, figures_dir: Path) -> str | None:
-    """The notebook's `NN_headline*` figure if it saved one, else its first `NN_*` PNG."""
+    """The key figure named in the notebook's findings, else its `NN_headline*` figure, else
+    its first `NN_*` PNG."""
+    from loudfacts.plotting import read_findings
+
     prefix = stem[:2]
+    found = read_findings(prefix)
+    if found and found.get("figure") and (figures_dir / f"{found['figure']}.png").exists():
+        return f"{found['figure']}.png"
     headline = sorted(figures_dir.glob(f"{prefix}_headline*.png"))
     figs = headline or sorted(figures_dir.glob(f"{prefix}_*.png"))
     return figs[0].name if figs else None
+
+
+def missing_captions(prefix: str, figures_dir: Path) -> list[str]:
+    """Figures `NN_*.png` of a notebook that have no caption in figures/captions.json."""
+    from loudfacts.plotting import read_captions
+
+    captions = read_captions()
+    return sorted(p.stem for p in figures_dir.glob(f"{prefix}_*.png") if p.stem not in captions)
 
 
 def execute(source: Path, out: Path, params: dict, kernel: str, log_output: bool) -> NotebookRun:
@@ -227,8 +243,12 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
         ]
         if r.summary:
             lines += [r.summary, ""]
+        if r.findings:
+            lines += [f"**What it shows.** {r.findings}", ""]
         if r.figure:
-            lines += [f"![{r.stem} headline figure]({figures_rel}/{r.figure})", ""]
+            lines += [f"![{r.stem} key figure]({figures_rel}/{r.figure})", ""]
+            if r.caption:
+                lines += [f"*Figure `{Path(r.figure).stem}`.* {r.caption}", ""]
     (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     # A small standalone HTML version of the same index.
@@ -258,8 +278,11 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
         )
         if r.summary:
             parts.append(f"<p>{html.escape(r.summary)}</p>")
+        if r.findings:
+            parts.append(f"<p><b>What it shows.</b> {html.escape(r.findings)}</p>")
         if r.figure:
-            parts.append(f"<img src='{figures_rel}/{r.figure}' alt='{r.stem} headline figure'>")
+            parts.append(f"<figure><img src='{figures_rel}/{r.figure}' alt='{r.stem} key "
+                         f"figure'><figcaption>{html.escape(r.caption)}</figcaption></figure>")
     parts.append("</body></html>")
     (out / "index.html").write_text("\n".join(parts), encoding="utf-8")
 
@@ -282,11 +305,25 @@ def build(
     for i, source in enumerate(sources, 1):
         params = load_params(params_file, source.stem)
         print(f"[report] {i}/{len(sources)} {source.stem} with {params}", flush=True)
+        from loudfacts.plotting import clear_outputs
+
+        clear_outputs(source.stem[:2])  # figures/ keeps only what this run writes
         run = execute(source, out, params, kernel, log_output)
         executed = out / "executed" / f"{source.stem}.ipynb"
         if executed.exists():
             render_html(executed, out / f"{source.stem}.html")
         run.figure = _headline_figure(source.stem, figures_dir())
+        from loudfacts.plotting import read_captions, read_findings
+
+        if run.figure:
+            run.caption = read_captions().get(Path(run.figure).stem, "")
+        found = read_findings(source.stem[:2])
+        run.findings = found["text"] if found else ""
+        if run.ok:
+            missing = missing_captions(source.stem[:2], figures_dir())
+            if missing:  # every figure in the report says what to look at
+                run.ok = False
+                run.error = f"figures without a caption: {', '.join(missing)}"
         runs.append(run)
         state = "ok" if run.ok else f"FAILED at {run.error}"
         print(f"[report] {source.stem}: {state} ({_fmt_seconds(run.seconds)})", flush=True)

@@ -24,6 +24,42 @@ def _batches(n: int, size: int):
         yield range(i, min(n, i + size))
 
 
+def logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Tensor:
+    """Logits at chosen (row, position) pairs of a right-padded batch of `seqs`.
+
+    One forward of the HF base model (the TransformerLens bridge wraps its modules in place,
+    so applied hook edits take effect), then the unembedding of just the requested positions:
+    for a small model the (batch, pos, d_vocab) unembedding of every position costs about as
+    much as the transformer itself.
+
+    Returns:
+        Float tensor (len(rows), d_vocab).
+    """
+    pad = model.tokenizer.pad_token_id or 0
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for j, s in enumerate(seqs):
+        ids[j, : len(s)] = torch.tensor(list(s), dtype=torch.long)
+        mask[j, : len(s)] = 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    rows = torch.as_tensor(rows, dtype=torch.long, device=model.device)
+    positions = torch.as_tensor(positions, dtype=torch.long, device=model.device)
+    if _output_hooks_attached(model):
+        # a hook on the unembedding sees (batch, pos, ...) tensors: give it every position
+        return model.hf(ids, attention_mask=mask).logits[rows, positions]
+    hidden = model.hf.base_model(ids, attention_mask=mask).last_hidden_state
+    return model.hf.get_output_embeddings()(hidden[rows, positions])
+
+
+def _output_hooks_attached(model) -> bool:
+    """Whether a hook sits on the unembedding (TransformerLens `unembed.*`)."""
+    unembed = getattr(model.bridge, "unembed", None)
+    if unembed is None:
+        return False
+    return any(m._forward_hooks or m._forward_pre_hooks for m in unembed.modules())
+
+
 def target_nll(
     model,
     prompts: Sequence[str],
@@ -66,23 +102,24 @@ def score_targets(
         rows.append((p_ids, t_ids))
     out = torch.empty(len(rows))
     top1 = torch.zeros(len(rows), dtype=torch.bool)
-    pad = model.tokenizer.pad_token_id or 0
     for idx in _batches(len(rows), batch_size):
         seqs = [rows[i][0] + rows[i][1][:-1] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for j, s in enumerate(seqs):
-            ids[j, : len(s)] = torch.tensor(s)
-            mask[j, : len(s)] = 1
-        logits = model.hf(ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        logp = torch.log_softmax(logits.float(), dim=-1)
+        # positions that predict each target token, and the token they should predict
+        r_of, pos, tok, first = [], [], [], []
         for j, i in enumerate(idx):
             p_ids, t_ids = rows[i]
-            pos = torch.arange(len(p_ids) - 1, len(p_ids) - 1 + len(t_ids))
-            nll = -logp[j, pos, torch.tensor(t_ids)]
-            out[i] = nll.mean().cpu()
-            top1[i] = bool(logp[j, len(p_ids) - 1].argmax() == t_ids[0])
+            first.append(len(pos))
+            for k, t in enumerate(t_ids):
+                r_of.append(j)
+                pos.append(len(p_ids) - 1 + k)
+                tok.append(t)
+        logp = torch.log_softmax(logits_at(model, seqs, r_of, pos).float(), dim=-1).cpu()
+        tok_nll = -logp[torch.arange(len(tok)), torch.tensor(tok)]
+        for j, i in enumerate(idx):
+            n_t = len(rows[i][1])
+            a = first[j]
+            out[i] = tok_nll[a:a + n_t].mean()
+            top1[i] = bool(logp[a].argmax() == rows[i][1][0])
     return out, top1
 
 
@@ -95,7 +132,6 @@ def target_probs(model, prompts, targets, batch_size: int = 32) -> torch.Tensor:
 def next_token_logprobs(model, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
     """Log-softmax over the vocabulary for the token after each prompt; (n, d_vocab), float32."""
     out = []
-    pad = model.tokenizer.pad_token_id or 0
     enc = [model.encode(p) for p in prompts]
     for p, e in zip(prompts, enc):
         if not e:
@@ -103,16 +139,8 @@ def next_token_logprobs(model, prompts: Sequence[str], batch_size: int = 32) -> 
         check_context(model, len(e), p)
     for idx in _batches(len(enc), batch_size):
         seqs = [enc[i] for i in idx]
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for j, s in enumerate(seqs):
-            ids[j, : len(s)] = torch.tensor(s)
-            mask[j, : len(s)] = 1
-        logits = model.hf(ids.to(model.device), attention_mask=mask.to(model.device)).logits
-        last = torch.tensor([len(s) - 1 for s in seqs], device=logits.device)
-        rows = logits[torch.arange(len(seqs), device=logits.device), last]
-        out.append(torch.log_softmax(rows.float(), dim=-1).cpu())
+        logits = logits_at(model, seqs, range(len(seqs)), [len(q) - 1 for q in seqs])
+        out.append(torch.log_softmax(logits.float(), dim=-1).cpu())
     return torch.cat(out) if out else torch.empty(0, model.d_vocab)
 
 

@@ -121,6 +121,25 @@ def check_subject_position(span: tuple[int, int], text: str, subject: str) -> No
         )
 
 
+def document_separator(model) -> str:
+    """The text of the model's document separator ("<|endoftext|>", else its EOS token), or ""
+    when it has neither. Put in front of a prompt it takes position 0 (the attention sink) the
+    way a document boundary does in training, so a subject that starts the prompt does not.
+
+    SmolLM2's tokenizer uses "<|endoftext|>" as its unknown token too, so there the EOS token
+    ("<|im_end|>", which ends every chat turn) is used.
+    """
+    tok = model.tokenizer
+    i = tok.convert_tokens_to_ids("<|endoftext|>")
+    if i is None or not isinstance(i, int) or i == tok.unk_token_id:
+        i = tok.eos_token_id
+    if i is None:
+        return ""
+    text = tok.convert_ids_to_tokens(i)
+    # usable only if the tokenizer reads the text back as that one special id
+    return text if isinstance(text, str) and model.encode(text) == [i] else ""
+
+
 def target_ids(model, target: str) -> list[int]:
     """Token ids of a target as it follows a prompt: " " + target unless it starts with a space.
 

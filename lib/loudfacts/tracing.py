@@ -22,17 +22,22 @@ effect flows through those modules.
 Everything runs through TransformerLens hook points on `model.bridge`, applied only inside
 `bridge.hooks(...)` contexts.
 
-Two implementations give the same grid (same noise, tested to 1e-4):
+Three implementations give the same grid (same noise, tested to 1e-4):
 
 - `method="reference"`: ROME's way. For each (layer, token), one batch of 1 clean + `samples`
   corrupted rows runs through the whole model; the clean row's state is copied into the others.
-- `method="fast"` (default): the clean run and the corrupted run are computed once and cached;
-  all (token, sample) rows for a layer go into one batch; restored runs start from the cached
-  corrupted residual stream at the first layer they change (`bridge(resid, start_at_layer=...)`)
-  instead of from the embeddings; the forward stops before the unembedding and only the last
-  position is unembedded (the softmax needs the whole vocabulary row, but only of one position);
-  tokens before the subject, whose states the noise does not reach, are not rerun (their score
-  is the corrupted probability, exactly).
+- `method="fast"` (default): the clean and corrupted runs are computed once, with every
+  layer's keys and values of the corrupted run. Restoring token t cannot change positions
+  before t (causal attention), so restored rows run positions t.. only, attending to the stored
+  keys/values of ..t-1 (`forward.KVPrefix`, through the bridge's `layer_past`). All restored
+  layers of one token share one forward pass: it starts with one placeholder row and the rows
+  of layer L join at the block where they first differ from the corrupted run (a hook on that
+  block's `hook_resid_pre` appends them), so each block's weights are read once per token.
+  The forward stops before the unembedding and only the last position is unembedded.
+- `method="fast-full"`: the previous fast path, used where the bridge cannot reuse stored
+  keys/values (`forward.supports_kv_prefix`): one pass per layer over every (token, sample)
+  row and every position, started from the cached corrupted residual at the first block it
+  changes; tokens before the subject, whose states the noise does not reach, are not rerun.
 
 `average_effects` averages indirect effects over many known facts by ROME's token classes
 (first / middle / last subject token, first subsequent token, further tokens, last token), and
@@ -53,7 +58,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loudfacts.forward import StopForward, blocks_from, unembed
+from loudfacts.forward import (
+    KVPrefix,
+    KVRecorder,
+    StopForward,
+    blocks_from,
+    prefix_causal_mask,
+    supports_kv_prefix,
+    unembed,
+)
 from loudfacts.paths import cache_dir
 from loudfacts.tokens import (
     PLACEHOLDER,
@@ -67,7 +80,7 @@ from loudfacts.tokens import (
 
 KINDS = ("hidden", "mlp", "attn")
 SEVERED = (None, "mlp", "attn")
-METHODS = ("fast", "reference")
+METHODS = ("fast", "fast-full", "reference")
 TOKEN_CLASSES = (
     "first subject token",
     "middle subject tokens",
@@ -162,17 +175,9 @@ class TraceResult:
 
 
 def weights_fingerprint(model) -> str:
-    """A cheap fingerprint of the weights (float64 sum and sum of squares of every parameter).
-
-    Cheaper than `LoadedModel.weight_digest()` (no byte hashing) and enough to tell an edited
-    model from the original, so a trace cached before an edit is not reused after it.
-    """
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, p in model.hf.named_parameters():
-            q = p.detach().double()
-            h.update(f"{name}:{q.sum().item():.12e}:{(q * q).sum().item():.12e}".encode())
-    return h.hexdigest()[:16]
+    """A cheap fingerprint of the weights (`LoadedModel.weights_fingerprint`), so a trace cached
+    before an edit is not reused after it."""
+    return model.weights_fingerprint()
 
 
 def _cache_key(payload: dict) -> str:
@@ -405,7 +410,10 @@ def trace(
         torch.randn(samples, span[1] - span[0], model.d_model, generator=gen) * scale
     ).to(model.device)
 
-    run = _trace_fast if method == "fast" else _trace_reference
+    if method == "fast":
+        run = _trace_fast_suffix if supports_kv_prefix(model) else _trace_fast_full
+    else:
+        run = _trace_fast_full if method == "fast-full" else _trace_reference
     scores, clean_prob, corrupt_prob, target_id = run(
         model, ids_t, span, kind, target, noise_draws, window, severed, batch_rows
     )
@@ -425,7 +433,7 @@ def trace(
     return result
 
 
-def _clean_and_corrupt_runs(model, ids_t, span, noise_draws, names):
+def _clean_and_corrupt_runs(model, ids_t, span, noise_draws, names, corrupt_kv=None):
     """One clean run (1 row) and one corrupted run (samples rows), recording `names`.
 
     Returns: clean logits at the last position (vocab,), the clean store, corrupted logits at
@@ -440,8 +448,12 @@ def _clean_and_corrupt_runs(model, ids_t, span, noise_draws, names):
     samples = noise_draws.shape[0]
     rec_corrupt = [(n, partial(record_hook, store=corrupt_store, name=n)) for n in wanted]
     noise_hook = ("hook_embed", partial(add_subject_noise_hook, span=span, noise=noise_draws))
+    kw = {}
+    if corrupt_kv is not None:  # also keep every layer's keys and values
+        kw = {"layer_past": corrupt_kv,
+              "position_ids": torch.arange(ids_t.shape[1], device=ids_t.device)[None]}
     with bridge.hooks(fwd_hooks=[noise_hook] + rec_corrupt):
-        corrupt_logits = bridge(ids_t.repeat(samples, 1))[:, -1]
+        corrupt_logits = bridge(ids_t.repeat(samples, 1), **kw)[:, -1]
     return clean_logits, clean_store, corrupt_logits, corrupt_store
 
 
@@ -458,7 +470,9 @@ def _run_from_layer(model, resid, start_layer, hooks):
     return unembed(model, store["final"])
 
 
-def _trace_fast(model, ids_t, span, kind, target, noise_draws, window, severed, batch_rows):
+def _trace_fast_full(model, ids_t, span, kind, target, noise_draws, window, severed,
+                     batch_rows):
+    """The fast path without key/value reuse: every restored row runs all positions."""
     n_layers, n_tok = model.n_layers, ids_t.shape[1]
     samples = noise_draws.shape[0]
     names = [f"blocks.{L}.hook_resid_pre" for L in range(n_layers)]
@@ -514,6 +528,124 @@ def _trace_fast(model, ids_t, span, kind, target, noise_draws, window, severed, 
             else:
                 logits = _run_from_layer(model, resid, start, hooks)
             scores[L, toks] = _target_prob_mean(logits, target_id, len(toks)).cpu().numpy()
+    return scores, clean_prob, corrupt_prob, target_id
+
+
+def append_rows_hook(act, hook, *, rows):
+    """Let rows that start at this block join the forward pass: act (n, pos, d) -> (n + m, ...)."""
+    return torch.cat([act, rows.to(act.dtype)], dim=0)
+
+
+def _trace_fast_suffix(model, ids_t, span, kind, target, noise_draws, window, severed,
+                       batch_rows):
+    """The fast path with two savings on top of `_trace_fast_full` (same grid):
+
+    * **Suffix only.** Restoring token t changes nothing before t, at any layer (causal
+      attention), so restored rows run positions t.. only and attend to the corrupted run's
+      keys and values of positions ..t-1 (`forward.KVPrefix`).
+    * **One pass per token, rows joining on the way up.** All restored layers of one token go
+      through one forward: it starts with one placeholder row, and the rows of layer L join at
+      the block where they start to differ from the corrupted run (a hook on that block's
+      `hook_resid_pre` appends them). Each block's weights are read once per token instead of
+      once per (layer, token), which is what bounds small batches on a CPU.
+    """
+    n_layers, n_tok = model.n_layers, ids_t.shape[1]
+    samples = noise_draws.shape[0]
+    dev = model.device
+    names = [f"blocks.{L}.hook_resid_pre" for L in range(n_layers)]
+    names += [f"blocks.{L}.hook_resid_post" for L in range(n_layers)]
+    if kind != "hidden":
+        names += [f"blocks.{L}.{_HOOK_OF_KIND[kind]}" for L in range(n_layers)]
+    if severed is not None:
+        names += [f"blocks.{L}.{_HOOK_OF_KIND[severed]}" for L in range(n_layers)]
+    kv = KVRecorder()
+    clean_last, clean, corrupt_last, corrupt = _clean_and_corrupt_runs(
+        model, ids_t, span, noise_draws, names, corrupt_kv=kv
+    )
+    target_id, _ = _resolve_target(model, target, clean_last)
+    clean_prob = float(torch.softmax(clean_last.float(), -1)[target_id])
+    corrupt_prob = float(_target_prob_mean(corrupt_last, target_id, 1)[0])
+    scores = np.full((n_layers, n_tok), corrupt_prob, dtype=np.float64)
+
+    # Layer L's rows start at block start[L]: after the restored hidden state, or at the bottom
+    # of the restored window. A hidden state restored after the last block only meets the
+    # final norm.
+    if kind == "hidden":
+        start = {L: L + 1 for L in range(n_layers)}
+    else:
+        start = {L: _window(L, window, n_layers).start for L in range(n_layers)}
+    top = [L for L in range(n_layers) if start[L] >= n_layers]
+    groups = sorted((L for L in range(n_layers) if start[L] < n_layers), key=lambda L: start[L])
+    per_chunk = max(1, batch_rows // samples)
+    sample_ids = torch.arange(samples, device=dev)
+
+    for t in range(span[0], n_tok):
+        q = n_tok - t
+        for L in top:  # only the final norm and the unembedding are left
+            resid = corrupt[f"blocks.{L}.hook_resid_post"][:, -1:].clone()
+            if t == n_tok - 1:
+                resid[:, 0] = clean[f"blocks.{L}.hook_resid_post"][0, t]
+            logits = unembed(model, model.bridge.ln_final(resid)[:, 0])
+            scores[L, t] = float(_target_prob_mean(logits, target_id, 1)[0])
+        for c in range(0, len(groups), per_chunk):
+            chunk = groups[c:c + per_chunk]
+            # Row 0 is a placeholder (the corrupted sample 0, never read); group g's sample s
+            # is row 1 + g * samples + s, in order of joining.
+            first_row = {L: 1 + g * samples for g, L in enumerate(chunk)}
+            hooks = []
+            for j in sorted({start[L] for L in chunk}):
+                joining = [L for L in chunk if start[L] == j]
+                rows = []
+                for L in joining:
+                    if kind == "hidden":
+                        r = corrupt[f"blocks.{L}.hook_resid_post"][:, t:].clone()
+                        r[:, 0] = clean[f"blocks.{L}.hook_resid_post"][0, t]
+                    else:
+                        r = corrupt[f"blocks.{j}.hook_resid_pre"][:, t:]
+                    rows.append(r)
+                hooks.append((f"blocks.{j}.hook_resid_pre",
+                              partial(append_rows_hook, rows=torch.cat(rows, 0))))
+            for j in range(n_layers):
+                active = [L for L in chunk if start[L] <= j]
+                if kind != "hidden":
+                    restored = [L for L in active if j in _window(L, window, n_layers)]
+                    if restored:
+                        name = f"blocks.{j}.{_HOOK_OF_KIND[kind]}"
+                        rows = torch.cat([first_row[L] + sample_ids for L in restored])
+                        hooks.append((name, partial(
+                            set_rows_at_positions_hook, rows=rows,
+                            pos=torch.zeros_like(rows), values=clean[name][0, t].expand(
+                                len(rows), -1))))
+                if severed is not None:
+                    frozen = [L for L in active if L < j]
+                    if frozen:
+                        name = f"blocks.{j}.{_HOOK_OF_KIND[severed]}"
+                        rows = torch.cat([first_row[L] + sample_ids for L in frozen])
+                        hooks.append((name, partial(
+                            set_rows_at_positions_hook, rows=rows, pos=torch.zeros_like(rows),
+                            values=corrupt[name][:, t].repeat(len(frozen), 1))))
+            # Keys/values of positions ..t-1 for every row that reaches each layer.
+            keys, values = {}, {}
+            for j in range(n_layers):
+                n_active = sum(1 for L in chunk if start[L] <= j)
+                which = torch.cat([sample_ids[:1], sample_ids.repeat(n_active)])
+                keys[j] = kv.keys[j][which, :, :t]
+                values[j] = kv.values[j][which, :, :t]
+            store = {}
+            hooks.append(("ln_final.hook_out",
+                          partial(capture_last_position_and_stop_hook, store=store)))
+            mask = prefix_causal_mask(q, t, dtype=corrupt[names[0]].dtype, device=dev)
+            try:
+                with model.bridge.hooks(fwd_hooks=hooks):
+                    model.bridge(ids_t[:, t:], layer_past=KVPrefix(keys, values),
+                                 position_ids=torch.arange(t, n_tok, device=dev)[None],
+                                 attention_mask=mask)
+            except StopForward:
+                pass
+            logits = unembed(model, store["final"][1:])
+            probs = _target_prob_mean(logits, target_id, len(chunk)).cpu().numpy()
+            for g, L in enumerate(chunk):
+                scores[L, t] = probs[g]
     return scores, clean_prob, corrupt_prob, target_id
 
 
@@ -645,6 +777,7 @@ def average_effects(
     seed: int = 0,
     cache: bool = True,
     progress: bool = True,
+    workers: int = 1,
 ) -> AverageEffects:
     """Average indirect effect by token class and layer over `facts`, for each kind.
 
@@ -657,6 +790,10 @@ def average_effects(
         facts: dicts, pandas rows (e.g. `known_facts_table(model)` filtered on `known`),
             `KnownFact`s or CounterFact records, each with a prompt/text, subject and object.
         kinds: which restorations to average.
+        workers: trace in this many one-thread processes (`loudfacts.workers`), each taking
+            every n-th (fact, kind) not yet in the cache and appending to its own part of the
+            cache file; needs `cache` and a model that `load_model(model.name)` reloads with
+            the same weights (checked: a worker refuses another fingerprint).
 
     Returns:
         AverageEffects.
@@ -672,16 +809,13 @@ def average_effects(
                 "seed": seed}
     key = _cache_key({**settings, "weights": weights_fingerprint(model), "v": 1})
     path = cache_dir("tracing") / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
-    done: dict = {}
-    if cache and path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done[(rec["fact"], rec["kind"])] = rec
-            except (json.JSONDecodeError, KeyError):
-                continue  # a torn last line from an interrupted run
-    records = []
+    done = _read_average_records(path) if cache else {}
     todo = [(f, k) for f in facts for k in kinds]
+    missing = [(f, k) for f, k in todo if (_fact_fields(f)[3], k) not in done]
+    if workers > 1 and cache and len(missing) > 1:
+        _average_in_workers(model, missing, samples, scale, window, seed, key, path, workers)
+        done = _read_average_records(path)
+    records = []
     for fact, kind in tqdm(todo, desc="average causal effects", disable=not progress):
         text, subject, target, fid = _fact_fields(fact)
         rec = done.get((fid, kind))
@@ -711,6 +845,83 @@ def average_effects(
     return AverageEffects(effects, counts, len(facts), clean_p, corrupt_p, records, settings)
 
 
+def _read_average_records(path: Path) -> dict:
+    """(fact id, kind) -> per-fact record, from the cache file and its workers' parts."""
+    done: dict = {}
+    for part in [path, *sorted(path.parent.glob(f"{path.stem}.part*.jsonl"))]:
+        if not part.exists():
+            continue
+        for line in part.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+                done[(rec["fact"], rec["kind"])] = rec
+            except (json.JSONDecodeError, KeyError):
+                continue  # a torn last line from an interrupted run
+    return done
+
+
+def _average_in_workers(model, items, samples, scale, window, seed, key, path, workers):
+    """Trace (fact, kind) items in `workers` processes (`python -m loudfacts.tracing`)."""
+    from loudfacts.workers import run_workers
+
+    todo = []
+    for fact, kind in items:
+        text, subject, target, fid = _fact_fields(fact)
+        todo.append({"text": text, "subject": subject, "target": target, "fact": fid,
+                     "kind": kind})
+    job = path.with_name(f"{path.stem}.todo.json")
+    job.write_text(json.dumps(todo))
+    run_workers("loudfacts.tracing", [
+        "--model", model.name, "--todo", job, "--samples", samples, "--noise", repr(scale),
+        "--window", window, "--seed", seed, "--key", key, "--out", path], workers)
+    job.unlink(missing_ok=True)
+
+
+def _worker_main(argv=None) -> int:
+    """Worker of `average_effects(..., workers=n)`: trace every n-th item of a job file."""
+    import argparse
+    import time
+
+    ap = argparse.ArgumentParser(prog="python -m loudfacts.tracing")
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--todo", required=True, type=Path)
+    ap.add_argument("--samples", type=int, required=True)
+    ap.add_argument("--noise", type=float, required=True)
+    ap.add_argument("--window", type=int, required=True)
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--key", required=True, help="cache key the parent computed")
+    ap.add_argument("--out", required=True, type=Path, help="the averages cache file")
+    ap.add_argument("--part", required=True, help="i/n: this worker takes items i, i+n, ...")
+    args = ap.parse_args(argv)
+    i, n = (int(x) for x in args.part.split("/"))
+    torch.set_num_threads(1)
+    from loudfacts.models import load_model
+
+    model = load_model(args.model)
+    settings = {"model": model.name, "samples": args.samples, "noise": args.noise,
+                "window": args.window, "seed": args.seed}
+    mine = _cache_key({**settings, "weights": weights_fingerprint(model), "v": 1})
+    if mine != args.key:
+        print(f"worker {i}/{n}: {args.model} loads with other weights or settings than the "
+              "caller's model (cache key differs); refusing to trace", flush=True)
+        return 2
+    items = json.loads(args.todo.read_text())[i::n]
+    part = args.out.with_name(f"{args.out.stem}.part{i}of{n}.jsonl")
+    for k, item in enumerate(items, 1):
+        t0 = time.perf_counter()
+        res = trace(model, item["text"], item["subject"], kind=item["kind"],
+                    target=item["target"], samples=args.samples, noise=args.noise,
+                    window=args.window, seed=args.seed, cache=False)
+        rec = {"fact": item["fact"], "kind": item["kind"], "subject": item["subject"],
+               "prompt": item["text"], "target": res.target, "clean_prob": res.clean_prob,
+               "corrupt_prob": res.corrupt_prob, "classes": class_effects(res)}
+        with open(part, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        print(f"[trace worker {i}/{n}] {k}/{len(items)} {item['subject']!r} {item['kind']}: "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+    return 0
+
+
 def choose_edit_layer(avg: AverageEffects, kind: str = "mlp",
                       token_class: str = "last subject token",
                       min_layer: int = 0) -> tuple[int, float]:
@@ -727,18 +938,29 @@ def choose_edit_layer(avg: AverageEffects, kind: str = "mlp",
     return layer, float(row[layer])
 
 
-def select_known_facts(model, n: int, seed: int = 0, table=None, source: str | None = "known_1000"):
+def select_known_facts(model, n: int, seed: int = 0, table=None, source: str | None = "known_1000",
+                       sink_prefix: bool = True):
     """`n` facts the model knows, drawn at random (seeded) from the knowledge table.
 
     Uses `loudfacts.knowledge.latest_known_facts_table(model)` unless `table` is given, keeps
     rows with `known` and `top1` true (the model predicts the object, as ROME's known_1000
-    facts were chosen for GPT-2 XL), takes `source` rows first and then the others, and drops
-    subjects that do not occur in their prompt or start it (the attention sink). Returns fewer
-    than `n` when the table holds fewer.
+    facts were chosen for GPT-2 XL) and takes `source` rows first, then the others.
+
+    Most known_1000 prompts start with their subject, and token 0 is the attention sink of a
+    model without a BOS token: noising it there perturbs everything after it. Dropping those
+    prompts would keep only facts whose subject sits mid-sentence (a biased third of them).
+    With `sink_prefix`, such a prompt is traced after the model's document separator
+    (`tokens.document_separator`, e.g. "<|endoftext|>"), which then holds position 0 as a
+    document boundary does in training; the fact is kept if the object is still the greedy
+    next token. Without a separator (or `sink_prefix=False`) they are dropped.
 
     Returns:
-        list of dicts with text, subject, target_true, id, source.
+        list of dicts with text, subject, target_true, id, source, and sink_prefix (the text
+        put in front, "" for none); `len` < n when the table holds fewer.
     """
+    from loudfacts.scoring import score_targets
+    from loudfacts.tokens import document_separator
+
     if table is None:
         from loudfacts.knowledge import latest_known_facts_table
 
@@ -747,19 +969,36 @@ def select_known_facts(model, n: int, seed: int = 0, table=None, source: str | N
     rows = rows.sample(frac=1.0, random_state=seed)
     if source is not None:  # the preferred source first, then the others
         rows = rows.assign(_other=(rows["source"] != source)).sort_values("_other", kind="stable")
-    out = []
+    sep = document_separator(model) if sink_prefix else ""
+    out, pending = [], []
+
+    def flush():
+        # keep prefixed facts whose object is still the greedy next token
+        if not pending:
+            return
+        _, top1 = score_targets(model, [f["text"] for f in pending],
+                                [f["target_true"] for f in pending])
+        out.extend(f for f, ok in zip(pending, top1.tolist()) if ok)
+        pending.clear()
+
     for _, r in rows.iterrows():
+        if len(out) + len(pending) >= n:
+            flush()
+            if len(out) >= n:
+                break
+        fact = {"text": r["text"], "subject": r["subject"], "target_true": r["target_true"],
+                "id": r["id"], "source": r["source"], "sink_prefix": ""}
         try:
             span = subject_span(model, r["text"], r["subject"])
         except (SubjectNotFoundError, ValueError):
             continue
-        if span[0] == 0:
-            continue
-        out.append({"text": r["text"], "subject": r["subject"], "target_true": r["target_true"],
-                    "id": r["id"], "source": r["source"]})
-        if len(out) >= n:
-            break
-    return out
+        if span[0] != 0:
+            out.append(fact)
+        elif sep:
+            fact.update(text=sep + r["text"], sink_prefix=sep)
+            pending.append(fact)
+    flush()
+    return out[:n]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -894,3 +1133,9 @@ def plot_average_lines(avg: AverageEffects, token_class: str = "last subject tok
     ax.set_title(f"{token_class} ({avg.n_facts} facts)", fontsize=10)
     ax.legend(fontsize=8)
     return fig
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_worker_main())

@@ -257,6 +257,14 @@ def test_resume_after_interruption(tiny, records, tmp_path):
     assert resumed[cols].equals(full[cols])
 
 
+
+def test_generation_only_for_the_first_records(tiny, records):
+    df = evaluate(tiny, "unedited", records[:3], generation=True, n_generation=1,
+                  max_new_tokens=4, generation_records=1, progress=False)
+    assert df["GE"].notna().tolist() == [True, False, False]
+    assert df["n_generation"].tolist() == [1, 0, 0]
+
+
 def test_shard_merge_equals_unsharded(tiny, records, tmp_path):
     full = evaluate(tiny, AddEditor(tiny), records, generation=False, progress=False)
     paths = []
@@ -355,17 +363,42 @@ def test_headline_table_has_one_row_per_editor_with_cis_and_implications():
     from loudfacts.evaluation import headline_table, summarize
 
     rows = []
-    for editor, es in [("rome", 1.0), ("unedited", 0.0)]:
+    for editor, es in [("rome", 1.0), ("unedited", 0.0), ("hook-delta", 1.0)]:
         for i in range(6):
             rows.append({"editor": editor, "case_id": i, "known": True, "ES": es, "PS": es,
                          "NS": 1.0, "NS+": 0.5 if editor == "rome" else 1.0, "NKL": 0.1 * i,
-                         "edit_seconds": 2.0 if editor == "rome" else 0.0})
+                         "edit_seconds": {"rome": 2.0, "hook-delta": 0.04}.get(editor, 0.0),
+                         "edit_reused": editor == "hook-delta"})
     results = pd.DataFrame(rows)
     implications = pd.DataFrame({"editor": ["rome", "rome"], "kind": ["symmetric", "transitive"],
                                  "probes": [2, 6], "implied_post": [0.0, 0.5]})
     table = headline_table(summarize(results, n_resamples=200), results, implications)
-    assert list(table.index) == ["unedited", "rome"]
+    assert list(table.index) == ["unedited", "rome", "hook-delta"]
     assert table.loc["rome", "ES"].startswith("1")
     assert table.loc["rome", "NS+"].startswith("0.5")
     assert table.loc["rome", "implied (05)"] == 0.38  # (0*2 + 0.5*6) / 8, weighted by probes
-    assert table.loc["rome", "s / edit"] == 2.0 and table.loc["rome", "known records"] == 6
+    assert table.loc["rome", "s / edit"] == "2.0" and table.loc["rome", "known records"] == 6
+    # an edit that borrowed ROME's optimisation says so instead of looking free
+    assert table.loc["hook-delta", "s / edit"] == "0.0 (reuses rome's v*)"
+
+
+def test_workers_give_the_in_process_table(tiny, tmp_path, monkeypatch):
+    """Two worker processes (shards of the records, every editor in each) merge into the table
+    that one process computes."""
+    from loudfacts.data import load_counterfact
+    from loudfacts.evaluation import evaluate_in_workers
+
+    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path / "cache"))
+    kw = {"split": "edit-1k", "n": 6, "n_neighbours": 2, "generation": False}
+    got = evaluate_in_workers(tiny, ["unedited", "ft"], workers=2,
+                              root=tmp_path / "out", **kw)
+    records = load_counterfact("edit-1k", n=6)
+    for name in ("unedited", "ft"):
+        want = evaluate(tiny, name, records, n_neighbours=2, generation=False, progress=False)
+        a = got[name].set_index("case_id").sort_index()
+        b = want.set_index("case_id").sort_index()
+        assert list(a.index) == list(b.index) and a["known"].tolist() == b["known"].tolist()
+        for m in ("ES", "PS", "NS", "NS+", "NKL"):
+            np.testing.assert_allclose(a[m].astype(float), b[m].astype(float), rtol=1e-4,
+                                       atol=1e-6, equal_nan=True)
+    assert len(list((tmp_path / "out").glob("*-shard[01]of2.jsonl"))) == 4

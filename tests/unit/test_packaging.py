@@ -101,3 +101,26 @@ def test_shared_data_and_weights_are_not_committed():
            if re.search(r"(counterfact-(edit|train)[^/]*\.json|known_1000\.json|wikitext-2-raw"
                         r"|lee_background\.cor|\.gguf|\.safetensors)$", f)]
     assert not bad, f"shared data or weights are tracked: {bad}"
+
+
+def test_params_files_set_only_parameters_the_notebooks_declare():
+    """A misspelt or stale key in a parameter file would be injected and silently ignored."""
+    import jupytext
+
+    declared = {}
+    for py in NOTEBOOKS:
+        cell = next(c for c in jupytext.read(py).cells
+                    if "parameters" in c.metadata.get("tags", []))
+        names: dict = {}
+        exec(compile(cell.source, py.name, "exec"), {}, names)
+        declared[py.stem] = set(names)
+    for f in ["smoke.yaml", "report.yaml", "gpu.yaml"]:
+        data = yaml.safe_load((ROOT / "params" / f).read_text())
+        common = set(data.get("common") or {})
+        for stem, names in declared.items():
+            section = set(data.get(stem) or {}) | set(data.get(stem[:2]) or {})
+            unknown = section - names
+            assert not unknown, f"params/{f} [{stem}] sets undeclared parameters {unknown}"
+            # common keys must be declared by every notebook that receives them
+            assert common <= names | {"device"}, f"params/{f} common keys {common - names} " \
+                f"are not parameters of {stem}"

@@ -59,3 +59,61 @@ def test_failed_cell_gives_nonzero_exit_naming_notebook_and_cell(tmp_path, capsy
     assert "value 42" in executed  # the parameter file's value reached the notebook
     html = (out / "01_ok.html").read_text()
     assert "value 42" in html and "print(" not in html  # code hidden from readers
+
+
+NB_FIG = '''# %% [markdown]
+# # 03 · A section with a figure
+#
+# What does a line look like?
+
+# %% tags=["parameters"]
+caption = "A rising line: look at its slope."
+
+# %%
+import matplotlib.pyplot as plt
+from loudfacts.plotting import save_figure, save_findings
+
+fig, ax = plt.subplots()
+ax.plot([0, 1], [0, 2])
+save_figure(fig, "03_line", caption=caption)
+save_findings("03", f"The slope is {2 / 1:.1f}.", figure="03_line")
+'''
+
+
+def test_index_shows_key_figure_caption_and_findings(tmp_path, monkeypatch):
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    (nbs / "03_fig.py").write_text(NB_FIG)
+    figs = tmp_path / "figures"
+    monkeypatch.setenv("LOUDFACTS_FIGURES", str(figs))
+    figs.mkdir()
+    (figs / "03_stale.png").write_bytes(b"old")  # from an earlier run: removed before running
+    out = tmp_path / "report"
+    from loudfacts.report import build
+
+    runs = build(None, out, notebooks_dir=nbs, log_output=False)
+    assert runs[0].ok, runs[0].error
+    assert not (figs / "03_stale.png").exists()
+    index = (out / "index.md").read_text()
+    assert "03_line.png" in index and "look at its slope" in index
+    assert "**What it shows.** The slope is 2.0." in index
+    assert "look at its slope" in (out / "index.html").read_text()
+
+
+def test_a_figure_without_caption_fails_the_notebook(tmp_path, monkeypatch):
+    import pytest
+
+    from loudfacts.plotting import save_figure
+    from loudfacts.report import build
+
+    with pytest.raises(ValueError, match="needs a caption"):
+        save_figure(None, "03_x", caption=" ")
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    # a figure written behind save_figure's back has no caption: the run is marked failed
+    (nbs / "04_raw.py").write_text(NB_FIG.replace("03", "04").replace(
+        'save_figure(fig, "04_line", caption=caption)', 'fig.savefig(str(__import__("loudfacts.paths").paths.figures_dir() / "04_line.png"))').replace(
+        ', figure="04_line"', ""))
+    monkeypatch.setenv("LOUDFACTS_FIGURES", str(tmp_path / "figures"))
+    runs = build(None, tmp_path / "report", notebooks_dir=nbs, log_output=False)
+    assert not runs[0].ok and "04_line" in runs[0].error and "caption" in runs[0].error

@@ -107,3 +107,40 @@ def test_without_covariance_adjustment_direction_is_k_star(tiny_llama):
     k = torch.randn(tiny_llama.d_mlp)
     dw = editor.rank_one_update(k, torch.ones(tiny_llama.d_model))
     torch.testing.assert_close(dw[0], k.double() / (k.double() @ k.double()))
+
+
+@pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
+def test_suffix_only_steps_give_the_same_delta(fixture, request):
+    """v* steps that rerun only the subject's last token onwards (stored keys/values for the
+    rest) optimise the same δ as steps over every position."""
+    from loudfacts.editing.rome import clear_components_memo
+    from loudfacts.forward import supports_kv_prefix
+
+    model = request.getfixturevalue(fixture)
+    assert supports_kv_prefix(model)
+    clear_components_memo()
+    fast = get_editor("rome", model, **FAST).components(REQ)
+    full = get_editor("rome", model, **FAST, suffix_only=False).components(REQ)
+    assert [h["nll"] for h in fast["v_history"]] == pytest.approx(
+        [h["nll"] for h in full["v_history"]], rel=1e-4)
+    torch.testing.assert_close(fast["delta"], full["delta"], rtol=1e-4, atol=1e-5)
+
+
+def test_components_are_reused_only_for_the_same_weights_and_hooks(tiny_llama):
+    from loudfacts.editing.rome import clear_components_memo
+
+    clear_components_memo()
+    editor = get_editor("rome", tiny_llama, **FAST)
+    first = editor.components(REQ)
+    again = editor.components(REQ)
+    assert not first["reused"] and again["reused"]
+    torch.testing.assert_close(first["delta"], again["delta"])
+    other = EditRequest(REQ.prompt, REQ.subject, "Berlin", "Paris")
+    assert not editor.components(other)["reused"]
+    # with a different model (another edit in place) the remembered result is not used
+    with editor.edit(other).applied():
+        assert not editor.components(REQ)["reused"]
+    # nor with a hook in place
+    with tiny_llama.bridge.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: a * 1.0)]):
+        assert not editor.components(REQ)["reused"]
+    assert editor.components(REQ)["reused"]

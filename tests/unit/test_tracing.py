@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from loudfacts.forward import supports_kv_prefix
 from loudfacts.models import tiny_model
 from loudfacts.tokens import SubjectNotFoundError
 from loudfacts.tracing import (
@@ -54,13 +55,16 @@ def _isolated_cache(tmp_path, monkeypatch):
 CASES = [("hidden", None), ("mlp", None), ("attn", None), ("hidden", "mlp"), ("hidden", "attn")]
 
 
+@pytest.mark.parametrize("method", ["fast", "fast-full"])
 @pytest.mark.parametrize("kind,severed", CASES)
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
-def test_fast_matches_reference(family, kind, severed, sharp_llama, sharp_gpt2):
+def test_fast_matches_reference(family, kind, severed, method, sharp_llama, sharp_gpt2):
     m = sharp_llama if family == "llama" else sharp_gpt2
     kw = {"kind": kind, "severed": severed, "target": "France", "samples": 3, "noise": 0.3, "window": 2,
               "seed": 3, "cache": False}
-    fast = trace(m, PROMPT, SUBJECT, **kw)
+    if method == "fast":  # the suffix path (keys/values of earlier positions reused) is taken
+        assert supports_kv_prefix(m)
+    fast = trace(m, PROMPT, SUBJECT, method=method, **kw)
     ref = trace(m, PROMPT, SUBJECT, method="reference", **kw)
     assert fast.scores.shape == (m.n_layers, len(m.encode(PROMPT)))
     top = ref.scores.max()
@@ -74,6 +78,18 @@ def test_fast_matches_reference(family, kind, severed, sharp_llama, sharp_gpt2):
     assert np.allclose(fast.indirect_effect, fast.scores - fast.corrupt_prob)
     # the fast path drops lower blocks while it runs; they must all be back
     assert len(m.module(m.arch.layers)) == m.n_layers
+
+
+def test_fast_path_falls_back_where_the_bridge_ignores_stored_keys():
+    # GPT-J's attention bridge does not read `layer_past`: the check says so, and the fast path
+    # then runs full rows and still equals ROME's loop.
+    m = tiny_model("gptj", seed=1)
+    assert not supports_kv_prefix(m)
+    kw = {"kind": "mlp", "target": "France", "samples": 2, "noise": 0.3, "window": 2, "seed": 1,
+          "cache": False}
+    fast = trace(m, PROMPT, SUBJECT, **kw)
+    ref = trace(m, PROMPT, SUBJECT, method="reference", **kw)
+    assert np.abs(fast.scores - ref.scores).max() <= 1e-4 * min(1.0, ref.scores.max())
 
 
 def test_restoring_everything_at_the_end_gives_the_clean_run(sharp_llama):

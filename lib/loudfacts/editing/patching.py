@@ -576,7 +576,9 @@ class HookDeltaEditor(_PatchingEditor):
         patterns, factory = self._locator_factory(request)
         hooks = build_hooks(factory, [(name, add_at_subject_hook, {"delta": delta})])
         info = {"layer": layer, "hook_points": [name], "patterns": patterns,
-                "delta_norm": float(delta.norm()), "timings": dict(comp.get("timings", {}))}
+                "delta_norm": float(delta.norm()), "timings": dict(comp.get("timings", {})),
+                # True when ROME had already optimised this δ (RomeEditor.components memo)
+                "reused": bool(comp.get("reused", False))}
         return HookEdit(self.model, hooks, request, self.name, info)
 
 
