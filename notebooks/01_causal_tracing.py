@@ -270,7 +270,7 @@ save_figure(fig, "01_average_last_subject_token", caption=(
     "one line per kind of restored state. The MLP line's peak is where ROME's criterion puts "
     "the edit."))
 fig = plot_average_lines(avg, "last token")
-_ = save_figure(fig, "01_average_last_token", caption=(
+save_figure(fig, "01_average_last_token", caption=(
     f"Average indirect effect at the last token, layer by layer ({avg.n_facts} facts). The "
     "attention line rising in the upper layers is the object being moved to where it is "
     "predicted."))
@@ -330,7 +330,7 @@ if single_layer_mlp_average and "mlp" in avg.effects:
     fig = plot_average_lines(avg1, "last subject token")
     fig.axes[0].set_title(f"single MLP restored (window 1), last subject token, "
                           f"{avg1.n_facts} facts", fontsize=10)
-    _ = save_figure(fig, "01_average_mlp_window1", caption=(
+    save_figure(fig, "01_average_mlp_window1", caption=(
         f"Restoring one MLP at a time (window 1) at the last subject token, {avg1.n_facts} "
         "facts: unlike the windowed average, each point is one layer's MLP. A spike at layer 0 "
         "is the first MLP repairing the noised token embedding, not a recall site."))

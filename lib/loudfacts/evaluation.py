@@ -28,7 +28,10 @@ exp(-mean token NLL), teacher-forced, via `loudfacts.scoring`):
 
 Records the unedited model does not know (P(true) <= P(new) on the rewrite prompt) are not
 edited; they keep a row with `known=False` and empty metrics and are counted (printed, and in
-`df.attrs["n_unknown"]`). `summarize` uses known rows only.
+`df.attrs["n_unknown"]`). A known record that an editor cannot edit (an `EditError`, e.g. no
+donor subject for patch-donor) keeps a row with the error in `edit_error` and empty metrics,
+and is counted (`df.attrs["n_edit_failed"]`, the headline's "failed edits"). `summarize` uses
+known rows only; its `n` per metric leaves out failed edits.
 
 The flattened CounterFact layout has a single neighbourhood prompt per record, so
 `build_neighbourhoods` adds prompts from other records with the same relation and the same true
@@ -55,7 +58,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loudfacts.editing.base import Editor, EditRequest, get_editor
+from loudfacts.editing.base import EditError, Editor, EditRequest, get_editor
 from loudfacts.scoring import next_token_logprobs, target_probs
 from loudfacts.tokens import fill, target_ids
 
@@ -63,7 +66,7 @@ METRICS = ["ES", "EM", "PS", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL", "
            "Score"]
 BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
         "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_neighbours", "n_generation",
-        "edit_seconds", "edit_reused", "eval_seconds"]
+        "edit_seconds", "edit_reused", "eval_seconds", "edit_error"]
 COLUMNS = BOOK + METRICS
 
 UNRELATED_PROMPTS = [
@@ -314,14 +317,24 @@ def _score_record(model, probe: _Probe, batch_size: int, logp_pre: torch.Tensor)
 
 @torch.no_grad()
 def greedy_generate(model, prompt: str, max_new_tokens: int = 40) -> str:
-    """Greedy continuation of `prompt` (without the prompt), computed without a KV cache.
+    """Greedy continuation of `prompt` (without the prompt).
 
-    Why no cache: with the TransformerLens bridge wrapped around the HF module, cached
-    generation produced degenerate text on SmolLM2 ("The Louvre is a-----...") while
-    cache-free decoding gives the model's real greedy continuation; hook edits also see the
-    full sequence on every step this way.
+    Why not HF's cached `generate`: with the TransformerLens bridge wrapped around the HF
+    module, the bridge's attention does not see HF's cache, so cached generation produced
+    degenerate text on SmolLM2 ("The Louvre is a-----..."). Where the bridge reads stored
+    keys/values (`forward.supports_kv_prefix`) and no hook edit is in place, decoding goes
+    through the bridge with a growing cache of its own (`forward.greedy_tokens`, one
+    single-token forward per step, same tokens as cache-free decoding). With hooks in place
+    every step reruns the whole sequence (HF `generate` without a cache), so hook edits that
+    act wherever the subject appears see it on every step.
     """
+    from loudfacts.forward import greedy_tokens, supports_kv_prefix
+
     ids = model.to_tensor(prompt)
+    eos = model.hf.generation_config.eos_token_id
+    stop = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
+    if supports_kv_prefix(model) and not model.active_hooks():
+        return model.decode(greedy_tokens(model, ids[0].tolist(), max_new_tokens, stop))
     out = model.hf.generate(ids, attention_mask=torch.ones_like(ids),
                             max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
                             pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id)
@@ -414,6 +427,7 @@ def to_frame(rows: Iterable[dict]):
         df["known"] = df["known"].astype(bool)
     df.attrs["n_unknown"] = int((~df["known"]).sum()) if len(df) else 0
     df.attrs["n_known"] = int(df["known"].sum()) if len(df) else 0
+    df.attrs["n_edit_failed"] = int(df["edit_error"].notna().sum()) if len(df) else 0
     return df
 
 
@@ -515,8 +529,11 @@ def evaluate(
                   flush=True)
     df = to_frame(rows)
     if progress:
+        failed = df.attrs["n_edit_failed"]
         print(f"evaluate({editor.name}): {df.attrs['n_known']} known records evaluated, "
-              f"{df.attrs['n_unknown']} excluded as not known (P(true) <= P(new) unedited)")
+              f"{df.attrs['n_unknown']} excluded as not known (P(true) <= P(new) unedited)"
+              + (f"; the editor could not edit {failed} of the known ones (EditError, "
+                 "column edit_error)" if failed else ""))
     return df
 
 
@@ -536,7 +553,11 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     probe = _probe_set(request, rec, neighbours)
     logp_pre = UNEDITED.next_logprobs(model, key, probe.cfplus_prompts, batch_size)
     t0 = time.perf_counter()
-    edit = editor.edit(request)
+    try:
+        edit = editor.edit(request)
+    except EditError as e:  # this editor cannot write this fact: counted, not scored
+        return {**row, **{m: None for m in METRICS}, "edit_seconds": None,
+                "eval_seconds": None, "n_generation": 0, "edit_error": str(e)}
     row["edit_seconds"] = time.perf_counter() - t0
     # hook-delta borrows ROME's optimised δ when ROME computed it first (see RomeEditor)
     row["edit_reused"] = bool(edit.info.get("reused", False))
@@ -938,6 +959,9 @@ def headline_table(summary, results, implications=None):
     table = wide.reindex(columns=["ES", "PS", "NS", "NS+", "NKL"])
     known = results[results["known"].astype(bool)]
     table["known records"] = known.groupby("editor")["case_id"].nunique()
+    if "edit_error" in known and known["edit_error"].notna().any():
+        table["failed edits"] = known.groupby("editor")["edit_error"].apply(
+            lambda x: int(x.notna().sum()))
     secs = known.groupby("editor")["edit_seconds"].mean()
     reused = (known.groupby("editor")["edit_reused"].mean() if "edit_reused" in known
               else secs * 0)

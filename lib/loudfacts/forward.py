@@ -174,7 +174,7 @@ def run_with_prefix(model, inputs, prefix: KVPrefix | KVRecorder | None, positio
     unless a hook stops the pass)."""
     n_new = inputs.shape[1]
     n_prefix = 0
-    if isinstance(prefix, KVPrefix) and prefix.keys:
+    if isinstance(prefix, (KVPrefix, KVCache)) and prefix.keys:
         n_prefix = next(iter(prefix.keys.values())).shape[-2]
     if mask is None:
         mask = prefix_causal_mask(n_new, n_prefix, device=model.device)
@@ -301,3 +301,45 @@ def suffix_final_normalized(model, batch: SuffixBatch, prefix: KVPrefix, resid: 
     except StopForward:
         pass
     return store["final"]
+
+
+class KVCache:
+    """A `layer_past` object that keeps every layer's keys/values and grows with each call
+    (incremental decoding through the bridge: feed one new token at its position each step)."""
+
+    def __init__(self):
+        self.keys: dict[int, torch.Tensor] = {}
+        self.values: dict[int, torch.Tensor] = {}
+
+    def __len__(self) -> int:
+        return next(iter(self.keys.values())).shape[-2] if self.keys else 0
+
+    def update(self, k, v, layer_idx, *args, **kwargs):
+        i = int(layer_idx)
+        if i in self.keys:
+            k = torch.cat([self.keys[i], k], dim=-2)
+            v = torch.cat([self.values[i], v], dim=-2)
+        self.keys[i], self.values[i] = k.detach(), v.detach()
+        return k, v
+
+
+@torch.no_grad()
+def greedy_tokens(model, ids: list[int], max_new_tokens: int, stop_ids=()) -> list[int]:
+    """Greedy continuation of `ids` through the bridge with a growing `KVCache`: one forward of
+    the prompt, then one single-token forward per new token. Stops early at a token in
+    `stop_ids`. Returns the new token ids."""
+    cache = KVCache()
+    x = torch.tensor([ids], dtype=torch.long, device=model.device)
+    n = len(ids)
+    logits = run_with_prefix(model, x, cache, torch.arange(n)[None])
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        nxt = int(logits[0, -1].argmax())
+        out.append(nxt)
+        if nxt in stop_ids or len(out) == max_new_tokens:
+            break
+        pos = n + len(out) - 1
+        mask = prefix_causal_mask(1, pos, device=model.device)
+        logits = run_with_prefix(model, torch.tensor([[nxt]], device=model.device), cache,
+                                 torch.tensor([[pos]]), mask=mask)
+    return out

@@ -204,11 +204,18 @@ class LoadedModel:
     def generate(self, text: str, max_new_tokens: int = 20, num_beams: int = 1) -> str:
         """Greedy (or beam) continuation of `text`, without the prompt.
 
-        The KV cache is off: with the TransformerLens bridge wrapped around the HF module,
-        cached decoding produces wrong continuations (checked on SmolLM2: "The Louvre is" ->
-        " a-----------" with the cache, " a museum dedicated to ..." without). Without the
-        cache every step reruns the whole prefix, so hook edits also see every position.
+        HF's KV cache is off: with the TransformerLens bridge wrapped around the HF module,
+        the bridge's attention does not see HF's cache and cached decoding produces wrong
+        continuations (checked on SmolLM2: "The Louvre is" -> " a-----------" with the cache,
+        " a museum dedicated to ..." without). Greedy decoding with no hook edit in place goes
+        through `evaluation.greedy_generate` (the bridge with its own growing cache, same
+        tokens); beams, and decoding with hooks in place, rerun the whole prefix every step,
+        so hook edits also see every position.
         """
+        if num_beams == 1:
+            from loudfacts.evaluation import greedy_generate
+
+            return greedy_generate(self, text, max_new_tokens)
         ids = self.to_tensor(text)
         out = self.hf.generate(
             ids,

@@ -50,9 +50,10 @@ def set_theme() -> None:
     )
 
 
-def save_figure(fig, name: str, caption: str, formats=("png", "svg")) -> list[str]:
+def save_figure(fig, name: str, caption: str, formats=("png", "svg")) -> None:
     """Write `fig` to figures/<name>.<fmt> for each format, record its caption, and show the
-    caption in the notebook; return the paths written.
+    caption in the notebook (nothing is returned, so a cell ending with this call shows the
+    figure and its caption, not file paths).
 
     Args:
         caption: what the figure shows and what to look at in it (one or two sentences,
@@ -62,16 +63,13 @@ def save_figure(fig, name: str, caption: str, formats=("png", "svg")) -> list[st
         raise ValueError(f"figure name {name!r} must be a plain file stem like '01_trace_louvre'")
     if not isinstance(caption, str) or not caption.strip():
         raise ValueError(f"figure {name!r} needs a caption saying what to look at")
-    out = []
     for fmt in formats:
         path = figures_dir() / f"{name}.{fmt}"
         fig.savefig(path, format=fmt, metadata={"Date": None} if fmt == "svg" else None)
-        out.append(str(path))
     captions = read_captions()
     captions[name] = " ".join(caption.split())
     _write_json(figures_dir() / CAPTIONS, dict(sorted(captions.items())))
     _show_markdown(f"*Figure `{name}`.* {captions[name]}")
-    return out
 
 
 def read_captions() -> dict:
@@ -84,7 +82,7 @@ def read_captions() -> dict:
         return {}
 
 
-def save_findings(prefix: str, text: str, figure: str | None = None) -> str:
+def save_findings(prefix: str, text: str, figure: str | None = None) -> None:
     """Write figures/<prefix>_findings.json: what a notebook found, in two or three sentences
     with this run's numbers, and its key figure; the report's index shows both.
 
@@ -103,7 +101,6 @@ def save_findings(prefix: str, text: str, figure: str | None = None) -> str:
     path = figures_dir() / f"{prefix}_findings.json"
     _write_json(path, {"text": " ".join(text.split()), "figure": figure})
     _show_markdown("**Findings.** " + text.strip())
-    return str(path)
 
 
 def clear_outputs(prefix: str) -> int:
@@ -148,7 +145,7 @@ def _show_markdown(text: str) -> None:
         display(Markdown(text))
 
 
-def save_table(df, name: str, floatfmt: str = ".3f") -> list[str]:
+def save_table(df, name: str, floatfmt: str = ".3f") -> None:
     """Write a result table to figures/<name>.csv and .md (the report index embeds some)."""
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"table name {name!r} must be a plain file stem like '06_headline_table'")
@@ -156,4 +153,3 @@ def save_table(df, name: str, floatfmt: str = ".3f") -> list[str]:
     md_path = figures_dir() / f"{name}.md"
     df.to_csv(csv_path)
     md_path.write_text(df.to_markdown(floatfmt=floatfmt) + "\n", encoding="utf-8")
-    return [str(csv_path), str(md_path)]

@@ -7,6 +7,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -402,3 +403,25 @@ def test_workers_give_the_in_process_table(tiny, tmp_path, monkeypatch):
             np.testing.assert_allclose(a[m].astype(float), b[m].astype(float), rtol=1e-4,
                                        atol=1e-6, equal_nan=True)
     assert len(list((tmp_path / "out").glob("*-shard[01]of2.jsonl"))) == 4
+
+
+def test_a_record_the_editor_cannot_edit_is_counted_not_fatal(tiny, records, capsys):
+    from loudfacts.editing.base import EditError
+    from loudfacts.evaluation import headline_table
+
+    class PickyEditor(AddEditor):
+        name = "test-picky"
+
+        def _compute(self, request):
+            if request.case_id == records[1].case_id:
+                raise EditError(f"cannot edit {request.subject!r}")
+            return super()._compute(request)
+
+    df = evaluate(tiny, PickyEditor(tiny), records[:3], generation=False, progress=True)
+    assert df.attrs["n_edit_failed"] == 1
+    bad = df.set_index("case_id").loc[records[1].case_id]
+    assert bool(bad["known"]) and "cannot edit" in bad["edit_error"] and pd.isna(bad["ES"])
+    assert "could not edit 1" in capsys.readouterr().out
+    summary = summarize(df)
+    assert summary.set_index("metric").loc["ES", "n"] == 2
+    assert headline_table(summary, df).loc["test-picky", "failed edits"] == 1
