@@ -171,6 +171,9 @@ def kl_divergences(logp_pre: torch.Tensor, logp_post: torch.Tensor) -> tuple[tor
         (paper, code), each (n,): paper = KL(P_pre || P_post) in nats (the Specificity+ paper's
         equation, our `NKL`); code = KL(P_post || P_pre) / vocab (the published code's
         `kl_div(pre, post, batchmean)` on 1-D vectors, our `NKL_code`).
+        A KL is never negative; the two log-probabilities come from differently batched float32
+        runs, so for (nearly) equal distributions their rounding noise can sum to about -1e-8:
+        each row is clamped at 0.
     """
     if logp_pre.shape != logp_post.shape or logp_pre.dim() != 2:
         raise ValueError(f"log-prob shapes differ or are not 2-D: {tuple(logp_pre.shape)} vs "
@@ -178,7 +181,7 @@ def kl_divergences(logp_pre: torch.Tensor, logp_post: torch.Tensor) -> tuple[tor
     a, b = logp_pre.double(), logp_post.double()
     paper = (a.exp() * (a - b)).sum(-1)
     code = (b.exp() * (b - a)).sum(-1) / a.shape[-1]
-    return paper.float(), code.float()
+    return paper.clamp_min(0).float(), code.clamp_min(0).float()
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
