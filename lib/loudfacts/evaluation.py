@@ -318,30 +318,11 @@ def _score_record(model, probe: _Probe, batch_size: int, logp_pre: torch.Tensor)
     return row
 
 
-@torch.no_grad()
 def greedy_generate(model, prompt: str, max_new_tokens: int = 40) -> str:
-    """Greedy continuation of `prompt` (without the prompt).
-
-    Why not HF's cached `generate`: with the TransformerLens bridge wrapped around the HF
-    module, the bridge's attention does not see HF's cache, so cached generation produced
-    degenerate text on SmolLM2 ("The Louvre is a-----..."). Where the bridge reads stored
-    keys/values (`forward.supports_kv_prefix`) and no hook edit is in place, decoding goes
-    through the bridge with a growing cache of its own (`forward.greedy_tokens`, one
-    single-token forward per step, same tokens as cache-free decoding). With hooks in place
-    every step reruns the whole sequence (HF `generate` without a cache), so hook edits that
-    act wherever the subject appears see it on every step.
-    """
-    from loudfacts.forward import greedy_tokens, supports_kv_prefix
-
-    ids = model.to_tensor(prompt)
-    eos = model.hf.generation_config.eos_token_id
-    stop = set(eos if isinstance(eos, (list, tuple)) else [eos] if eos is not None else [])
-    if supports_kv_prefix(model) and not model.active_hooks():
-        return model.decode(greedy_tokens(model, ids[0].tolist(), max_new_tokens, stop))
-    out = model.hf.generate(ids, attention_mask=torch.ones_like(ids),
-                            max_new_tokens=max_new_tokens, do_sample=False, use_cache=False,
-                            pad_token_id=model.tokenizer.pad_token_id or model.tokenizer.eos_token_id)
-    return model.decode(out[0, ids.shape[1]:].tolist())
+    """Greedy continuation of `prompt` (without the prompt): `LoadedModel.generate`, which
+    decodes through the bridge's own key/value cache when no hook edit is in place and reruns
+    the whole sequence every step when one is (see its docstring for why not HF's cache)."""
+    return model.generate(prompt, max_new_tokens=max_new_tokens)
 
 
 def _generation_entropy(model, prompts, max_new_tokens: int) -> float:
@@ -963,8 +944,7 @@ def headline_table(summary, results, implications=None):
     known = results[results["known"].astype(bool)]
     table["known records"] = known.groupby("editor")["case_id"].nunique()
     if "edit_error" in known and known["edit_error"].notna().any():
-        table["failed edits"] = known.groupby("editor")["edit_error"].apply(
-            lambda x: int(x.notna().sum()))
+        table["failed edits"] = known.groupby("editor")["edit_error"].count()  # non-null
     secs = known.groupby("editor")["edit_seconds"].mean()
     reused = (known.groupby("editor")["edit_reused"].mean() if "edit_reused" in known
               else secs * 0)

@@ -207,15 +207,19 @@ class LoadedModel:
         HF's KV cache is off: with the TransformerLens bridge wrapped around the HF module,
         the bridge's attention does not see HF's cache and cached decoding produces wrong
         continuations (checked on SmolLM2: "The Louvre is" -> " a-----------" with the cache,
-        " a museum dedicated to ..." without). Greedy decoding with no hook edit in place goes
-        through `evaluation.greedy_generate` (the bridge with its own growing cache, same
-        tokens); beams, and decoding with hooks in place, rerun the whole prefix every step,
-        so hook edits also see every position.
+        " a museum dedicated to ..." without). Greedy decoding with no hook edit in place, where
+        the bridge reads stored keys/values (`forward.supports_kv_prefix`), goes through the
+        bridge with a growing cache of its own (`forward.greedy_tokens`: one single-token
+        forward per step, same tokens as cache-free decoding). Beams, and decoding with hooks
+        in place, rerun the whole prefix every step, so hook edits that act wherever the
+        subject appears see it on every step.
         """
-        if num_beams == 1:
-            from loudfacts.evaluation import greedy_generate
+        from loudfacts.forward import greedy_tokens, supports_kv_prefix
 
-            return greedy_generate(self, text, max_new_tokens)
+        if num_beams == 1 and supports_kv_prefix(self) and not self.active_hooks():
+            eos = self.hf.generation_config.eos_token_id
+            stop = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
+            return self.decode(greedy_tokens(self, self.encode(text), max_new_tokens, stop))
         ids = self.to_tensor(text)
         out = self.hf.generate(
             ids,
