@@ -8,9 +8,12 @@ statistics pass (`loudfacts.stats`, which stops after the edit layer and accumul
 
 Edits timed: the three landmark requests of the seed report, then the first N CounterFact
 records the model knows (their v* often runs all 20 steps without reaching the early stop, so
-they cost more), each with the default v* (`suffix_only`: steps rerun only the subject's last
-token onwards) and with every position rerun, interleaved in one run so the ratio is measured
-under the same load. The components memo is cleared before every edit.
+they cost more), each three ways, interleaved in one run so the ratios are measured under the
+same load: with the model's hparams (for SmolLM2: v* under bfloat16 autocast over the bare
+prompt and 5 of the 10 prefixes, `suffix_only` steps that rerun only the subject's last token
+onwards); with ROME's own v* settings ("reference_": float32, all prefixes; suffix steps still
+on); and with every position rerun ("all_positions_", the model's hparams otherwise). The
+components memo is cleared before every edit.
 Targets on a 2-core CPU: <= 5 s per edit; statistics >= 50% of forward throughput.
 """
 
@@ -66,6 +69,7 @@ def main(n_cf: int = 8):
     editor.second_moment()  # fill the cache for the editor's token count (not timed per edit)
     editor.context_templates()
     full_editor = get_editor("rome", model, suffix_only=False)
+    reference_editor = get_editor("rome", model, v_autocast=None, v_n_prefixes=None)
     from loudfacts.data import load_counterfact
     from loudfacts.scoring import target_probs
 
@@ -78,7 +82,8 @@ def main(n_cf: int = 8):
     for group, reqs in (("landmarks", REQUESTS), ("counterfact", cf)):
         for req in reqs:
             row = {"group": group, "request": req.text + " -> " + req.target_new}
-            for label, ed in (("", editor), ("all_positions_", full_editor)):
+            for label, ed in (("", editor), ("reference_", reference_editor),
+                              ("all_positions_", full_editor)):
                 clear_components_memo()
                 t = time.perf_counter()
                 e = ed.edit(req)
@@ -89,9 +94,14 @@ def main(n_cf: int = 8):
                             f"{label}v_steps": e.info["v_steps"]})
                 if not label:
                     row["dw_rel_norm"] = e.info["dw_rel_norm"]
+                    delta = e.info["components"]["delta"]
+                elif label == "reference_":
+                    row["delta_cosine_to_reference"] = float(torch.nn.functional.cosine_similarity(
+                        delta, e.info["components"]["delta"], dim=0))
             edits.append(row)
             print(f"{group:12s} {req.subject[:24]:24s} total {row['total']:5.1f} s "
-                  f"(all positions {row['all_positions_total']:5.1f} s)  k* {row['k']:.2f}  "
+                  f"(reference {row['reference_total']:5.1f} s, all positions "
+                  f"{row['all_positions_total']:5.1f} s)  k* {row['k']:.2f}  "
                   f"v* {row['v']:.2f} ({row['v_steps']} steps)  update {row['update']:.3f}")
     def mean(key, group=None):
         rows = [e for e in edits if group is None or e["group"] == group]
@@ -100,8 +110,12 @@ def main(n_cf: int = 8):
     per_group = {
         g: {"n": sum(e["group"] == g for e in edits), "total": mean("total", g),
             "k": mean("k", g), "v": mean("v", g), "update": mean("update", g),
-            "v_steps": mean("v_steps", g), "all_positions_total": mean("all_positions_total", g),
-            "speedup_of_suffix_steps": mean("all_positions_v", g) / mean("v", g)}
+            "v_steps": mean("v_steps", g), "reference_total": mean("reference_total", g),
+            "all_positions_total": mean("all_positions_total", g),
+            "speedup_over_reference_v": mean("reference_v", g) / mean("v", g),
+            "speedup_of_suffix_steps": mean("all_positions_v", g) / mean("v", g),
+            "delta_cosine_to_reference_min": min(e["delta_cosine_to_reference"] for e in edits
+                                                 if e["group"] == g)}
         for g in ("landmarks", "counterfact")
     }
     out = {

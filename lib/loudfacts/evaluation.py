@@ -66,7 +66,7 @@ METRICS = ["ES", "EM", "PS", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL", "
            "Score"]
 BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
         "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_neighbours", "n_generation",
-        "edit_seconds", "edit_reused", "eval_seconds", "edit_error"]
+        "edit_seconds", "edit_steps", "edit_reused", "eval_seconds", "edit_error"]
 COLUMNS = BOOK + METRICS
 
 UNRELATED_PROMPTS = [
@@ -545,6 +545,9 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     row["edit_seconds"] = time.perf_counter() - t0
     # hook-delta borrows ROME's optimised δ when ROME computed it first (see RomeEditor)
     row["edit_reused"] = bool(edit.info.get("reused", False))
+    # optimisation steps the edit ran (ROME's v*, fine-tuning), where the editor has them
+    steps = edit.info.get("v_steps", edit.info.get("steps_run"))
+    row["edit_steps"] = int(steps) if steps is not None else None
     t0 = time.perf_counter()
     gen_prompts = generation_prompts_for(rec, n_generation) if generation else []
     with edit.applied():

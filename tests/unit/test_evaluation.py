@@ -437,3 +437,19 @@ def test_a_record_the_editor_cannot_edit_is_counted_not_fatal(tiny, records, cap
     summary = summarize(df)
     assert summary.set_index("metric").loc["ES", "n"] == 2
     assert headline_table(summary, df).loc["test-picky", "failed edits"] == 1
+
+
+def test_edit_steps_column_records_the_editors_optimisation_steps(tiny, records, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
+    from loudfacts.editing import get_editor
+
+    rome = get_editor("rome", tiny, layer=0, n_prefixes=1, prefix_len=2, v_num_grad_steps=3,
+                      mom2_adjustment=False, early_stop_nll=0.0)
+    df = evaluate(tiny, rome, records[:2], generation=False, progress=False)
+    assert (df["edit_steps"] == 3).all()  # no early stop: every v* ran its 3 steps
+    ft = get_editor("ft", tiny, steps=2, stop_prob=1.0)
+    assert (evaluate(tiny, ft, records[:1], generation=False, progress=False)["edit_steps"]
+            == 2).all()
+    assert evaluate(tiny, AddEditor(tiny), records[:1], generation=False,
+                    progress=False)["edit_steps"].isna().all()  # an editor without steps

@@ -144,3 +144,57 @@ def test_components_are_reused_only_for_the_same_weights_and_hooks(tiny_llama):
     with tiny_llama.bridge.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: a * 1.0)]):
         assert not editor.components(REQ)["reused"]
     assert editor.components(REQ)["reused"]
+
+
+def test_mixed_precision_v_star_is_close_and_leaves_the_model_as_it_was(tiny_llama):
+    """bfloat16 autocast for v*: δ close to the float32 one (cosine), the weights untouched and
+    every parameter's requires_grad flag restored -- also when the loss turns non-finite."""
+    from loudfacts.editing.rome import clear_components_memo
+
+    clear_components_memo()
+    digest = tiny_llama.weight_digest()
+    flags = [p.requires_grad for p in tiny_llama.hf.parameters()]
+    fp32 = get_editor("rome", tiny_llama, **FAST).components(REQ)
+    bf16 = get_editor("rome", tiny_llama, **FAST, v_autocast="bfloat16").components(REQ)
+    assert [p.requires_grad for p in tiny_llama.hf.parameters()] == flags
+    assert tiny_llama.weight_digest() == digest
+    assert not torch.equal(fp32["delta"], bf16["delta"])  # it did run in another precision
+    cos = torch.nn.functional.cosine_similarity(fp32["delta"], bf16["delta"], dim=0)
+    assert cos > 0.98, f"bf16 δ is not close to the fp32 one (cos {float(cos):.3f})"
+    torch.testing.assert_close(fp32["k_star"], bf16["k_star"])  # k* is never mixed precision
+    bad = get_editor("rome", tiny_llama, **{**FAST, "kl_factor": float("inf"),
+                                             "v_autocast": "bfloat16"})
+    with pytest.raises(EditError, match="non-finite|not finite"):
+        bad.edit(REQ)
+    assert [p.requires_grad for p in tiny_llama.hf.parameters()] == flags
+    assert tiny_llama.weight_digest() == digest
+    with pytest.raises(ValueError, match="v_autocast"):
+        get_editor("rome", tiny_llama, layer=0, v_autocast="int8")
+
+
+def test_v_star_can_average_over_fewer_prefixes_than_k_star(tiny_llama):
+    """`v_n_prefixes`: v*'s NLL over the bare prompt and an evenly spaced subset of k*'s
+    prefixes; k* keeps averaging over all of them."""
+    from loudfacts.editing.rome import clear_components_memo
+
+    clear_components_memo()
+    hp = {**FAST, "n_prefixes": 4}
+    full = get_editor("rome", tiny_llama, **hp)
+    half = get_editor("rome", tiny_llama, **hp, v_n_prefixes=2)
+    tpls = full.context_templates()
+    assert len(tpls) == 5 and full.v_context_templates() == tpls
+    assert half.v_context_templates() == [tpls[0], tpls[1], tpls[3]]
+    assert get_editor("rome", tiny_llama, **hp, v_n_prefixes=0).v_context_templates() == ["{}"]
+    assert get_editor("rome", tiny_llama, **hp, v_n_prefixes=9).v_context_templates() == tpls
+    a, b = full.components(REQ), half.components(REQ)
+    assert (a["n_contexts"], a["n_v_contexts"]) == (5, 5)
+    assert (b["n_contexts"], b["n_v_contexts"]) == (5, 3)
+    torch.testing.assert_close(a["k_star"], b["k_star"])  # k* is the same
+    assert not torch.allclose(a["delta"], b["delta"])  # v* saw other prompts
+    edit = half.edit(REQ)
+    with edit.applied():  # the update still maps k* to v* = W k* + b + δ
+        torch.testing.assert_close(_mlp_out(tiny_llama, 0, b["k_star"]), b["v_star"],
+                                   rtol=1e-3, atol=1e-4)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="v_n_prefixes"):
+            get_editor("rome", tiny_llama, **hp, v_n_prefixes=bad)

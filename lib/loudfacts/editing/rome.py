@@ -13,7 +13,9 @@ the subject's attributes. To write a new fact we
    subject's last token (a hook on `blocks.{L}.hook_mlp_out`), makes the model say target_new
    after the prompt with each prefix (NLL), while keeping what the model says about the subject
    in general ("{subject} is a") close to before (KL "essence" term), with weight decay on δ and
-   a clamp on its norm. The desired MLP output is v\\* = W k\\* + b + δ;
+   a clamp on its norm. The desired MLP output is v\\* = W k\\* + b + δ. (`v_n_prefixes` lets v\\*
+   use fewer of the prefixes than k\\*, and `v_autocast` runs its passes in mixed precision:
+   speed settings, used for SmolLM2 on a CPU; see its hparams file for what they change);
 3. **update** — the smallest change of W, in the metric of the keys' second moment
    C = E[k kᵀ] (`loudfacts.stats`), that maps k\\* to v\\*:
 
@@ -24,9 +26,8 @@ the subject's attributes. To write a new fact we
 **Same key in numerator and denominator.** The published ROME code takes u from the averaged
 key but divides by the key of the bare prompt (and subtracts W times that key), so W' k\\* is
 not v\\* and the edit drifts; the r-ROME paper (Gupta et al. 2024, "Rebuilding ROME") fixes it by
-using k\\* everywhere. We use k\\* everywhere (as in r-ROME). Because k\\* is the mean key over
-exactly the prompts that δ was optimised on, W k\\* + b is the mean MLP output over those
-prompts, and v\\* - (W k\\* + b) is exactly the optimised δ.
+using k\\* everywhere. We use k\\* everywhere (as in r-ROME). W k\\* + b is the mean MLP output
+over k\\*'s prompts, and v\\* - (W k\\* + b) is exactly the optimised δ.
 
 GPT-2 stores its down-projection (Conv1D) as (d_mlp, d_model); the update is transposed for it
 (`model.arch.mlp_out_transposed`).
@@ -37,6 +38,7 @@ hook-delta editor of `loudfacts.editing.patching` adds the same δ at inference 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -156,6 +158,34 @@ def _subject_last_token(model, text: str, subject: str, before: int) -> int:
     return spans[k][1] - 1
 
 
+@contextlib.contextmanager
+def mixed_precision(model, dtype: str | None):
+    """Run v*'s steps under torch.autocast in `dtype` ("bfloat16" or "float16"); None: a no-op.
+
+    Matrix products run in `dtype` (float32 accumulation); norms, softmaxes, the residual
+    stream, δ and the optimiser stay in float32. While the context is open the model's
+    parameters are marked `requires_grad` so that autocast casts each weight once and reuses
+    the cast (its cache keeps casts of such leaves only, until the outermost context exits);
+    the loop asks autograd for δ's gradient alone, so no weight gradient is computed. The flags
+    are restored on exit, also after an exception; the weights themselves are never written.
+    """
+    if dtype is None:
+        yield
+        return
+    if dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"v_autocast={dtype!r}: use None (float32), 'bfloat16' or 'float16'")
+    params = list(model.hf.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.autocast(device_type=model.device.type, dtype=getattr(torch, dtype)):
+            yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+
+
 # -- hooks ---------------------------------------------------------------------------------------
 def record_at_positions_hook(act, hook, *, store, key, rows, positions):
     """Keep act[rows, positions] (n, d) in `store[key]`."""
@@ -180,6 +210,13 @@ class RomeEditor(Editor):
         suffix_only: a speed switch, not a setting of the method: each step of v* reruns only
             the subject's last token and what follows it (the same δ up to float rounding;
             off, or where the bridge cannot reuse stored keys/values, every position reruns).
+        v_autocast: None (float32) or "bfloat16" / "float16": v*'s forward and backward
+            passes under autocast (`mixed_precision`); k*, W k*, the update and everything
+            outside v* stay float32. Faster where the hardware multiplies in that dtype
+            (SmolLM2's hparams use bfloat16: see the evidence there), not the same δ: the
+            v* study (bench/study_rome_v.py) measures what it changes.
+        v_n_prefixes: None (v* over all of k*'s prompts, as ROME) or how many of the prefixes
+            v*'s NLL uses, evenly spaced (`v_context_templates`); k* always uses all of them.
     """
 
     hparams_dir = "rome"
@@ -203,11 +240,20 @@ class RomeEditor(Editor):
         "mom2_ridge": 1e-4,
         "seed": 0,
         "suffix_only": True,
+        "v_autocast": None,
+        "v_n_prefixes": None,
     }
 
     def __post_init__(self):
         super().__post_init__()
         self.model._check_layer(int(self.hparams["layer"]))
+        n = self.hparams["v_n_prefixes"]
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ValueError(f"rome: v_n_prefixes={n!r} must be None (all of n_prefixes) or an "
+                             "integer >= 0")
+        if self.hparams["v_autocast"] not in (None, "bfloat16", "float16"):
+            raise ValueError(f"rome: v_autocast={self.hparams['v_autocast']!r}; use None "
+                             "(float32), 'bfloat16' or 'float16'")
         self._chol: dict[tuple, torch.Tensor] = {}
 
     # -- public pieces ------------------------------------------------------------------------
@@ -221,6 +267,15 @@ class RomeEditor(Editor):
         prefixes = context_prefixes(self.model, hp["n_prefixes"], hp["prefix_len"],
                                     hp["prefix_seed"])
         return ["{}"] + [p + ". {}" for p in prefixes]
+
+    def v_context_templates(self) -> list[str]:
+        """The templates v*'s NLL is averaged over: "{}" and `v_n_prefixes` of k*'s prefixes,
+        evenly spaced over them (all of them when None or larger)."""
+        tpls = self.context_templates()
+        n, prefixes = self.hparams["v_n_prefixes"], tpls[1:]
+        if n is None or n >= len(prefixes):
+            return tpls
+        return [tpls[0]] + [prefixes[(i * len(prefixes)) // n] for i in range(n)]
 
     def second_moment(self) -> torch.Tensor:
         """C = E[k kᵀ] of the edit layer's keys (float64, d_mlp x d_mlp), cached on disk."""
@@ -265,7 +320,8 @@ class RomeEditor(Editor):
               "delta": Float[Tensor, "d_model"], v_star - w_k (the optimised δ);
               "timings": {"k": seconds, "v": seconds};
               "v_history": per-step {"nll", "kl", "wd", "norm"} of the optimisation;
-              "n_contexts": number of prompts averaged over.
+              "n_contexts": number of prompts k* averages over;
+              "n_v_contexts": number of prompts v*'s NLL averages over.
 
         Raises:
             EditError: subject not in the prompt, empty target, non-finite loss.
@@ -305,13 +361,15 @@ class RomeEditor(Editor):
             "timings": {"k": t1 - t0, "v": t2 - t1},
             "v_history": history,
             "n_contexts": len(self.context_templates()),
+            "n_v_contexts": len(self.v_context_templates()),
         }
 
     # -- the three steps ----------------------------------------------------------------------
-    def _contexts(self, request: EditRequest) -> list[tuple[str, int]]:
-        """(text, char index where the prompt's subject ends) for every context template."""
+    def _contexts(self, request: EditRequest, templates=None) -> list[tuple[str, int]]:
+        """(text, char index where the prompt's subject ends) for every context template
+        (`templates`, default `context_templates()`)."""
         out = []
-        for tpl in self.context_templates():
+        for tpl in self.context_templates() if templates is None else templates:
             prompt = tpl.replace("{}", request.prompt)
             text = prompt.replace("{}", request.subject)
             end = prompt.index("{}") + len(request.subject)
@@ -349,7 +407,7 @@ class RomeEditor(Editor):
         m, hp = self.model, self.hparams
         # Rewrite prompts: each context + the target's tokens but the last (teacher forcing).
         rows, pos, tgt_pos, tgt_ids = [], [], [], []
-        for text, end in self._contexts(request):
+        for text, end in self._contexts(request, self.v_context_templates()):
             p_ids = m.encode(text)
             rows.append(p_ids + t_ids[:-1])
             pos.append(_subject_last_token(m, text, request.subject, end))
@@ -403,42 +461,44 @@ class RomeEditor(Editor):
         need_pos = torch.cat([t_pos, kl_pos]).to(m.device)
         n_t = len(t_row)
         kl_init, history = None, []
-        for step in range(int(hp["v_num_grad_steps"])):
-            opt.zero_grad()
-            if suffix:
-                final = suffix_final_normalized(m, batch, prefix, base + onehot * delta,
-                                                self.layer + 1)
-            else:
-                final = final_normalized(m, base + onehot * delta, self.layer + 1)
-            logits = unembed(m, final[need_rows, need_pos])
-            # log-softmax only where it is needed: target positions and the essence positions.
-            logp_t = torch.log_softmax(logits[:n_t].float(), dim=-1)
-            tok_nll = -logp_t[torch.arange(len(t_tok)), t_tok]
-            nll = torch.zeros(n_rewrite, device=tok_nll.device).index_add_(
-                0, t_row.to(tok_nll.device), tok_nll) / t_len.to(tok_nll.device)
-            nll = nll.mean()
-            kl_logp = torch.log_softmax(logits[n_t:].float(), dim=-1)
-            if kl_init is None:
-                kl_init = kl_logp.detach().clone()
-            kl = hp["kl_factor"] * F.kl_div(kl_logp, kl_init, log_target=True,
-                                            reduction="batchmean")
-            wd = hp["v_weight_decay"] * (delta.norm() / target_norm) ** 2
-            loss = nll + kl + wd
-            if not torch.isfinite(loss):
-                raise EditError(
-                    f"non-finite loss at step {step} while computing v* for {request!r} "
-                    f"(nll={float(nll)}, kl={float(kl)}); the model was not edited"
-                )
-            history.append({"nll": nll.item(), "kl": kl.item(), "wd": wd.item(),
-                            "norm": delta.detach().norm().item()})
-            if nll.item() < hp["early_stop_nll"]:
-                break
-            loss.backward()
-            opt.step()
-            with torch.no_grad():  # ROME's norm clamp
-                norm = delta.norm()
-                if norm > max_norm:
-                    delta.mul_(max_norm / norm)
+        with mixed_precision(m, hp["v_autocast"]):
+            for step in range(int(hp["v_num_grad_steps"])):
+                if suffix:
+                    final = suffix_final_normalized(m, batch, prefix, base + onehot * delta,
+                                                    self.layer + 1)
+                else:
+                    final = final_normalized(m, base + onehot * delta, self.layer + 1)
+                logits = unembed(m, final[need_rows, need_pos])
+                # log-softmax only where it is needed: target positions and the essence ones.
+                logp_t = torch.log_softmax(logits[:n_t].float(), dim=-1)
+                tok_nll = -logp_t[torch.arange(len(t_tok)), t_tok]
+                nll = torch.zeros(n_rewrite, device=tok_nll.device).index_add_(
+                    0, t_row.to(tok_nll.device), tok_nll) / t_len.to(tok_nll.device)
+                nll = nll.mean()
+                kl_logp = torch.log_softmax(logits[n_t:].float(), dim=-1)
+                if kl_init is None:
+                    kl_init = kl_logp.detach().clone()
+                kl = hp["kl_factor"] * F.kl_div(kl_logp, kl_init, log_target=True,
+                                                reduction="batchmean")
+                wd = hp["v_weight_decay"] * (delta.norm() / target_norm) ** 2
+                loss = nll + kl + wd
+                if not torch.isfinite(loss):
+                    raise EditError(
+                        f"non-finite loss at step {step} while computing v* for {request!r} "
+                        f"(nll={nll.item()}, kl={kl.item()}); the model was not edited"
+                    )
+                history.append({"nll": nll.item(), "kl": kl.item(), "wd": wd.item(),
+                                "norm": delta.detach().norm().item()})
+                if nll.item() < hp["early_stop_nll"]:
+                    break
+                # δ's gradient only (under mixed precision the weights are marked as needing
+                # gradients; asking for δ alone keeps autograd from computing theirs).
+                (delta.grad,) = torch.autograd.grad(loss, [delta])
+                opt.step()
+                with torch.no_grad():  # ROME's norm clamp
+                    norm = delta.norm()
+                    if norm > max_norm:
+                        delta.mul_(max_norm / norm)
         if not torch.isfinite(delta).all():
             raise EditError(f"v* for {request!r} is not finite; the model was not edited")
         return delta.detach().float(), history
