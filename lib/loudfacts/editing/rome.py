@@ -158,6 +158,9 @@ def _subject_last_token(model, text: str, subject: str, before: int) -> int:
     return spans[k][1] - 1
 
 
+AUTOCAST_DTYPES = (None, "bfloat16", "float16")  # v_autocast: None = float32
+
+
 @contextlib.contextmanager
 def mixed_precision(model, dtype: str | None):
     """Run v*'s steps under torch.autocast in `dtype` ("bfloat16" or "float16"); None: a no-op.
@@ -172,7 +175,7 @@ def mixed_precision(model, dtype: str | None):
     if dtype is None:
         yield
         return
-    if dtype not in ("bfloat16", "float16"):
+    if dtype not in AUTOCAST_DTYPES:
         raise ValueError(f"v_autocast={dtype!r}: use None (float32), 'bfloat16' or 'float16'")
     params = list(model.hf.parameters())
     flags = [p.requires_grad for p in params]
@@ -251,7 +254,7 @@ class RomeEditor(Editor):
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ValueError(f"rome: v_n_prefixes={n!r} must be None (all of n_prefixes) or an "
                              "integer >= 0")
-        if self.hparams["v_autocast"] not in (None, "bfloat16", "float16"):
+        if self.hparams["v_autocast"] not in AUTOCAST_DTYPES:
             raise ValueError(f"rome: v_autocast={self.hparams['v_autocast']!r}; use None "
                              "(float32), 'bfloat16' or 'float16'")
         self._chol: dict[tuple, torch.Tensor] = {}
@@ -268,10 +271,11 @@ class RomeEditor(Editor):
                                     hp["prefix_seed"])
         return ["{}"] + [p + ". {}" for p in prefixes]
 
-    def v_context_templates(self) -> list[str]:
-        """The templates v*'s NLL is averaged over: "{}" and `v_n_prefixes` of k*'s prefixes,
-        evenly spaced over them (all of them when None or larger)."""
-        tpls = self.context_templates()
+    def v_context_templates(self, templates: list[str] | None = None) -> list[str]:
+        """The templates v*'s NLL is averaged over: "{}" and `v_n_prefixes` of k*'s prefixes
+        (`templates`, default `context_templates()`), evenly spaced over them (all of them when
+        None or larger)."""
+        tpls = self.context_templates() if templates is None else templates
         n, prefixes = self.hparams["v_n_prefixes"], tpls[1:]
         if n is None or n >= len(prefixes):
             return tpls
@@ -345,12 +349,14 @@ class RomeEditor(Editor):
         return {**comps, "reused": False}
 
     def _components(self, request: EditRequest, t_ids: list[int]) -> dict:
-        self.context_templates()  # generated once per model and cached; not part of k*'s time
+        # generated once per model and cached on disk; read once per edit, not part of k*'s time
+        tpls = self.context_templates()
+        v_tpls = self.v_context_templates(tpls)
         t0 = time.perf_counter()
-        k_star = self._k_star(request)
+        k_star = self._k_star(request, tpls)
         t1 = time.perf_counter()
         w_k = self._layer_output(k_star)
-        delta, history = self._delta(request, t_ids, w_k)
+        delta, history = self._delta(request, t_ids, w_k, v_tpls)
         t2 = time.perf_counter()
         return {
             "layer": self.layer,
@@ -360,16 +366,16 @@ class RomeEditor(Editor):
             "delta": delta,
             "timings": {"k": t1 - t0, "v": t2 - t1},
             "v_history": history,
-            "n_contexts": len(self.context_templates()),
-            "n_v_contexts": len(self.v_context_templates()),
+            "n_contexts": len(tpls),
+            "n_v_contexts": len(v_tpls),
         }
 
     # -- the three steps ----------------------------------------------------------------------
-    def _contexts(self, request: EditRequest, templates=None) -> list[tuple[str, int]]:
-        """(text, char index where the prompt's subject ends) for every context template
-        (`templates`, default `context_templates()`)."""
+    @staticmethod
+    def _contexts(request: EditRequest, templates: list[str]) -> list[tuple[str, int]]:
+        """(text, char index where the prompt's subject ends) for every context template."""
         out = []
-        for tpl in self.context_templates() if templates is None else templates:
+        for tpl in templates:
             prompt = tpl.replace("{}", request.prompt)
             text = prompt.replace("{}", request.subject)
             end = prompt.index("{}") + len(request.subject)
@@ -377,10 +383,10 @@ class RomeEditor(Editor):
         return out
 
     @torch.no_grad()
-    def _k_star(self, request: EditRequest) -> torch.Tensor:
+    def _k_star(self, request: EditRequest, templates: list[str]) -> torch.Tensor:
         m = self.model
         rows, pos = [], []
-        for text, end in self._contexts(request):
+        for text, end in self._contexts(request, templates):
             rows.append(m.encode(text))
             pos.append(_subject_last_token(m, text, request.subject, end))
         ids = _pad_batch(rows, m.tokenizer.pad_token_id or 0).to(m.device)
@@ -403,11 +409,11 @@ class RomeEditor(Editor):
             out = out + mod.bias.detach().float()
         return out
 
-    def _delta(self, request, t_ids, w_k) -> tuple[torch.Tensor, list[dict]]:
+    def _delta(self, request, t_ids, w_k, templates) -> tuple[torch.Tensor, list[dict]]:
         m, hp = self.model, self.hparams
         # Rewrite prompts: each context + the target's tokens but the last (teacher forcing).
         rows, pos, tgt_pos, tgt_ids = [], [], [], []
-        for text, end in self._contexts(request, self.v_context_templates()):
+        for text, end in self._contexts(request, templates):
             p_ids = m.encode(text)
             rows.append(p_ids + t_ids[:-1])
             pos.append(_subject_last_token(m, text, request.subject, end))
