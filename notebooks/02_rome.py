@@ -22,8 +22,10 @@
 # value v* that makes the model say the new object. Does this work on the small embedded model —
 # does "The Louvre is located in the city of" turn to Rome, do paraphrases follow, does the rest
 # of what the model says stay put, and what happens when the edited subject appears in a prompt
-# about something else (the "loud fact")? And how much does the update depend on the key
-# statistics C = E[k kᵀ], estimated here from far fewer tokens than ROME used?
+# about something else (the "loud fact")? How much does the update depend on the key
+# statistics C = E[k kᵀ], estimated here from far less text than ROME used? And how much do the
+# known departures from the authors' code (r-ROME's key, mixed precision, fewer prefixes, ...)
+# change the results, record by record?
 
 # %% tags=["colab-setup", "remove-cell"]
 import sys
@@ -70,9 +72,13 @@ loud_prompts = [
 unrelated_prompts = ["The capital of Japan is", "Miles Davis played the", "The Colosseum is in"]
 max_new_tokens = 20
 num_beams = 3
-mom2_n_tokens = 100_000  # statistics for the edits (cached after the first run)
-sweep_tokens = [1_000, 5_000, 20_000, 100_000]  # effect of the statistics' token count
-rome_overrides = {}  # e.g. {"n_prefixes": 2} for smoke runs
+mom2_n_tokens = None  # statistics for the edits: None = all the shipped text (cached)
+sweep_tokens = [10_240, 102_400]  # effect of the token count (half and all are always added)
+rome_overrides = {}  # e.g. {"prefix_recipe": [[5, 2]]} for smoke runs
+deviation_split = "edit-1k"  # CounterFact records for the reference-vs-deviation table ...
+deviation_records = 10  # ... this many known ones (each costs one edit per variant)
+deviation_neighbours = 5
+convergence = True  # add C from half and from all of the text to the sweep (a full pass)
 
 # %%
 import time
@@ -145,9 +151,10 @@ assert ((check["P(true)"] >= 0) & (check["P(true)"] <= 1)).all()
 #
 # Each edit is computed on the unedited model and applied only inside `edit.applied()`; the
 # weights are restored bit-exactly afterwards (checked with a digest of every parameter). The
-# update uses the *same* key k* in its numerator and denominator (the r-ROME correction; the
-# published ROME code mixes the averaged key with the bare prompt's key there), so W' k* = v*
-# holds exactly.
+# editor computes what the authors' code computes: v\* = target_init + δ, and the update divides
+# by the bare prompt's key k_bare (not the prefix-averaged k\*), so W' k_bare = v\* holds exactly
+# and W' k\* only approximately. r-ROME's correction (k\* in both places) is the `r-rome` editor,
+# compared below.
 
 # %%
 digest = model.weight_digest()
@@ -292,26 +299,59 @@ with pd.option_context("display.max_colwidth", 120):
 #
 # ## How much do the statistics matter?
 #
-# k* and δ do not depend on C, so we compute them once for the first edit and redo only the
-# update with C estimated from different numbers of tokens (one pass over the corpus serves all
-# counts), and with C replaced by the identity (`mom2_adjustment=False`). ROME used 100k
-# Wikipedia *samples*; the shipped WikiText-2 text has about 0.3M tokens. With fewer tokens
-# than the key width (d_mlp) C is singular; a small ridge (`mom2_ridge`) keeps it invertible.
+# k\*, k_bare and δ do not depend on C, so we compute them once for the first edit and redo only
+# the update with C estimated from different amounts of text (one pass over the corpus serves
+# all counts), and with C replaced by the identity (`mom2_adjustment=False`). ROME used 100k
+# Wikipedia samples of up to 1,024 tokens; all the text shipped here (WikiText-2's test split,
+# 106 Wikipedia articles and the Lee corpus) is cut into windows of 1,024 tokens, and the
+# editors use all of it. Is that enough for C to converge? If it were, C from half of the
+# windows would be close to C from all of them, and so would the update direction u = C⁻¹k\*.
 
 # %%
+from loudfacts.editing import EditError
+from loudfacts.stats import corpus_size
+
 req0 = loud_edit.request
 comps = loud_edit.info["components"]
 para0 = [p.replace("{}", req0.subject) for p in run_cases[0][4]]
 neighbours = unrelated_prompts
-second_moment_sweep(model, [editor.layer], sweep_tokens,
-                    corpus=editor.hparams["mom2_corpus"], seq_len=editor.hparams["mom2_seq_len"],
-                    batch_tokens=editor.hparams["mom2_batch_tokens"])
+hp0 = editor.hparams
+n_all = corpus_size(model, hp0["mom2_corpus"], hp0["mom2_seq_len"])
+counts = sorted({int(n) for n in sweep_tokens if int(n) < n_all}
+                | ({n_all // 2 // hp0["mom2_seq_len"] * hp0["mom2_seq_len"], n_all}
+                   if convergence else set()))
+cs = second_moment_sweep(model, [editor.layer], counts, corpus=hp0["mom2_corpus"],
+                         seq_len=hp0["mom2_seq_len"], batch_tokens=hp0["mom2_batch_tokens"])
+c_ref = cs[(editor.layer, counts[-1])]
+u_ref = get_editor("rome", model, **{**hp0, "mom2_n_tokens": counts[-1]}).update_direction(
+    comps["k_star"])
+convergence_rows = []
+for n in counts:
+    c = cs[(editor.layer, n)]
+    try:
+        u = get_editor("rome", model, **{**hp0, "mom2_n_tokens": n}).update_direction(
+            comps["k_star"])
+        cos = float(torch.nn.functional.cosine_similarity(u, u_ref, dim=0))
+    except EditError:  # fewer tokens than C needs to be positive definite
+        cos = float("nan")
+    convergence_rows.append({"tokens": n, "share of the text": n / n_all,
+                             "||C_n - C_last|| / ||C_last||": float((c - c_ref).norm() / c_ref.norm()),
+                             "cos(C_n⁻¹k*, C_last⁻¹k*)": cos})
+convergence_table = pd.DataFrame(convergence_rows)
+print(f"all the text: {n_all:,} tokens in windows of {hp0['mom2_seq_len']}; C_last is C from "
+      f"{counts[-1]:,} tokens")
+print(convergence_table.round(4).to_string())
+
 sweep = []
 settings = [("identity (no C)", {"mom2_adjustment": False})] + [
-    (f"{n:,} tokens", {"mom2_n_tokens": n}) for n in sweep_tokens]
+    (f"{n:,} tokens", {"mom2_n_tokens": n}) for n in counts]
 for label, hp in settings:
-    ed = get_editor("rome", model, **{**editor.hparams, **hp})
-    e = ed.edit_from_components(req0, {**comps, "v_history": []})
+    ed = get_editor("rome", model, **{**hp0, **hp})
+    try:
+        e = ed.edit_from_components(req0, {**comps, "v_history": []})
+    except EditError as err:
+        print(f"{label}: {err}")
+        continue
     with e.applied():
         p_rw = target_probs(model, [req0.text], [req0.target_new])[0].item()
         p_para = target_probs(model, para0, [req0.target_new] * len(para0)).mean().item() \
@@ -350,7 +390,7 @@ save_figure(
     "02_rome_statistics_tokens",
     caption=f"The edit *{req0.subject} -> {req0.target_new}* redone with the same k* and v* "
     "but the key statistics C replaced by the identity or estimated from the given number of "
-    "WikiText-2 tokens (x axis). Left: probability of the new object on the rewrite prompt, "
+    "tokens of the shipped text (x axis; the last is all of it). Left: probability of the new object on the rewrite prompt, "
     "its paraphrases and the loud-fact prompts that ask about something else (high there = a "
     "louder, less specific edit); right: update size ||ΔW||/||W|| (grey bars) and mean KL "
     "on unrelated prompts (red, right axis; higher = more collateral change).",
@@ -363,13 +403,80 @@ plt.show()
 # effect on unrelated prompts. Read the numbers from the table above: on this small model they
 # are what the run measured, not a claim carried over from the paper.
 #
+# ## The reference recipe against each deviation
+#
+# The editor computes, by default, what the authors' code computes; every departure from it is
+# a named option that is off (see `loudfacts.editing.rome`). One departure is on for this
+# model, because the model needs it: SmolLM2 continues a bare document separator with
+# punctuation fragments, so its context prefixes start with MEMIT's five start words
+# (`prefix_starts`). Here each option is switched on alone and the same known CounterFact
+# records are edited with it. For each metric the table gives the variant's mean and the
+# paired difference from the default (variant minus default on the same records) with a
+# percentile bootstrap 95% interval. "v* updates" is the mean number of Adam steps.
+
+# %%
+from loudfacts import evaluation as ev
+from loudfacts.data import load_counterfact
+
+variants = {
+    "default (reference + MEMIT starts)": {},
+    "prefixes from the bare separator (ROME's code)": {"prefix_starts": None},
+    "r-ROME key (update_key=k_star)": {"update_key": "k_star"},
+    "norm_reference=w_k_star": {"norm_reference": "w_k_star"},
+    "early_stop_on=nll": {"early_stop_on": "nll"},
+    "v_autocast=bfloat16": {"v_autocast": "bfloat16"},
+    "v_n_prefixes=5": {"v_n_prefixes": 5},
+}
+pool = load_counterfact(deviation_split, n=max(4 * deviation_records, 20))
+base = get_editor("unedited", model)
+pre = ev.evaluate(model, base, pool, n_neighbours=deviation_neighbours, generation=False,
+                  out=ev.results_path(model, base, split=deviation_split, n=len(pool),
+                                      n_neighbours=deviation_neighbours, generation=False),
+                  progress=False)
+known_ids = pre.loc[pre["known"], "case_id"].tolist()[:deviation_records]
+dev_records = [r for r in pool if r.case_id in set(known_ids)]
+print(f"{len(dev_records)} known records of the first {len(pool)} of {deviation_split}")
+dev_rows = []
+for label, hp in variants.items():
+    ed = get_editor("rome", model, **{**hp0, **hp})
+    df = ev.evaluate(model, ed, dev_records, pool=pool, n_neighbours=deviation_neighbours,
+                     generation=False, progress=False,
+                     out=ev.results_path(model, ed, split=deviation_split, n=len(pool),
+                                         n_neighbours=deviation_neighbours, generation=False))
+    df["variant"] = label
+    dev_rows.append(df)
+assert model.weight_digest() == digest
+dev = pd.concat(dev_rows, ignore_index=True)
+dev_metrics = ["ES", "PS", "NS", "NS+"]
+ref_rows = dev[dev.variant == next(iter(variants))].set_index("case_id")
+table_rows = []
+for label in variants:
+    d = dev[dev.variant == label].set_index("case_id")
+    row = {"variant": label, "n": len(d), "v* updates": d["edit_steps"].mean()}
+    for m in dev_metrics:
+        diff = (d[m] - ref_rows.loc[d.index, m]).to_numpy()
+        lo, hi = ev.bootstrap_ci(diff, seed=seed)
+        row[m] = d[m].mean()
+        row[f"Δ{m} [95% CI]"] = f"{diff.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]"
+    table_rows.append(row)
+deviation_table = pd.DataFrame(table_rows)
+with pd.option_context("display.max_colwidth", 60, "display.width", 200):
+    print(deviation_table.round(3).to_string(index=False))
+
+# %% [markdown]
+# Read each row against the first: a difference whose interval excludes 0 is a change the
+# option makes on these records; with this few records an interval that includes 0 does not
+# show that the option is harmless. The seconds each option costs are measured in
+# `bench/bench_rome.py` (bench/results/rome.json), together with how far it moves δ.
+#
 # ## What this shows
 #
 # The tables above say, for this run, whether each known fact flipped, whether paraphrases
 # followed, how far unrelated next-token distributions moved (KL), and whether the new object
 # leaks into prompts that only mention the subject. Caveats: the model is a 135M-parameter
-# instruct model dequantised from 4-bit weights, the edit layer is provisional until notebook 01's
-# averages pick it, and the statistics come from WikiText-2 rather than ROME's Wikipedia sample.
+# instruct model dequantised from 4-bit weights, and the statistics come from about 0.8M tokens
+# of shipped text rather than ROME's 100k Wikipedia samples (the convergence table says how
+# far that estimate still moves).
 
 # %% [markdown]
 # ## Findings
@@ -410,6 +517,20 @@ if len(ident) and len(largest):  # how much the key statistics C matter
         f"{c['P(new) rewrite']:.3f} and {c['KL unrelated']:.4f} with C from "
         f"{int(c['tokens']):,} tokens."
     )
+if len(convergence_table) > 1:  # is C converged? half of the text against all of it
+    half = convergence_table.iloc[-2]
+    findings += (
+        f" C from {int(half['tokens']):,} tokens differs from C from "
+        f"{int(counts[-1]):,} by {half['||C_n - C_last|| / ||C_last||']:.3f} (relative "
+        f"Frobenius), and the update directions C⁻¹k* have cosine "
+        f"{half['cos(C_n⁻¹k*, C_last⁻¹k*)']:.3f}.")
+if len(deviation_table) > 1:  # the deviations from the reference code, paired
+    moved = [r["variant"] for _, r in deviation_table.iloc[1:].iterrows()
+             if any(abs(r[m] - deviation_table.iloc[0][m]) > 1e-9 for m in dev_metrics)]
+    findings += (
+        f" On {int(deviation_table.iloc[0]['n'])} known CounterFact records, "
+        f"{len(moved)} of the {len(deviation_table) - 1} deviations from the reference recipe "
+        f"changed a mean of ES, PS, NS or NS+ ({', '.join(moved) if moved else 'none'}).")
 save_findings("02", findings, figure="02_rome_probabilities")
 
 # %%

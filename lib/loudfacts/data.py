@@ -16,7 +16,11 @@ CounterFact comes in two layouts, both normalised to `CounterFactRecord`:
   template (the prompt with the subject replaced by `{}`).
 
 Malformed records (subject not in the prompt, empty targets, a new target equal to the true
-one) are dropped, and the count is printed, never silently.
+one) are dropped, and the count is printed, never silently. A field of the wrong type (an
+integer subject, a target without its `str`, a prompt list holding a number) means the file is
+not CounterFact: it raises a `ValueError` naming the record's case id and the field. A records
+file that is not JSON, holds no usable record, or repeats a case id raises `RecordsFileError`
+naming the file (and the line and column of a JSON error).
 """
 
 from __future__ import annotations
@@ -54,6 +58,10 @@ TEXTS = {
 
 class DataNotFoundError(FileNotFoundError):
     """A data file is in none of the places searched."""
+
+
+class RecordsFileError(ValueError):
+    """A records file that cannot be used (not JSON, no usable record, ...); names the file."""
 
 
 def data_roots() -> list[Path]:
@@ -148,48 +156,104 @@ def _clean(s) -> str:
     return s.strip() if isinstance(s, str) else ""
 
 
+def _case_id(raw: dict) -> int:
+    """The record's integer case id (an int, or a string of digits)."""
+    cid = raw["case_id"]
+    if isinstance(cid, bool) or not isinstance(cid, (int, str)) or (
+            isinstance(cid, str) and not re.fullmatch(r"\s*-?\d+\s*", cid)):
+        raise ValueError(f"record with case_id {cid!r}: field 'case_id' must be an integer, "
+                         f"got {type(cid).__name__}")
+    return int(cid)
+
+
+def _text(case_id, name: str, value, optional: bool = False) -> str:
+    """`value` if it is a string; None for an absent optional field; else a ValueError
+    naming the record and the field."""
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"record case_id {case_id}: field {name!r} must be a string, got "
+                         f"{type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _texts(case_id, name: str, value) -> list[str]:
+    """A list of strings (absent: empty); else a ValueError naming the record and field."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ValueError(f"record case_id {case_id}: field {name!r} must be a list of "
+                         f"strings, got {type(value).__name__}")
+    for i, v in enumerate(value):
+        _text(case_id, f"{name}[{i}]", v)
+    return list(value)
+
+
+def _target(case_id, rw: dict, name: str) -> str:
+    t = rw[name]
+    if not isinstance(t, dict):
+        raise ValueError(f"record case_id {case_id}: field 'requested_rewrite.{name}' must be "
+                         f"an object with a 'str', got {type(t).__name__}")
+    return _text(case_id, f"requested_rewrite.{name}.str", t["str"]).strip()
+
+
 def _from_rome(raw: dict) -> CounterFactRecord:
+    cid = _case_id(raw)
     rw = raw["requested_rewrite"]
-    true = _clean(rw["target_true"]["str"])
+    if not isinstance(rw, dict):
+        raise ValueError(f"record case_id {cid}: field 'requested_rewrite' must be an object, "
+                         f"got {type(rw).__name__}")
+    true = _target(cid, rw, "target_true")
+    prompt = _text(cid, "requested_rewrite.prompt", rw["prompt"])
+    relation = _text(cid, "requested_rewrite.relation_id", rw.get("relation_id"), optional=True)
+    neighbours = _texts(cid, "neighborhood_prompts", raw.get("neighborhood_prompts"))
     return CounterFactRecord(
-        case_id=int(raw["case_id"]),
-        subject=rw["subject"],
-        prompt=rw["prompt"],
+        case_id=cid,
+        subject=_text(cid, "requested_rewrite.subject", rw["subject"]),
+        prompt=prompt,
         target_true=true,
-        target_new=_clean(rw["target_new"]["str"]),
-        relation=rw.get("relation_id") or rw["prompt"],
-        paraphrase_prompts=list(raw.get("paraphrase_prompts", [])),
-        neighborhood_prompts=list(raw.get("neighborhood_prompts", [])),
-        neighborhood_true=[true] * len(raw.get("neighborhood_prompts", [])),
-        generation_prompts=list(raw.get("generation_prompts", [])),
-        attribute_prompts=list(raw.get("attribute_prompts", [])),
+        target_new=_target(cid, rw, "target_new"),
+        relation=relation or prompt,
+        paraphrase_prompts=_texts(cid, "paraphrase_prompts", raw.get("paraphrase_prompts")),
+        neighborhood_prompts=neighbours,
+        neighborhood_true=[true] * len(neighbours),
+        generation_prompts=_texts(cid, "generation_prompts", raw.get("generation_prompts")),
+        attribute_prompts=_texts(cid, "attribute_prompts", raw.get("attribute_prompts")),
         layout="rome",
     )
 
 
 def _from_flat(raw: dict) -> CounterFactRecord:
-    subject, filled = raw["subject"], raw["prompt"]
+    cid = _case_id(raw)
+    subject = _text(cid, "subject", raw["subject"])
+    filled = _text(cid, "prompt", raw["prompt"])
     if "{}" in filled:
         template = filled
     else:
         at = filled.find(subject)
         if at < 0:
-            raise ValueError("subject not in prompt")
+            raise _Dropped("subject not in prompt")
         template = filled[:at] + "{}" + filled[at + len(subject):]
-    loc, loc_true = _clean(raw.get("locality_prompt")), _clean(raw.get("locality_ground_truth"))
-    rephrase = _clean(raw.get("rephrase_prompt"))
+    loc = _text(cid, "locality_prompt", raw.get("locality_prompt"), optional=True).strip()
+    loc_true = _text(cid, "locality_ground_truth", raw.get("locality_ground_truth"),
+                     optional=True).strip()
+    rephrase = _text(cid, "rephrase_prompt", raw.get("rephrase_prompt"), optional=True).strip()
     return CounterFactRecord(
-        case_id=int(raw["case_id"]),
+        case_id=cid,
         subject=subject,
         prompt=template,
-        target_true=_clean(raw["ground_truth"]),
-        target_new=_clean(raw["target_new"]),
+        target_true=_text(cid, "ground_truth", raw["ground_truth"]).strip(),
+        target_new=_text(cid, "target_new", raw["target_new"]).strip(),
         relation=template,
         paraphrase_prompts=[rephrase] if rephrase else [],
         neighborhood_prompts=[loc] if loc and loc_true else [],
         neighborhood_true=[loc_true] if loc and loc_true else [],
         layout="flat",
     )
+
+
+class _Dropped(Exception):
+    """A record that is CounterFact but cannot be used: dropped and counted."""
 
 
 def _problem(rec: CounterFactRecord) -> str | None:
@@ -209,6 +273,10 @@ def normalize_counterfact(raw_records, verbose: bool = True) -> list[CounterFact
 
     Records that cannot be used are dropped and counted (printed when `verbose`, and stored in
     `normalize_counterfact.last_dropped` as {reason: count}).
+
+    Raises:
+        ValueError: a field of the wrong type (e.g. an integer subject), naming the record's
+            case id and the field.
     """
     if isinstance(raw_records, dict):
         raw_records = [raw_records]
@@ -216,12 +284,12 @@ def normalize_counterfact(raw_records, verbose: bool = True) -> list[CounterFact
     for raw in raw_records:
         try:
             if not isinstance(raw, dict):
-                raise ValueError(f"not a JSON object: {type(raw).__name__}")
+                raise _Dropped(f"not a JSON object: {type(raw).__name__}")
             rec = _from_rome(raw) if "requested_rewrite" in raw else _from_flat(raw)
             reason = _problem(rec)
         except KeyError as e:
             reason = f"missing field {e}"
-        except (ValueError, TypeError) as e:
+        except _Dropped as e:
             reason = str(e)
         if reason:
             dropped[reason] = dropped.get(reason, 0) + 1
@@ -244,19 +312,50 @@ def load_counterfact(split: str = "edit-1k", n: int | None = None, verbose: bool
         split: "edit-1k" (default, 1,000 records), "edit", "train" (10,000 each, flattened
             layout), "full" (ROME's counterfact.json; offline only if placed in a data root),
             or a path to a JSON file of either layout.
-        n: keep the first n records after normalisation.
+        n: keep the first n records after normalisation: a positive int, or None for all.
+
+    Raises:
+        RecordsFileError: an unknown split, or a file that is not JSON (with the line and
+            column), holds a record with a field of the wrong type, repeats a case id, or
+            holds no usable record; the message names the file.
     """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n must be a positive number of records or None (all), got {n!r}")
     if split in COUNTERFACT_SPLITS:
         path = data_path(COUNTERFACT_SPLITS[split])
-    elif Path(split).exists():
+    elif Path(split).is_file():
         path = Path(split)
     else:
-        raise ValueError(
+        raise RecordsFileError(
             f"CounterFact split {split!r} is not one of {sorted(COUNTERFACT_SPLITS)} nor a file"
         )
-    with open(path) as f:
-        raw = json.load(f)
-    records = normalize_counterfact(raw, verbose=verbose)
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise RecordsFileError(f"{path}: not a JSON file of CounterFact records: {e.msg} at "
+                               f"line {e.lineno}, column {e.colno}") from None
+    except UnicodeDecodeError as e:
+        raise RecordsFileError(f"{path}: not a UTF-8 JSON file ({e})") from None
+    if not isinstance(raw, (list, dict)):
+        raise RecordsFileError(f"{path}: expected a JSON list of CounterFact records, got "
+                               f"{type(raw).__name__}")
+    try:
+        records = normalize_counterfact(raw, verbose=verbose)
+    except ValueError as e:
+        raise RecordsFileError(f"{path}: {e}") from None
+    if not records:
+        dropped = normalize_counterfact.last_dropped
+        raise RecordsFileError(
+            f"{path}: no usable CounterFact records"
+            + (f" ({sum(dropped.values())} dropped: {dropped})" if dropped else " (it is empty)"))
+    seen = set()
+    for r in records:
+        if r.case_id in seen:
+            raise RecordsFileError(f"{path}: case_id {r.case_id} appears more than once")
+        seen.add(r.case_id)
+    if n is not None and n > len(records) and verbose:
+        print(f"load_counterfact: asked for {n} records, {path} has {len(records)} usable ones")
     return records[:n] if n is not None else records
 
 

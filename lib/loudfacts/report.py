@@ -13,6 +13,14 @@ and wall time, under a run card (model, commit, parameters, date, total time).
 
 A failing cell stops that notebook; the others still run, and the command exits non-zero,
 naming each failed notebook and cell.
+
+The parameter file is checked before anything runs (exit status 2, naming the file): YAML
+errors with their line and column; a section that names no notebook; a key that the notebook's
+parameters cell does not declare (papermill would inject it and the notebook would silently
+run on its default); and a value whose type differs from the declared default's (`true` for an
+int is an error: bool is not an int; an int is accepted for a float; null is accepted anywhere,
+as the repo's "default / all" value). A `common:` key must be declared by at least one
+notebook; notebooks that do not declare it are run without it.
 """
 
 from __future__ import annotations
@@ -52,13 +60,138 @@ class NotebookRun:
     parameters: dict = field(default_factory=dict)
 
 
+class ParamsError(ValueError):
+    """A parameter file that cannot be used; the message names the file (and key, notebook)."""
+
+
+def read_params_file(path) -> dict:
+    """The parameter file as {section: {key: value}}.
+
+    Raises:
+        ParamsError: the file is missing, not YAML (with line and column), not a mapping of
+            sections, or a section is not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"parameter file {path}: cannot be read ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ParamsError(f"parameter file {path} is not valid YAML{where}: {problem}") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ParamsError(f"parameter file {path} must hold a mapping of sections, got "
+                          f"{type(data).__name__}")
+    for section, values in data.items():
+        if values is not None and not isinstance(values, dict):
+            raise ParamsError(f"parameter file {path}: section {section!r} must be a mapping of "
+                              f"parameters, got {type(values).__name__}")
+    return data
+
+
 def load_params(path: Path, stem: str) -> dict:
     """`common` merged with the notebook's own section (by full stem or its NN prefix)."""
     if path is None:
         return {}
-    data = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"parameter file {path} must hold a mapping, got {type(data).__name__}")
+    data = read_params_file(path)
+    params = dict(data.get("common") or {})
+    for key in (stem[:2], stem):
+        params.update(data.get(key) or {})
+    return params
+
+
+_ANY = object()  # a declared default that is not a literal: any value is accepted
+
+
+def declared_parameters(source: Path) -> dict:
+    """{name: default} of the notebook's parameters cell (tagged "parameters"); a default that
+    is not a literal maps to a marker that accepts any value. Empty without such a cell."""
+    import ast
+
+    import jupytext
+
+    nb = jupytext.read(source)
+    out: dict = {}
+    for cell in nb.cells:
+        if "parameters" not in cell.metadata.get("tags", []):
+            continue
+        try:
+            tree = ast.parse(cell.source)
+        except SyntaxError as e:
+            raise ParamsError(f"{source}: its parameters cell is not Python ({e})") from None
+        for stmt in tree.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else (
+                [stmt.target] if isinstance(stmt, ast.AnnAssign) else [])
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    try:
+                        out[t.id] = ast.literal_eval(stmt.value)
+                    except (ValueError, TypeError, SyntaxError):
+                        out[t.id] = _ANY
+    return out
+
+
+def _type_problem(default, value) -> str | None:
+    """Why `value` cannot stand in for a parameter declared with `default` (None if it can)."""
+    if default is _ANY or default is None or value is None:
+        return None
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif isinstance(default, (list, tuple)):
+        ok = isinstance(value, (list, tuple))
+    else:
+        ok = isinstance(value, type(default))
+    if ok:
+        return None
+    return (f"is {type(value).__name__} {value!r}, but the notebook declares "
+            f"{type(default).__name__} (default {default!r})")
+
+
+def check_params(path, notebooks) -> None:
+    """Check a parameter file against the notebooks' parameters cells (see the module
+    docstring for the rules).
+
+    Raises:
+        ParamsError: naming the file, the key and the notebook.
+    """
+    data = read_params_file(path)
+    declared = {nb.stem: declared_parameters(nb) for nb in notebooks}
+    known = {"common"} | set(declared) | {stem[:2] for stem in declared}
+    for section in data:
+        if section not in known:
+            raise ParamsError(f"parameter file {path}: section {section!r} names no notebook "
+                              f"(notebooks: {', '.join(sorted(declared))})")
+    common = data.get("common") or {}
+    for key in common:
+        if not any(key in names for names in declared.values()):
+            raise ParamsError(f"parameter file {path}: common key {key!r} is a parameter of "
+                              "no notebook")
+    for stem, names in declared.items():
+        for section in (stem[:2], stem):
+            for key in data.get(section) or {}:
+                if key not in names:
+                    raise ParamsError(
+                        f"parameter file {path}: [{section}] sets {key!r}, which notebook "
+                        f"{stem} does not declare in its parameters cell (declared: "
+                        f"{', '.join(sorted(names)) or 'none'})")
+        for key, value in _notebook_params(data, stem).items():
+            if key in names:
+                problem = _type_problem(names[key], value)
+                if problem:
+                    raise ParamsError(f"parameter file {path}: {key!r} for notebook {stem} "
+                                      f"{problem}")
+
+
+def _notebook_params(data: dict, stem: str) -> dict:
     params = dict(data.get("common") or {})
     for key in (stem[:2], stem):
         params.update(data.get(key) or {})
@@ -298,12 +431,18 @@ def build(
     from loudfacts.paths import figures_dir
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     sources = find_notebooks(notebooks_dir, only)
+    declared = {}
+    if params_file is not None:  # before anything runs: a bad file fails the whole build
+        check_params(params_file, find_notebooks(notebooks_dir))
+        declared = {s.stem: declared_parameters(s) for s in sources}
+    out.mkdir(parents=True, exist_ok=True)
     runs: list[NotebookRun] = []
     t_start = time.perf_counter()
     for i, source in enumerate(sources, 1):
         params = load_params(params_file, source.stem)
+        if params_file is not None:  # common keys this notebook does not take stay out
+            params = {k: v for k, v in params.items() if k in declared[source.stem]}
         print(f"[report] {i}/{len(sources)} {source.stem} with {params}", flush=True)
         from loudfacts.plotting import clear_outputs
 
@@ -379,8 +518,12 @@ def main(argv=None) -> int:
         logging.getLogger("papermill").setLevel(logging.INFO)
     if args.params and not args.params.exists():
         ap.error(f"parameter file {args.params} does not exist")
-    runs = build(args.params, args.out, args.only, args.notebooks, args.kernel,
-                 log_output=not args.quiet)
+    try:
+        runs = build(args.params, args.out, args.only, args.notebooks, args.kernel,
+                     log_output=not args.quiet)
+    except ParamsError as e:
+        print(f"[report] error: {e}", file=sys.stderr)
+        return 2
     failed = [r for r in runs if not r.ok]
     for r in failed:
         print(f"[report] FAILED: notebook {r.stem}, {r.error}", file=sys.stderr)

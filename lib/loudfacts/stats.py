@@ -4,7 +4,10 @@ ROME treats a layer's MLP down-projection W (d_model x d_mlp) as a linear associ
 that maps keys k (the down-projection's input, TransformerLens `blocks.{L}.mlp.hook_post`,
 d_mlp wide) to values. Its rank-one update inserts a new (k*, v*) pair while disturbing the
 other keys as little as possible *in the metric of their second moment* C = E[k kᵀ], estimated
-over generic text. This module estimates C from the shipped Wikipedia text.
+over generic text. This module estimates C from the shipped text: by default "all" of it
+(WikiText-2's test split, 106 Wikipedia articles and the Lee news corpus, about 0.8M tokens),
+cut into windows of 1,024 tokens (GPT-2's context, so ROME's longest sample; ROME used 100k
+Wikipedia articles, each truncated to that length, which is far more text than we have).
 
 How it is collected:
 
@@ -21,7 +24,7 @@ How it is collected:
 One pass serves every requested layer and every token count in `n_tokens` checkpoints (see
 `second_moment_sweep`): the statistics for 10k tokens are a prefix of those for 100k.
 
-Caching: each (model, layer, corpus digest, token count, seq_len, dtype, weight fingerprint)
+Caching: each (model, layer, corpus digest, token count, seq_len, dtype, weight digest)
 goes to its own file in `cache_dir("stats")`, written atomically. A file whose metadata does
 not match, whose matrix has the wrong shape or non-finite entries, or that cannot be read is
 reported and recomputed.
@@ -46,10 +49,16 @@ _FORMAT = 1  # bump when the cache layout changes
 
 
 # -- corpus -----------------------------------------------------------------------------------
-def corpus_text(corpus: str = "wikitext") -> str:
-    """The text of a named corpus ("wikitext", "wiki-xml", "lee") via `loudfacts.data`."""
+ALL_CORPORA = ("wikitext", "wiki-xml", "lee")  # what corpus="all" concatenates, in order
+
+
+def corpus_text(corpus: str = "all") -> str:
+    """The text of a named corpus ("wikitext", "wiki-xml", "lee") via `loudfacts.data`, or
+    "all": the three joined by blank lines."""
     from loudfacts.data import load_text
 
+    if corpus == "all":
+        return "\n\n".join(load_text(c).strip() for c in ALL_CORPORA) + "\n"
     return load_text(corpus)
 
 
@@ -75,7 +84,7 @@ def _tokenised(tokenizer, text_digest: str, text: str) -> torch.Tensor:
     return torch.tensor([i for ids in enc for i in ids], dtype=torch.long)
 
 
-def corpus_tokens(model, corpus: str = "wikitext") -> tuple[torch.Tensor, str]:
+def corpus_tokens(model, corpus: str = "all") -> tuple[torch.Tensor, str]:
     """All token ids of a corpus (1-D LongTensor) and the corpus text's sha256."""
     text = corpus_text(corpus)
     digest = _digest(text)
@@ -84,10 +93,9 @@ def corpus_tokens(model, corpus: str = "wikitext") -> tuple[torch.Tensor, str]:
 
 # -- cache ------------------------------------------------------------------------------------
 def _fingerprint(model) -> str:
-    """A cheap digest of the first MLP's input weights: tells apart models that share a name
-    (two random tiny models, a re-converted checkpoint) without hashing every parameter."""
-    w = model.module(model.arch.mlp_in.format(0)).weight.detach().cpu().contiguous()
-    return hashlib.sha256(w.view(torch.uint8).numpy().tobytes()).hexdigest()[:12]
+    """The model's weight digest (`LoadedModel.weights_fingerprint`, over every parameter), so
+    statistics cached for one set of weights are never served for another."""
+    return model.weights_fingerprint()[:16]
 
 
 def _meta(model, layer, corpus, digest, n_tokens, seq_len) -> dict:
@@ -216,9 +224,9 @@ def second_moment_sweep(
     model,
     layers,
     n_tokens_list,
-    corpus: str = "wikitext",
-    batch_tokens: int = 2048,
-    seq_len: int = 128,
+    corpus: str = "all",
+    batch_tokens: int = 4096,
+    seq_len: int = 1024,
     progress: bool = True,
     use_cache: bool = True,
 ) -> dict[tuple[int, int], torch.Tensor]:
@@ -232,12 +240,21 @@ def second_moment_sweep(
         raise ValueError("second_moment needs at least one layer")
     for L in layers:
         model._check_layer(L)
-    counts = sorted({int(n) for n in n_tokens_list})
-    if not counts or counts[0] <= 0:
-        raise ValueError(f"token counts must be positive integers, got {n_tokens_list!r}")
-    if seq_len <= 0 or seq_len > model.n_ctx:
-        raise ValueError(f"seq_len {seq_len} must be in 1..{model.n_ctx} for {model.name}")
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 0 < seq_len <= model.n_ctx:
+        raise ValueError(f"seq_len {seq_len!r} must be an integer in 1..{model.n_ctx} for "
+                         f"{model.name}")
+    n_list = list(n_tokens_list)
+    bad = [n for n in n_list if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                                                   or n <= 0)]
+    if not n_list or bad:
+        raise ValueError(f"token counts must be positive integers or None (all the text), got "
+                         f"{n_tokens_list!r}")
     tokens, digest = corpus_tokens(model, corpus)
+    every = tokens.numel() // seq_len * seq_len  # None: every whole window of the corpus
+    if every == 0:
+        raise ValueError(f"corpus {corpus!r} has {tokens.numel()} tokens, fewer than one window "
+                         f"of seq_len={seq_len}")
+    counts = sorted({every if n is None else int(n) for n in n_list})
     result, missing = {}, set()
     for L in layers:
         for n in counts:
@@ -260,10 +277,10 @@ def second_moment_sweep(
 def second_moment(
     model,
     layers,
-    n_tokens: int = 100_000,
-    corpus: str = "wikitext",
-    batch_tokens: int = 2048,
-    seq_len: int = 128,
+    n_tokens: int | None = None,
+    corpus: str = "all",
+    batch_tokens: int = 4096,
+    seq_len: int = 1024,
     progress: bool = True,
     use_cache: bool = True,
 ) -> dict[int, torch.Tensor]:
@@ -272,8 +289,10 @@ def second_moment(
     Args:
         model: a LoadedModel.
         layers: one layer index or several; all are collected in one pass.
-        n_tokens: tokens of the corpus used (the first n_tokens, in windows of `seq_len`).
-        corpus: corpus name for `loudfacts.data.load_text` ("wikitext" by default).
+        n_tokens: tokens of the corpus used (the first n_tokens, in windows of `seq_len`);
+            None: every whole window of the corpus.
+        corpus: "all" (every shipped text, the default) or one corpus name of
+            `loudfacts.data.load_text`.
         batch_tokens: tokens per forward pass.
         seq_len: window length; each window is an independent sequence.
         progress: show a tqdm bar.
@@ -286,3 +305,9 @@ def second_moment(
                               batch_tokens=batch_tokens, seq_len=seq_len, progress=progress,
                               use_cache=use_cache)
     return {L: c for (L, _), c in got.items()}
+
+
+def corpus_size(model, corpus: str = "all", seq_len: int = 1024) -> int:
+    """Tokens that `n_tokens=None` uses: every whole window of `seq_len` in the corpus."""
+    tokens, _ = corpus_tokens(model, corpus)
+    return tokens.numel() // seq_len * seq_len

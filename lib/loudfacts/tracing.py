@@ -5,8 +5,9 @@ ROME (Meng et al. 2022, section 2) locates a fact by three runs of the model on 
 
 1. a *clean* run, which predicts the object (" Paris") with probability `clean_prob`;
 2. *corrupted* runs, where Gaussian noise (3x the standard deviation of subject token
-   embeddings) is added to the subject's token embeddings, so the object's probability drops to
-   `corrupt_prob` (averaged over `samples` noise draws);
+   embeddings, pooled over every token occurrence of known_1000's subjects as ROME's
+   `collect_embedding_std`: `noise_scale`) is added to the subject's token embeddings, so the
+   object's probability drops to `corrupt_prob` (averaged over `samples` noise draws);
 3. *restored* runs: corrupted, except that one internal state at one (layer, token) is set back
    to its clean value. The probability of the object then, `scores[layer, token]`, minus
    `corrupt_prob` is the *indirect effect* of that state.
@@ -38,6 +39,11 @@ Three implementations give the same grid (same noise, tested to 1e-4):
   keys/values (`forward.supports_kv_prefix`): one pass per layer over every (token, sample)
   row and every position, started from the cached corrupted residual at the first block it
   changes; tokens before the subject, whose states the noise does not reach, are not rerun.
+
+Every input is checked before the first forward pass, with an error naming it: a subject
+that occurs twice needs `occurrence`, a multi-token string target needs `first_token=True`
+(ROME scores the object's first token), a window must lie in 1..n_layers, a token id in the
+vocabulary.
 
 `average_effects` averages indirect effects over many known facts by ROME's token classes
 (first / middle / last subject token, first subsequent token, further tokens, last token), and
@@ -74,6 +80,7 @@ from loudfacts.tokens import (
     check_context,
     check_subject_position,
     fill,
+    find_subject_spans,
     subject_span,
     target_ids,
 )
@@ -90,6 +97,8 @@ TOKEN_CLASSES = (
     "last token",
 )
 NOISE_MULTIPLIER = 3.0
+# How the standard deviation behind the noise is estimated (see `noise_scale`).
+NOISE_ESTIMATORS = ("pooled", "unique")
 _HOOK_OF_KIND = {"hidden": "hook_resid_post", "mlp": "hook_mlp_out", "attn": "hook_attn_out"}
 # Subjects used for the noise scale when ROME's known_1000 file cannot be read.
 _FALLBACK_SUBJECTS = (
@@ -99,7 +108,9 @@ _FALLBACK_SUBJECTS = (
 
 __all__ = [
     "KINDS",
+    "NOISE_ESTIMATORS",
     "TOKEN_CLASSES",
+    "AmbiguousSubjectError",
     "AverageEffects",
     "SubjectNotFoundError",
     "TraceResult",
@@ -112,6 +123,7 @@ __all__ = [
     "plot_trace",
     "plot_traces",
     "select_known_facts",
+    "subject_embedding_std",
     "token_classes",
     "trace",
 ]
@@ -131,10 +143,11 @@ class TraceResult:
         corrupt_prob: mean probability over the corrupted runs (nothing restored).
         tokens: the prompt's token strings (labels for the grid's columns).
         subject_span: (start, stop) token span of the corrupted subject.
-        target: the target token's text (first token of the object, as ROME traces it).
+        target: the traced token's text (the greedy token, the token of a one-token
+            target, or the first token of a longer one with `first_token=True`).
         kind: "hidden", "mlp" or "attn".
         settings: everything else that produced the grid (model, prompt, subject, samples,
-            noise, window, seed, severed, method, target id).
+            noise, window, seed, severed, method, occurrence, first_token, target id).
     """
 
     scores: np.ndarray
@@ -188,10 +201,16 @@ def _cache_key(payload: dict) -> str:
 # Noise scale
 # ---------------------------------------------------------------------------------------------
 def _noise_subjects() -> tuple[list[str], str]:
+    """The subjects whose token embeddings set the noise scale, and where they came from.
+
+    As ROME (`experiments/causal_trace.py`: `collect_embedding_std(mt, [k["subject"] for k in
+    knowns])`): the subject of every known_1000 record, in file order and with repeats (1,209
+    records, 1,195 distinct subjects), so a subject of several facts counts several times.
+    """
     try:
         from loudfacts.data import load_known_facts
 
-        subjects = sorted({f.subject for f in load_known_facts()})
+        subjects = [f.subject for f in load_known_facts()]
         if subjects:
             return subjects, "known_1000"
     except (ImportError, OSError, ValueError, KeyError) as exc:
@@ -205,38 +224,94 @@ def _embedding_matrix(model) -> torch.Tensor:
     return model.hf.get_input_embeddings().weight
 
 
+def _check_multiplier(multiplier) -> float:
+    if isinstance(multiplier, bool) or not isinstance(multiplier, (int, float, np.floating,
+                                                                   np.integer)):
+        raise ValueError(f"noise multiplier must be a number, got {multiplier!r}")
+    if not np.isfinite(multiplier) or multiplier < 0:
+        raise ValueError(f"noise multiplier must be a non-negative finite number, got "
+                         f"{multiplier!r} (ROME: {NOISE_MULTIPLIER})")
+    return float(multiplier)
+
+
+def subject_embedding_std(model, subjects: Sequence[str], estimator: str = "pooled"
+                          ) -> tuple[float, int]:
+    """Standard deviation of the token embeddings of `subjects`, and how many rows it pools.
+
+    Each subject is tokenised on its own (`model.encode`: no special tokens, no leading space).
+
+    - `"pooled"` (ROME's `collect_embedding_std`): the embedding row of every token
+      *occurrence* of every subject (a token that occurs n times is counted n times) stacked
+      into an (n_tokens, d_model) matrix, and the standard deviation of all its entries,
+      unbiased (n - 1), as torch's `.std()`. Computed in float64.
+    - `"unique"`: the same over the distinct token ids only (each embedding row once). Not
+      ROME's estimate; kept to measure how much the pooling matters.
+    """
+    if estimator not in NOISE_ESTIMATORS:
+        raise ValueError(f"noise estimator {estimator!r} is not one of {NOISE_ESTIMATORS}")
+    ids = [i for s in subjects for i in model.encode(s)]
+    if estimator == "unique":
+        ids = sorted(set(ids))
+    if len(ids) < 2:
+        raise ValueError(f"subjects {list(subjects)[:5]!r} give {len(ids)} token(s); the "
+                         "standard deviation needs at least 2")
+    emb = _embedding_matrix(model)
+    with torch.no_grad():
+        rows = emb[torch.tensor(ids, device=emb.device)].to(torch.float64)
+        return float(rows.std().item()), len(ids)
+
+
 _NOISE_MEMO: dict = {}
 
 
-def noise_scale(model, multiplier: float = NOISE_MULTIPLIER, cache: bool = True) -> float:
+def noise_scale(model, multiplier: float = NOISE_MULTIPLIER, cache: bool = True,
+                estimator: str = "pooled") -> float:
     """`multiplier` x the standard deviation of the token embeddings of a set of subjects.
 
-    As ROME: every token of every subject of known_1000 (tokenised on its own, without a leading
-    space), all embedding coordinates pooled. Computed once per model (weights of the embedding)
-    and cached in data/cache/tracing/.
+    As ROME (`collect_embedding_std` and its default noise rule "s3"): each subject of every
+    known_1000 record (`_noise_subjects`, repeats kept) tokenised on its own, the embedding row
+    of every token occurrence pooled into one (n_tokens, d_model) matrix, the (unbiased)
+    standard deviation of all its entries, times 3. `estimator="unique"` takes each distinct
+    token id once instead (not ROME's; see `subject_embedding_std`).
+
+    Computed once per (model, embedding weights, subjects, estimator) and cached in
+    data/cache/tracing/noise-*.json; the estimator is part of the key and is checked on read.
+
+    Raises:
+        ValueError: `multiplier` is not a non-negative finite number, or `estimator` is not
+            one of `NOISE_ESTIMATORS`.
     """
+    multiplier = _check_multiplier(multiplier)
+    if estimator not in NOISE_ESTIMATORS:
+        raise ValueError(f"noise estimator {estimator!r} is not one of {NOISE_ESTIMATORS}")
+    subjects, source = _noise_subjects()
     emb = _embedding_matrix(model)
     with torch.no_grad():
-        emb_sig = f"{emb.shape}:{emb.double().sum().item():.10e}"
-    key = _cache_key({"model": model.name, "emb": emb_sig, "v": 1})
-    path = cache_dir("tracing") / f"noise-{model.name.replace('/', '_')}-{key}.json"
+        emb_sig = (f"{tuple(emb.shape)}:{emb.sum(dtype=torch.float64).item():.12e}:"
+                   f"{torch.linalg.vector_norm(emb, dtype=torch.float64).item():.12e}")
+    subjects_sig = hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16]
+    key = _cache_key({"model": model.name, "emb": emb_sig, "estimator": estimator,
+                      "subjects": subjects_sig, "source": source, "v": 2})
+    path = (cache_dir("tracing")
+            / f"noise-{model.name.replace('/', '_')}-{estimator}-{key}.json")
     if str(path) in _NOISE_MEMO:
         return multiplier * _NOISE_MEMO[str(path)]
     std = None
     if cache and path.exists():
         try:
-            std = float(json.loads(path.read_text())["std"])
-        except (ValueError, KeyError, json.JSONDecodeError):
+            stored = json.loads(path.read_text())
+            if stored.get("estimator") == estimator and stored.get("subjects") == subjects_sig:
+                std = float(stored["std"])
+        except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError):
             std = None  # corrupt cache: recompute
     if std is None:
-        subjects, source = _noise_subjects()
-        ids = sorted({i for s in subjects for i in model.encode(s)})
-        with torch.no_grad():
-            std = float(emb[torch.tensor(ids, device=emb.device)].float().std().item())
+        std, n_rows = subject_embedding_std(model, subjects, estimator)
         if cache:
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"std": std, "source": source, "n_subjects": len(subjects),
-                                       "n_token_ids": len(ids), "model": model.name}))
+            tmp.write_text(json.dumps({
+                "std": std, "estimator": estimator, "source": source,
+                "n_subjects": len(subjects), "subjects": subjects_sig, "n_rows": n_rows,
+                "model": model.name}))
             os.replace(tmp, path)
     _NOISE_MEMO[str(path)] = std
     return multiplier * std
@@ -288,28 +363,92 @@ def _target_prob_mean(logits_last: torch.Tensor, target: int, groups: int) -> to
     return logp.exp().view(groups, -1).mean(dim=1)
 
 
+class AmbiguousSubjectError(ValueError):
+    """The subject occurs more than once in the prompt and no occurrence was chosen."""
+
+
 def _resolve_prompt(prompt: str, subject: str) -> str:
     if not isinstance(prompt, str) or not prompt:
         raise ValueError(f"prompt {prompt!r} must be a non-empty string")
     return fill(prompt, subject) if PLACEHOLDER in prompt else prompt
 
 
-def _resolve_target(model, target, clean_logits_last: torch.Tensor) -> tuple[int, str]:
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _subject_span(model, text: str, subject: str, occurrence: int | None) -> tuple[int, int]:
+    """Token span of the subject occurrence to corrupt (see `trace`'s `occurrence`)."""
+    spans = find_subject_spans(model, text, subject)  # ValueError for an empty subject
+    if not spans:
+        raise SubjectNotFoundError(f"subject {subject!r} does not occur in prompt {text!r}")
+    if occurrence is None:
+        if len(spans) > 1:
+            raise AmbiguousSubjectError(
+                f"subject {subject!r} occurs {len(spans)} times in prompt {text!r} (token spans "
+                f"{spans}); pass occurrence=0 for the first (as ROME's find_token_range), -1 "
+                "for the last, or i for the i-th")
+        return spans[0]
+    if not -len(spans) <= occurrence < len(spans):
+        raise ValueError(f"occurrence {occurrence} of subject {subject!r}: it occurs "
+                         f"{len(spans)} time(s) in prompt {text!r}")
+    return spans[occurrence]
+
+
+def _target_id(model, target, first_token: bool) -> int | None:
+    """The traced token id (None: the greedy next token, known only after the clean run),
+    checked before any forward pass."""
     if target is None:
-        tid = int(clean_logits_last.argmax())
-    elif isinstance(target, (int, np.integer)):
+        return None
+    if _is_int(target):
         tid = int(target)
-    else:
-        tid = target_ids(model, target)[0]  # ROME traces the object's first token
+        if not 0 <= tid < model.d_vocab:
+            raise ValueError(f"target token id {tid} is outside the vocabulary of {model.name} "
+                             f"(size {model.d_vocab}: ids 0..{model.d_vocab - 1})")
+        return tid
+    if not isinstance(target, str):
+        raise ValueError(f"target {target!r} must be None (greedy), a string or a token id")
+    ids = target_ids(model, target)  # ValueError for an empty target
+    if len(ids) > 1 and not first_token:
+        raise ValueError(
+            f"target {target!r} is {len(ids)} tokens {[model.decode([i]) for i in ids]} (ids "
+            f"{ids}); a trace scores one next token: pass first_token=True to score its first "
+            f"token {model.decode(ids[:1])!r} (ROME's convention), or pass a token id")
+    return ids[0]
+
+
+def _resolve_target(model, target_id: int | None, clean_logits_last: torch.Tensor
+                    ) -> tuple[int, str]:
+    tid = int(clean_logits_last.argmax()) if target_id is None else int(target_id)
     return tid, model.decode([tid])
 
 
 def _window(layer: int, window: int, n_layers: int) -> range:
-    """ROME's window: layers [L - window//2, L + ceil(window/2)), clipped to the model."""
+    """ROME's window: layers [L - window//2, L + ceil(window/2)), clipped to the model (so the
+    windows of the bottom and top layers hold fewer layers, as in ROME)."""
     return range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
 
 
-def _check_args(kind, severed, method, samples, window):
+def _check_window(model, window, kinds) -> None:
+    if not _is_int(window) or window < 1:
+        raise ValueError(f"window must be a positive int, got {window!r}")
+    if any(k in ("mlp", "attn") for k in kinds) and window > model.n_layers:
+        raise ValueError(f"window {window} is larger than the {model.n_layers} layers of "
+                         f"{model.name}; use 1 <= window <= {model.n_layers}")
+
+
+def _check_noise(noise) -> None:
+    if noise is None:
+        return
+    if isinstance(noise, bool) or not isinstance(noise, (int, float, np.floating, np.integer)):
+        raise ValueError(f"noise must be None or a number, got {noise!r}")
+    if not np.isfinite(noise) or noise < 0:
+        raise ValueError(f"noise must be a non-negative finite number, got {noise!r}")
+
+
+def _check_args(model, kind, severed, method, samples, window, noise=None, seed=0,
+                batch_rows=1):
+    """Every check that needs no tokenisation or forward pass."""
     if kind not in KINDS:
         raise ValueError(f"kind {kind!r} is not one of {KINDS}")
     if severed not in SEVERED:
@@ -318,10 +457,26 @@ def _check_args(kind, severed, method, samples, window):
         raise ValueError(f"severed={severed!r} restores hidden states; use kind='hidden', not {kind!r}")
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
-    if not isinstance(samples, int) or samples < 1:
+    if not _is_int(samples) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive int, got {window!r}")
+    _check_window(model, window, [kind])
+    _check_noise(noise)
+    if not _is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    if not _is_int(batch_rows) or batch_rows < 1:
+        raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
+
+
+def _prepare(model, prompt, subject, target, occurrence, first_token):
+    """Resolve and check a fact before any forward pass: (text, ids, subject span, target id)."""
+    if occurrence is not None and not _is_int(occurrence):
+        raise ValueError(f"occurrence must be None or an int, got {occurrence!r}")
+    text = _resolve_prompt(prompt, subject)
+    ids = model.encode(text)
+    check_context(model, len(ids), text)
+    span = _subject_span(model, text, subject, occurrence)
+    target_id = _target_id(model, target, first_token)
+    return text, ids, span, target_id
 
 
 # ---------------------------------------------------------------------------------------------
@@ -342,21 +497,28 @@ def trace(
     cache: bool = True,
     method: str = "fast",
     batch_rows: int = 512,
+    occurrence: int | None = None,
+    first_token: bool = False,
 ) -> TraceResult:
     """Causal trace of one fact: restore each (layer, token) state of a subject-corrupted run.
+
+    Every argument is checked before the first forward pass.
 
     Args:
         model: a `LoadedModel`.
         prompt: the full prompt containing `subject`, or a template with one `{}` for it.
-        subject: the subject to corrupt (its last occurrence in the prompt).
+        subject: the subject to corrupt.
         kind: "hidden" (residual stream after block L), "mlp" or "attn" (that module's output,
             restored over `window` layers around L).
-        target: the object to track: None for the model's greedy next token on the clean
-            prompt, a string (its first token is traced, after a leading space as in ROME), or a
-            token id.
+        target: the token to track: None for the model's greedy next token on the clean
+            prompt (ROME's choice), a token id (0 <= id < vocabulary size), or a string
+            (tokenised after a leading space, as in ROME). A string of several tokens raises
+            unless `first_token=True`.
         samples: noise draws (rows of corrupted runs).
         noise: noise standard deviation; None for 3x the subjects' embedding std (`noise_scale`).
-        window: layers restored together for "mlp"/"attn" (ROME: 10).
+        window: layers restored together for "mlp"/"attn" (ROME: 10), 1 <= window <= n_layers;
+            near the bottom and top of the model the window is cut at the model's edge (as
+            ROME). Ignored for "hidden".
         seed: seed of the noise draws; the same seed gives the same noise in both methods.
         severed: with kind="hidden", keep the "mlp" or "attn" outputs of the layers above the
             restored one at their corrupted values (at the restored token).
@@ -364,48 +526,63 @@ def trace(
             name and a fingerprint of its weights).
         method: "fast" (default) or "reference" (ROME's loop, for tests and benchmarks).
         batch_rows: largest batch of rows the fast path runs at once.
+        occurrence: which occurrence of the subject to corrupt when it occurs more than once
+            (0 the first, as ROME's `find_token_range`; -1 the last). None (default): the
+            subject must occur exactly once, else `AmbiguousSubjectError` names the subject,
+            the prompt and the token span of each occurrence. Only one occurrence is ever
+            corrupted; the others keep their clean embeddings.
+        first_token: score a multi-token string target by its first token (ROME's convention:
+            "New York" and "New Delhi" then trace the same token if they share the first one).
 
     Returns:
         TraceResult with scores of shape (n_layers, n_tokens).
 
     Raises:
         SubjectNotFoundError: the subject is not in the prompt (the message names both).
-        ValueError: the prompt is longer than the model's context, or an argument is invalid.
+        AmbiguousSubjectError: the subject occurs several times and `occurrence` is None.
+        ValueError: the prompt is longer than the model's context, the subject is empty, the
+            target is a multi-token string (without `first_token`) or a token id outside the
+            vocabulary, the window is outside 1..n_layers, or another argument is invalid.
     """
-    _check_args(kind, severed, method, samples, window)
-    text = _resolve_prompt(prompt, subject)
-    ids = model.encode(text)
-    check_context(model, len(ids), text)
-    span = subject_span(model, text, subject)
+    _check_args(model, kind, severed, method, samples, window, noise, seed, batch_rows)
+    text, ids, span, target_id = _prepare(model, prompt, subject, target, occurrence,
+                                          first_token)
     check_subject_position(span, text, subject)
     scale = float(noise_scale(model) if noise is None else noise)
-    if not np.isfinite(scale) or scale < 0:
-        raise ValueError(f"noise must be a non-negative finite number, got {noise!r}")
 
     settings = {
         "model": model.name,
         "prompt": text,
         "subject": subject,
         "target_arg": target if not isinstance(target, np.integer) else int(target),
-        "samples": samples,
+        "samples": int(samples),
         "noise": scale,
-        "window": window if kind != "hidden" else None,
-        "seed": seed,
+        "window": int(window) if kind != "hidden" else None,
+        "seed": int(seed),
         "severed": severed,
         "method": method,
+        "occurrence": None if occurrence is None else int(occurrence),
+        "first_token": bool(first_token),
     }
     path = None
     if cache:
-        key = _cache_key({**settings, "kind": kind, "weights": weights_fingerprint(model), "v": 1})
+        key = _cache_key({**settings, "kind": kind, "span": list(span),
+                          "weights": weights_fingerprint(model), "v": 2})
         path = cache_dir("tracing") / f"trace-{model.name.replace('/', '_')}-{key}.npz"
         if path.exists():
             try:
-                return TraceResult.load(path)
-            except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
-                path.unlink(missing_ok=True)  # corrupt or old cache file: recompute
+                cached = TraceResult.load(path)
+                stored = {k: cached.settings.get(k) for k in settings}
+                if (stored == json.loads(json.dumps(settings)) and cached.kind == kind
+                        and cached.subject_span == span):
+                    return cached
+            except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                    json.JSONDecodeError):
+                pass
+            path.unlink(missing_ok=True)  # corrupt, old or mismatched cache file: recompute
 
     ids_t = torch.tensor([ids], dtype=torch.long, device=model.device)
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
     noise_draws = (
         torch.randn(samples, span[1] - span[0], model.d_model, generator=gen) * scale
     ).to(model.device)
@@ -415,7 +592,7 @@ def trace(
     else:
         run = _trace_fast_full if method == "fast-full" else _trace_reference
     scores, clean_prob, corrupt_prob, target_id = run(
-        model, ids_t, span, kind, target, noise_draws, window, severed, batch_rows
+        model, ids_t, span, kind, target_id, noise_draws, int(window), severed, batch_rows
     )
     settings["target_id"] = target_id
     result = TraceResult(
@@ -752,19 +929,68 @@ class AverageEffects:
         return pd.DataFrame(self.effects[kind], index=list(TOKEN_CLASSES))
 
 
+_SOURCE_OF_TYPE = {"KnownFact": "known_1000", "CounterFactRecord": "counterfact"}
+
+
 def _fact_fields(fact) -> tuple[str, str, str | None, str]:
-    """(prompt, subject, target, id) from a dict, a pandas row, a KnownFact or a record."""
-    get = fact.get if isinstance(fact, dict) else (lambda k, d=None: getattr(fact, k, d))
-    if hasattr(fact, "index") and hasattr(fact, "to_dict"):  # pandas Series
-        get = fact.to_dict().get
-    text = get("text") or get("prompt")
-    subject = get("subject")
-    target = get("target_true") or get("attribute") or get("target")
+    """(prompt, subject, target, label) from a dict, a pandas row, a KnownFact or a record.
+
+    The label ("source:id") is for people reading the cache; it is not a key (a KnownFact and a
+    CounterFact record can both have id 0): `_fact_content` is what identifies a fact.
+    """
+    content = _fact_content(fact)
+    get = _getter(fact)
     fid = get("id", None)
     if fid is None:
         fid = get("known_id", None) if get("known_id", None) is not None else get("case_id", None)
-    source = get("source", "") or ""
-    return text, subject, target, f"{source}:{fid}" if fid is not None else f"{text}|{subject}"
+    label = (f"{content['source']}:{fid}" if fid is not None
+             else f"{content['prompt']}|{content['subject']}")
+    return content["prompt"], content["subject"], content["target"], label
+
+
+def _getter(fact):
+    if isinstance(fact, dict):
+        return fact.get
+    if hasattr(fact, "index") and hasattr(fact, "to_dict"):  # pandas Series
+        return fact.to_dict().get
+    return lambda k, d=None: getattr(fact, k, d)
+
+
+def _fact_content(fact) -> dict:
+    """What a fact is: prompt, subject, target and its source kind (`source`, else from its
+    type: known_1000 for a KnownFact, counterfact for a CounterFactRecord)."""
+    get = _getter(fact)
+    text = get("text") or get("prompt")
+    subject = get("subject")
+    target = get("target_true") or get("attribute") or get("target")
+    source = get("source", None) or _SOURCE_OF_TYPE.get(type(fact).__name__, "")
+    return {"prompt": text, "subject": subject,
+            "target": int(target) if _is_int(target) else target,
+            "source": str(source)}
+
+
+def _average_settings(model, samples, noise, window, seed, first_token, occurrence) -> dict:
+    return {"model": model.name, "samples": int(samples), "noise": float(noise),
+            "window": int(window), "seed": int(seed), "first_token": bool(first_token),
+            "occurrence": None if occurrence is None else int(occurrence)}
+
+
+def _file_key(settings: dict, weights: str) -> str:
+    return _cache_key({**settings, "weights": weights, "v": 2})
+
+
+def _record_key(content: dict, kind: str, settings: dict, weights: str) -> str:
+    """A digest of the fact's content, the kind and every setting: different facts, kinds or
+    settings never share a key."""
+    return _cache_key({"fact": content, "kind": kind, **settings, "weights": weights, "v": 2})
+
+
+def _average_record(res: TraceResult, content: dict, label: str, kind: str, key: str) -> dict:
+    return {"key": key, "fact": content, "id": label, "kind": kind,
+            "subject": content["subject"], "prompt": res.settings["prompt"],
+            "target": res.target, "target_id": res.settings["target_id"],
+            "clean_prob": res.clean_prob, "corrupt_prob": res.corrupt_prob,
+            "classes": class_effects(res)}
 
 
 def average_effects(
@@ -778,53 +1004,87 @@ def average_effects(
     cache: bool = True,
     progress: bool = True,
     workers: int = 1,
+    first_token: bool = True,
+    occurrence: int | None = None,
 ) -> AverageEffects:
     """Average indirect effect by token class and layer over `facts`, for each kind.
 
     Each fact is traced on its true object (`target_true` / `attribute`; a fact without one is
-    traced on the greedy prediction). Per-fact class effects are appended to a JSON-lines file in
-    data/cache/tracing/ keyed by the model, its weights and the settings, so an interrupted run
-    resumes where it stopped.
+    traced on the greedy prediction). Every fact is checked (subject in the prompt, target
+    tokenisable, fits the context) before anything is traced; an error names the fact.
+
+    Per-fact class effects are appended to a JSON-lines file in data/cache/tracing/ keyed by
+    the model, its weights and the settings, so an interrupted run resumes where it stopped.
+    Each record is keyed by a digest of the fact's content (prompt, subject, target, source
+    kind), the kind and every setting; on read, a record is used only if its stored fact and
+    kind are the ones asked for.
 
     Args:
         facts: dicts, pandas rows (e.g. `known_facts_table(model)` filtered on `known`),
             `KnownFact`s or CounterFact records, each with a prompt/text, subject and object.
-        kinds: which restorations to average.
+        kinds: which restorations to average (one kind may be given as a string).
+        window: layers restored together for "mlp"/"attn", 1 <= window <= n_layers.
         workers: trace in this many one-thread processes (`loudfacts.workers`), each taking
             every n-th (fact, kind) not yet in the cache and appending to its own part of the
             cache file; needs `cache` and a model that `load_model(model.name)` reloads with
             the same weights (checked: a worker refuses another fingerprint).
+        first_token: score a multi-token object by its first token (default, ROME's
+            convention; facts from `select_known_facts` have that token as the greedy
+            prediction). With False, a multi-token object raises before anything is traced.
+            `settings["multi_token_targets"]` counts the facts scored by their first token.
+        occurrence: passed to `trace` (None: each subject must occur once in its prompt).
 
     Returns:
         AverageEffects.
     """
     from tqdm.auto import tqdm
 
+    if isinstance(kinds, str):
+        kinds = (kinds,)
+    kinds = list(kinds)
+    if not kinds:
+        raise ValueError(f"kinds is empty; use some of {KINDS}")
     for k in kinds:
-        if k not in KINDS:
-            raise ValueError(f"kind {k!r} is not one of {KINDS}")
+        _check_args(model, k, None, "fast", samples, window, noise, seed)
+    if not _is_int(workers) or workers < 1:
+        raise ValueError(f"workers must be a positive int, got {workers!r}")
     facts = list(facts)
+    if not facts:
+        raise ValueError("facts is empty: nothing to average")
+    items, n_multi = [], 0
+    for i, fact in enumerate(facts):
+        content = _fact_content(fact)
+        label = _fact_fields(fact)[3]
+        try:
+            _prepare(model, content["prompt"], content["subject"], content["target"],
+                     occurrence, first_token)
+        except ValueError as exc:
+            raise type(exc)(f"fact {i} ({label}): {exc}") from exc
+        if isinstance(content["target"], str) and len(target_ids(model, content["target"])) > 1:
+            n_multi += 1
+        items.append((content, label))
     scale = float(noise_scale(model) if noise is None else noise)
-    settings = {"model": model.name, "samples": samples, "noise": scale, "window": window,
-                "seed": seed}
-    key = _cache_key({**settings, "weights": weights_fingerprint(model), "v": 1})
+    settings = _average_settings(model, samples, scale, window, seed, first_token, occurrence)
+    weights = weights_fingerprint(model)
+    key = _file_key(settings, weights)
     path = cache_dir("tracing") / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
-    done = _read_average_records(path) if cache else {}
-    todo = [(f, k) for f in facts for k in kinds]
-    missing = [(f, k) for f, k in todo if (_fact_fields(f)[3], k) not in done]
+    todo = [(content, label, k, _record_key(content, k, settings, weights))
+            for content, label in items for k in kinds]
+    done = _matching_records(_read_average_records(path), todo, path) if cache else {}
+    missing = [t for t in todo if t[3] not in done]
     if workers > 1 and cache and len(missing) > 1:
-        _average_in_workers(model, missing, samples, scale, window, seed, key, path, workers)
-        done = _read_average_records(path)
+        _average_in_workers(model, missing, settings, key, path, workers)
+        done = _matching_records(_read_average_records(path), todo, path)
     records = []
-    for fact, kind in tqdm(todo, desc="average causal effects", disable=not progress):
-        text, subject, target, fid = _fact_fields(fact)
-        rec = done.get((fid, kind))
+    for content, label, kind, rkey in tqdm(todo, desc="average causal effects",
+                                           disable=not progress):
+        rec = done.get(rkey)
         if rec is None:
-            res = trace(model, text, subject, kind=kind, target=target, samples=samples,
-                        noise=scale, window=window, seed=seed, cache=False)
-            rec = {"fact": fid, "kind": kind, "subject": subject, "prompt": text,
-                   "target": res.target, "clean_prob": res.clean_prob,
-                   "corrupt_prob": res.corrupt_prob, "classes": class_effects(res)}
+            res = trace(model, content["prompt"], content["subject"], kind=kind,
+                        target=content["target"], samples=samples, noise=scale, window=window,
+                        seed=seed, cache=False, occurrence=occurrence, first_token=first_token)
+            rec = _average_record(res, content, label, kind, rkey)
+            done[rkey] = rec
             if cache:
                 with open(path, "a") as fh:
                     fh.write(json.dumps(rec) + "\n")
@@ -842,11 +1102,12 @@ def average_effects(
         effects[kind], counts[kind] = grid, count
         clean_p[kind] = float(np.mean([r["clean_prob"] for r in recs])) if recs else float("nan")
         corrupt_p[kind] = float(np.mean([r["corrupt_prob"] for r in recs])) if recs else float("nan")
+    settings = {**settings, "kinds": kinds, "multi_token_targets": n_multi}
     return AverageEffects(effects, counts, len(facts), clean_p, corrupt_p, records, settings)
 
 
 def _read_average_records(path: Path) -> dict:
-    """(fact id, kind) -> per-fact record, from the cache file and its workers' parts."""
+    """record key -> per-fact record, from the cache file and its workers' parts."""
     done: dict = {}
     for part in [path, *sorted(path.parent.glob(f"{path.stem}.part*.jsonl"))]:
         if not part.exists():
@@ -854,26 +1115,48 @@ def _read_average_records(path: Path) -> dict:
         for line in part.read_text().splitlines():
             try:
                 rec = json.loads(line)
-                done[(rec["fact"], rec["kind"])] = rec
-            except (json.JSONDecodeError, KeyError):
+                done[rec["key"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
                 continue  # a torn last line from an interrupted run
     return done
 
 
-def _average_in_workers(model, items, samples, scale, window, seed, key, path, workers):
+def _matching_records(done: dict, todo: list, path: Path) -> dict:
+    """The cached records of `todo` whose stored fact and kind are the ones asked for; a
+    record under the right key holding another fact (a hand-edited or foreign file) is
+    dropped with a warning, and recomputed."""
+    out, wrong = {}, []
+    for content, _, kind, rkey in todo:
+        rec = done.get(rkey)
+        if rec is None:
+            continue
+        if rec.get("fact") == content and rec.get("kind") == kind:
+            out[rkey] = rec
+        else:
+            wrong.append(f"{rec.get('fact')!r} ({rec.get('kind')!r}) instead of {content!r} "
+                         f"({kind!r})")
+    if wrong:
+        warnings.warn(f"{len(wrong)} cached record(s) in {path.name} hold another fact than "
+                      f"their key says, recomputed: {wrong[:3]}", stacklevel=3)
+    return out
+
+
+def _average_in_workers(model, items, settings, key, path, workers):
     """Trace (fact, kind) items in `workers` processes (`python -m loudfacts.tracing`)."""
     from loudfacts.workers import run_workers
 
-    todo = []
-    for fact, kind in items:
-        text, subject, target, fid = _fact_fields(fact)
-        todo.append({"text": text, "subject": subject, "target": target, "fact": fid,
-                     "kind": kind})
+    todo = [{"fact": content, "id": label, "kind": kind, "key": rkey}
+            for content, label, kind, rkey in items]
     job = path.with_name(f"{path.stem}.todo.json")
     job.write_text(json.dumps(todo))
-    run_workers("loudfacts.tracing", [
-        "--model", model.name, "--todo", job, "--samples", samples, "--noise", repr(scale),
-        "--window", window, "--seed", seed, "--key", key, "--out", path], workers)
+    args = ["--model", model.name, "--todo", job, "--samples", settings["samples"],
+            "--noise", repr(settings["noise"]), "--window", settings["window"],
+            "--seed", settings["seed"], "--key", key, "--out", path]
+    if settings["first_token"]:
+        args.append("--first-token")
+    if settings["occurrence"] is not None:
+        args += ["--occurrence", settings["occurrence"]]
+    run_workers("loudfacts.tracing", args, workers)
     job.unlink(missing_ok=True)
 
 
@@ -889,6 +1172,8 @@ def _worker_main(argv=None) -> int:
     ap.add_argument("--noise", type=float, required=True)
     ap.add_argument("--window", type=int, required=True)
     ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--first-token", action="store_true")
+    ap.add_argument("--occurrence", type=int, default=None)
     ap.add_argument("--key", required=True, help="cache key the parent computed")
     ap.add_argument("--out", required=True, type=Path, help="the averages cache file")
     ap.add_argument("--part", required=True, help="i/n: this worker takes items i, i+n, ...")
@@ -898,10 +1183,10 @@ def _worker_main(argv=None) -> int:
     from loudfacts.models import load_model
 
     model = load_model(args.model)
-    settings = {"model": model.name, "samples": args.samples, "noise": args.noise,
-                "window": args.window, "seed": args.seed}
-    mine = _cache_key({**settings, "weights": weights_fingerprint(model), "v": 1})
-    if mine != args.key:
+    settings = _average_settings(model, args.samples, args.noise, args.window, args.seed,
+                                 args.first_token, args.occurrence)
+    weights = weights_fingerprint(model)
+    if _file_key(settings, weights) != args.key:
         print(f"worker {i}/{n}: {args.model} loads with other weights or settings than the "
               "caller's model (cache key differs); refusing to trace", flush=True)
         return 2
@@ -909,15 +1194,19 @@ def _worker_main(argv=None) -> int:
     part = args.out.with_name(f"{args.out.stem}.part{i}of{n}.jsonl")
     for k, item in enumerate(items, 1):
         t0 = time.perf_counter()
-        res = trace(model, item["text"], item["subject"], kind=item["kind"],
-                    target=item["target"], samples=args.samples, noise=args.noise,
-                    window=args.window, seed=args.seed, cache=False)
-        rec = {"fact": item["fact"], "kind": item["kind"], "subject": item["subject"],
-               "prompt": item["text"], "target": res.target, "clean_prob": res.clean_prob,
-               "corrupt_prob": res.corrupt_prob, "classes": class_effects(res)}
+        content = item["fact"]
+        if _record_key(content, item["kind"], settings, weights) != item["key"]:
+            print(f"worker {i}/{n}: item {item['id']} has a key that does not match its "
+                  "content; skipped", flush=True)
+            continue
+        res = trace(model, content["prompt"], content["subject"], kind=item["kind"],
+                    target=content["target"], samples=args.samples, noise=args.noise,
+                    window=args.window, seed=args.seed, cache=False,
+                    occurrence=args.occurrence, first_token=args.first_token)
+        rec = _average_record(res, content, item["id"], item["kind"], item["key"])
         with open(part, "a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        print(f"[trace worker {i}/{n}] {k}/{len(items)} {item['subject']!r} {item['kind']}: "
+        print(f"[trace worker {i}/{n}] {k}/{len(items)} {content['subject']!r} {item['kind']}: "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
     return 0
 

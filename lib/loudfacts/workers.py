@@ -33,7 +33,7 @@ def run_workers(module: str, args: Sequence[str], n: int, part_flag: str = "--pa
     Raises:
         WorkerError: a worker failed; the message has its exit status and last lines.
     """
-    if not isinstance(n, int) or n < 1:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"workers must be a positive int, got {n!r}")
     lock = threading.Lock()
     procs, tails, threads = [], [], []

@@ -70,7 +70,7 @@ def test_hook_delta_matches_rome_weight_edit_at_the_key(model):
     from loudfacts.editing.patching import rome_weight_edit_from_components
 
     req = EditRequest("{} is located in the city of", "The Eiffel Tower", "Rome", "Paris")
-    hd = get_editor("hook-delta", model, rome={"mom2_adjustment": False, "n_prefixes": 3,
+    hd = get_editor("hook-delta", model, rome={"mom2_adjustment": False, "prefix_recipe": [[5, 3]],
                                                  "v_num_grad_steps": 10})
     rome = hd.rome_editor()
     comp = rome.components(req)

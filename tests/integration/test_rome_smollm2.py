@@ -9,7 +9,7 @@ from loudfacts.scoring import next_token_logprobs, target_probs
 pytestmark = pytest.mark.integration
 
 # Few statistics tokens (cached after the first run) and prefixes keep this test quick.
-QUICK = {"mom2_n_tokens": 20_000, "n_prefixes": 4}
+QUICK = {"mom2_n_tokens": 20_480, "prefix_recipe": [[5, 2], [10, 2]]}
 
 
 def test_edit_flips_fact_spares_unrelated_and_restores(model):
@@ -29,7 +29,7 @@ def test_edit_flips_fact_spares_unrelated_and_restores(model):
         para = target_probs(model, ["Where is the Eiffel Tower? It is in the city of"], ["Rome"])
         lp_after = next_token_logprobs(model, unrelated)
         w = model.mlp_out_weight(editor.layer)
-        got = w.detach() @ comps["k_star"]
+        got = w.detach() @ comps["k_bare"]  # ROME's update maps the bare prompt's key to v*
     assert model.weight_digest() == digest  # bit-exact restore
 
     assert after[0] > 0.5 and after[0] > after[1], (before, after)

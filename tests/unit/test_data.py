@@ -102,3 +102,33 @@ def test_text_corpora_load_as_prose(name):
 def test_wiki_markup_is_stripped():
     raw = "'''Paris''' is the [[capital city|capital]] of [[France]].{{cite|x={{y}}}}<ref>a</ref>"
     assert strip_wiki_markup(raw) == "Paris is the capital of France."
+
+
+def test_a_field_of_the_wrong_type_names_the_record_and_field(tmp_path):
+    from loudfacts.data import RecordsFileError
+
+    rome = {**ROME_LAYOUT, "requested_rewrite": {**ROME_LAYOUT["requested_rewrite"],
+                                                 "subject": 1234}}
+    with pytest.raises(ValueError, match=r"case_id 0: field 'requested_rewrite.subject'"):
+        normalize_counterfact([rome])
+    with pytest.raises(ValueError, match=r"case_id 7: field 'subject'"):
+        normalize_counterfact([dict(FLAT_LAYOUT, subject=5)])
+    path = tmp_path / "cf.json"
+    path.write_text(json.dumps([FLAT_LAYOUT, rome]))
+    with pytest.raises(RecordsFileError, match=r"cf\.json: record case_id 0"):
+        load_counterfact(str(path))
+
+
+def test_unusable_records_files_and_counts_are_errors_naming_the_file(tmp_path):
+    from loudfacts.data import RecordsFileError
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"case_id": 1,}]')
+    with pytest.raises(RecordsFileError, match=r"bad\.json: .*line 1, column 16"):
+        load_counterfact(str(bad))
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(RecordsFileError, match=r"empty\.json: no usable"):
+        load_counterfact(str(empty))
+    with pytest.raises(ValueError, match="positive"):
+        load_counterfact("edit-1k", n=-1)  # was: the first 999 records

@@ -300,6 +300,46 @@ def test_results_file_of_other_editor_is_refused(tiny, records, tmp_path):
         evaluate(tiny, AddEditor(tiny), records[:1], generation=False, progress=False, out=out)
 
 
+def test_resume_refuses_rows_made_under_other_settings(tiny, records, tmp_path):
+    from loudfacts.evaluation import ResultsFileError
+
+    out = tmp_path / "r.jsonl"
+    evaluate(tiny, "unedited", records[:2], n_neighbours=2, generation=False, progress=False,
+             out=out)
+    before = out.read_bytes()
+    with pytest.raises(ResultsFileError, match=r"r\.jsonl .*n_neighbours: file 2, this run 3"):
+        evaluate(tiny, "unedited", records[:2], n_neighbours=3, generation=False,
+                 progress=False, out=out)
+    assert out.read_bytes() == before
+    rows = read_results(out)
+    assert len({r["settings_digest"] for r in rows}) == 2  # one digest per record
+
+
+def test_a_foreign_file_is_refused_and_left_alone(tiny, records, tmp_path):
+    from loudfacts.evaluation import ResultsFileError
+
+    out = tmp_path / "notes.jsonl"
+    out.write_bytes(b'{"note": 1}\nhalf a line')
+    with pytest.raises(ResultsFileError, match="not a results file"):
+        evaluate(tiny, "unedited", records[:1], generation=False, progress=False, out=out)
+    with pytest.raises(ResultsFileError, match="not a results file"):
+        read_results(out)
+    assert out.read_bytes() == b'{"note": 1}\nhalf a line'
+
+
+def test_cli_merge_keeps_full_precision(tiny, records, tmp_path):
+    from loudfacts.evaluate import main
+
+    p = tmp_path / "s.jsonl"
+    evaluate(tiny, "unedited", records[:2], generation=False, progress=False, out=p)
+    head, *lines = p.read_text().splitlines()
+    rows = [json.loads(x) for x in lines]
+    rows[0]["NKL"], rows[1]["NKL"] = 4e-11, 1 / 3  # --merge once wrote 0.0 and 0.3333333333
+    p.write_text("\n".join([head] + [json.dumps(r) for r in rows]) + "\n")
+    assert main(["--merge", str(p), "--out", str(tmp_path / "m.jsonl")]) == 0
+    assert read_results(tmp_path / "m.jsonl") == rows
+
+
 # -- loud-fact ladder --------------------------------------------------------------------------
 def test_ladder_leaks_only_with_subject(tiny, records):
     from loudfacts.editing.base import EditRequest
@@ -356,7 +396,9 @@ def test_cli_runs_and_resumes(tmp_path, capsys):
     assert (tmp_path / "cli.jsonl.summary.csv").exists()
     merged = tmp_path / "m.jsonl"
     assert main(["--merge", str(out), "--out", str(merged)]) == 0
-    assert len(json.loads(merged.read_text().splitlines()[0])) > 5
+    lines = merged.read_text().splitlines()
+    assert "loudfacts_results" in json.loads(lines[0])  # the header line
+    assert len(lines) == 7 and len(json.loads(lines[1])) > 5
 
 
 def test_pair_probs_matches_target_probs(tiny):
@@ -444,10 +486,14 @@ def test_edit_steps_column_records_the_editors_optimisation_steps(tiny, records,
     monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
     from loudfacts.editing import get_editor
 
-    rome = get_editor("rome", tiny, layer=0, n_prefixes=1, prefix_len=2, v_num_grad_steps=3,
-                      mom2_adjustment=False, early_stop_nll=0.0)
+    rome = get_editor("rome", tiny, layer=0, prefix_recipe=[[2, 1]], v_num_grad_steps=3,
+                      mom2_adjustment=False, early_stop=0.0)
+    from loudfacts.editing.base import EditRequest
+
     df = evaluate(tiny, rome, records[:2], generation=False, progress=False)
-    assert (df["edit_steps"] == 3).all()  # no early stop: every v* ran its 3 steps
+    # no early stop: every v* ran all its steps, and the column holds what the editor reports
+    steps = rome.edit(EditRequest.from_record(records[0])).info["v_steps"]
+    assert 2 <= steps <= 3 and (df["edit_steps"] == steps).all()
     ft = get_editor("ft", tiny, steps=2, stop_prob=1.0)
     assert (evaluate(tiny, ft, records[:1], generation=False, progress=False)["edit_steps"]
             == 2).all()

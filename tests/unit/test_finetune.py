@@ -172,6 +172,11 @@ def test_failure_during_training_restores_model(tiny_llama, monkeypatch):
         ({"module": "attn"}, "module"),
         ({"stop_prob": 1.5}, "stop_prob"),
         ({"learning_rate": 0.1}, "unknown"),
+        ({"layer": True}, r"ft: hyper-parameter layer=True"),  # was an AttributeError
+        ({"layer": 1.0}, r"ft: hyper-parameter layer=1\.0"),
+        ({"lr": float("nan")}, "lr=nan"),
+        ({"lr": float("inf")}, "lr=inf"),
+        ({"eps": float("inf")}, "eps=inf"),
     ],
 )
 def test_bad_hparams_raise(tiny_llama, hp, match):

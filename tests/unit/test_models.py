@@ -1,5 +1,6 @@
 """Model loading: tiny models, architecture templates, offline errors."""
 
+import os
 import time
 
 import pytest
@@ -92,3 +93,144 @@ def test_generate_matches_a_plain_greedy_loop(family):
         with torch.no_grad():
             ids.append(int(m.hf(torch.tensor([ids])).logits[0, -1].argmax()))
     assert m.generate(text, max_new_tokens=6) == m.decode(ids[len(m.encode(text)):])
+
+
+def test_fingerprint_sees_two_swapped_entries(tiny_llama):
+    """A swap leaves sums and norms alone and, off a strided sample, the sampled bytes too:
+    only a digest of every byte sees it."""
+    w = tiny_llama.module(tiny_llama.arch.embed).weight
+    flat = w.detach().view(-1)
+    assert flat.numel() > 2 * 4096  # entries 1 and 3 fall between the old sample's stride
+    i, j = 1, 3
+    assert flat[i] != flat[j]
+    fp0, d0 = tiny_llama.weights_fingerprint(), tiny_llama.weight_digest()
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            a, b = float(flat[i]), float(flat[j])
+            flat[i], flat[j] = b, a
+        assert tiny_llama.weights_fingerprint() != fp0
+        assert tiny_llama.weight_digest() != d0
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    assert tiny_llama.weights_fingerprint() == fp0 == d0[:16]
+
+
+@pytest.mark.parametrize("name, err", [("", ValueError), ("   ", ValueError), (5, TypeError),
+                                       (["gpt2"], TypeError), (b"gpt2", TypeError)])
+def test_bad_model_names_name_the_input_and_what_is_available(name, err):
+    with pytest.raises(err) as e:
+        load_model(name)
+    msg = str(e.value)
+    assert repr(name) in msg and "smollm2-135m" in msg and "tiny-llama" in msg and "gpt2-xl" in msg
+
+
+# -- the float32 cache of the embedded model -------------------------------------------------------
+def _fake_build(calls):
+    def build(tmp):
+        calls.append(tmp)
+        (tmp / "config.json").write_text('{"model_type": "llama"}')
+        (tmp / "model.safetensors").write_bytes(bytes(range(256)) * 64)
+        (tmp / "tokenizer.json").write_text('{"version": "1.0"}')
+        (tmp / "tokenizer_config.json").write_text("{}")
+    return build
+
+
+def _flip_one_byte_keeping_size_and_mtime(path):
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size
+
+
+def test_cache_dir_is_verified_on_every_load_and_rebuilt_when_corrupt(tmp_path):
+    from loudfacts.models import (
+        EMBEDDED_CACHE_FILES,
+        MANIFEST_NAME,
+        CacheIntegrityWarning,
+        ensure_cache_dir,
+        verify_cache_dir,
+    )
+
+    target, calls = tmp_path / "models" / "m-f32", []
+    build = _fake_build(calls)
+    assert ensure_cache_dir(target, build, EMBEDDED_CACHE_FILES) == target
+    assert len(calls) == 1 and verify_cache_dir(target, EMBEDDED_CACHE_FILES) is None
+    assert (target / MANIFEST_NAME).is_file()
+    ensure_cache_dir(target, build, EMBEDDED_CACHE_FILES)
+    assert len(calls) == 1  # verified, not rebuilt
+
+    _flip_one_byte_keeping_size_and_mtime(target / "model.safetensors")
+    assert "model.safetensors" in verify_cache_dir(target, EMBEDDED_CACHE_FILES)
+    with pytest.warns(CacheIntegrityWarning, match=r"model\.safetensors is corrupted"):
+        ensure_cache_dir(target, build, EMBEDDED_CACHE_FILES)
+    assert len(calls) == 2 and verify_cache_dir(target) is None
+
+    (target / "tokenizer.json").unlink()  # the old code re-dequantised forever
+    with pytest.warns(CacheIntegrityWarning, match=r"tokenizer\.json is missing"):
+        ensure_cache_dir(target, build, EMBEDDED_CACHE_FILES)
+    assert len(calls) == 3 and (target / "tokenizer.json").is_file()
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_embedded_model_cache_repairs_itself(tmp_path, monkeypatch):
+    """`_load_embedded` with a tiny stand-in for the GGUF: built once, then loaded from the
+    verified copy; a same-size corruption or a missing tokenizer.json is rebuilt, not used."""
+    import transformers
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from loudfacts import models
+    from loudfacts.models import CacheIntegrityWarning
+
+    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
+    gguf = tmp_path / "fake.gguf"
+    gguf.write_bytes(b"GGUF")
+    monkeypatch.setattr(models, "embedded_gguf_path", lambda: gguf)
+    real_model, real_tok = transformers.AutoModelForCausalLM, transformers.AutoTokenizer
+    tok_dir = models._tiny_tokenizer_dir()
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(LlamaConfig(vocab_size=len(real_tok.from_pretrained(tok_dir)),
+                                          hidden_size=32, intermediate_size=64,
+                                          num_hidden_layers=1, num_attention_heads=4,
+                                          num_key_value_heads=2, max_position_embeddings=64))
+    conversions = []
+
+    class FakeModel:
+        @staticmethod
+        def from_pretrained(path, gguf_file=None, **kw):
+            if gguf_file is None:
+                return real_model.from_pretrained(path, **kw)
+            conversions.append(path)
+            return source
+
+    class FakeTok:
+        @staticmethod
+        def from_pretrained(path, gguf_file=None, **kw):
+            return real_tok.from_pretrained(tok_dir if gguf_file else path, **kw)
+
+    monkeypatch.setattr(transformers, "AutoModelForCausalLM", FakeModel)
+    monkeypatch.setattr(transformers, "AutoTokenizer", FakeTok)
+    monkeypatch.setattr(models, "wrap", lambda name, hf, tok, *a, **k: (hf, tok))
+
+    def load():
+        hf, _ = models._load_embedded(torch.device("cpu"))
+        for (n, p), (_, q) in zip(hf.named_parameters(), source.named_parameters()):
+            assert torch.equal(p, q), n
+        return hf
+
+    load()
+    load()
+    assert len(conversions) == 1
+    (cached,) = (tmp_path / "models").glob("smollm2-135m-f32-*")
+    _flip_one_byte_keeping_size_and_mtime(cached / "model.safetensors")
+    with pytest.warns(CacheIntegrityWarning, match=r"model\.safetensors"):
+        load()
+    (cached / "tokenizer.json").unlink()
+    with pytest.warns(CacheIntegrityWarning, match=r"tokenizer\.json"):
+        load()
+    assert len(conversions) == 3
+    load()
+    assert len(conversions) == 3

@@ -272,3 +272,31 @@ def test_offsets_and_aligned_patch(tiny_llama):
     ed = get_editor("patch-donor", tiny_llama, donor="The Colosseum", layers=[0])
     e = ed.edit(REQ)
     assert e.info["positions"] in ("last", "aligned") and set(e.info["positions_fit"]) == {"last", "aligned"}
+
+
+@pytest.mark.parametrize("editor, hp, match", [
+    ("patch-donor", {"min_donor_p": float("nan")}, "min_donor_p=nan"),
+    ("patch-donor", {"max_candidates": -1}, "max_candidates=-1"),
+    ("patch-donor", {"layers": [1.5]}, r"layers=\[1\.5\]"),
+    ("patch-context", {"repeats": 0}, "repeats=0"),
+    ("hook-delta", {"scale": float("inf")}, "scale=inf"),
+])
+def test_non_finite_or_out_of_range_hparams_are_refused(tiny_llama, editor, hp, match):
+    """NaN mixing settings used to pass and give NaN probabilities; now get_editor refuses."""
+    hp = {**({"layers": [0]} if editor != "hook-delta" else {}), **hp}
+    with pytest.raises(ValueError, match=match):
+        get_editor(editor, tiny_llama, **hp)
+
+
+def test_nan_weights_are_not_patched_in(tiny_llama):
+    w = tiny_llama.mlp_out_weight(0)
+    saved = w.detach().clone()
+    ed = get_editor("patch-context", tiny_llama, layers=[1])
+    try:
+        with torch.no_grad():
+            w.fill_(float("nan"))
+        with pytest.raises(ValueError, match="not finite"):
+            ed.edit(REQ)
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)

@@ -117,3 +117,26 @@ def test_a_figure_without_caption_fails_the_notebook(tmp_path, monkeypatch):
     monkeypatch.setenv("LOUDFACTS_FIGURES", str(tmp_path / "figures"))
     runs = build(None, tmp_path / "report", notebooks_dir=nbs, log_output=False)
     assert not runs[0].ok and "04_line" in runs[0].error and "caption" in runs[0].error
+
+
+def test_params_that_no_notebook_takes_or_of_the_wrong_type_are_errors(tmp_path, capsys):
+    import pytest
+
+    from loudfacts.report import ParamsError, build
+
+    nbs = tmp_path / "notebooks"
+    nbs.mkdir()
+    (nbs / "01_ok.py").write_text(NB_OK)
+    params = tmp_path / "p.yaml"
+    for data, match in [({"01": {"m": 2}}, r"'m'.*01_ok"),
+                        ({"01_ok": {"n": True}}, r"'n' for notebook 01_ok is bool"),
+                        ({"common": {"n": "2"}}, r"'n' for notebook 01_ok is str")]:
+        params.write_text(yaml.safe_dump(data))
+        with pytest.raises(ParamsError, match=match):
+            build(params, tmp_path / "out", notebooks_dir=nbs, log_output=False)
+    params.write_text("common:\n  n: [1\n")
+    rc = main(["--params", str(params), "--out", str(tmp_path / "out"), "--notebooks",
+               str(nbs), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(params) in err and "line 3, column 1" in err
+    assert not (tmp_path / "out").exists()

@@ -7,7 +7,7 @@ from loudfacts.editing import EditError, EditRequest, get_editor
 from loudfacts.editing.rome import RomeEditor
 
 # Layer 0 of 2: an edit at the last layer could not reach later positions (no attention above).
-FAST = {"layer": 0, "n_prefixes": 2, "prefix_len": 3, "v_num_grad_steps": 4,
+FAST = {"layer": 0, "prefix_recipe": [[3, 2]], "v_num_grad_steps": 5,
         "mom2_n_tokens": 512, "mom2_seq_len": 64, "mom2_ridge": 1e-3}
 
 
@@ -26,20 +26,24 @@ def _mlp_out(model, layer, k):
 
 
 @pytest.mark.parametrize("fixture", ["tiny_llama", "tiny_gpt2"])
-def test_updated_weight_maps_k_star_to_v_star(fixture, request):
+@pytest.mark.parametrize(("editor_name", "key"), [("rome", "k_bare"), ("r-rome", "k_star")])
+def test_updated_weight_maps_its_key_to_v_star(fixture, editor_name, key, request):
+    """ROME's update maps the bare prompt's key to v* = target_init + δ; r-ROME's maps k*."""
     model = request.getfixturevalue(fixture)
-    editor = get_editor("rome", model, **FAST)
+    editor = get_editor(editor_name, model, **FAST)
     assert isinstance(editor, RomeEditor)
     comps = editor.components(REQ)
-    assert comps["k_star"].shape == (model.d_mlp,)
+    assert comps["k_star"].shape == comps["k_bare"].shape == (model.d_mlp,)
     assert comps["v_star"].shape == comps["delta"].shape == (model.d_model,)
-    torch.testing.assert_close(comps["v_star"] - comps["w_k"], comps["delta"])
+    torch.testing.assert_close(comps["v_star"] - comps["target_init"], comps["delta"])
     torch.testing.assert_close(_mlp_out(model, 0, comps["k_star"]), comps["w_k"], rtol=1e-4,
                                atol=1e-5)
+    torch.testing.assert_close(_mlp_out(model, 0, comps["k_bare"]), comps["target_init"],
+                               rtol=1e-4, atol=1e-5)
     assert comps["delta"].norm() > 0
     edit = editor.edit(REQ)
     with edit.applied():
-        got = _mlp_out(model, 0, comps["k_star"])
+        got = _mlp_out(model, 0, comps[key])
     torch.testing.assert_close(got, comps["v_star"], rtol=1e-3, atol=1e-4)
     assert edit.info["timings"].keys() >= {"k", "v", "update"}
 
@@ -178,7 +182,7 @@ def test_v_star_can_average_over_fewer_prefixes_than_k_star(tiny_llama):
     from loudfacts.editing.rome import clear_components_memo
 
     clear_components_memo()
-    hp = {**FAST, "n_prefixes": 4}
+    hp = {**FAST, "prefix_recipe": [[3, 4]]}
     full = get_editor("rome", tiny_llama, **hp)
     half = get_editor("rome", tiny_llama, **hp, v_n_prefixes=2)
     tpls = full.context_templates()
@@ -190,10 +194,10 @@ def test_v_star_can_average_over_fewer_prefixes_than_k_star(tiny_llama):
     assert (a["n_contexts"], a["n_v_contexts"]) == (5, 5)
     assert (b["n_contexts"], b["n_v_contexts"]) == (5, 3)
     torch.testing.assert_close(a["k_star"], b["k_star"])  # k* is the same
-    assert not torch.allclose(a["delta"], b["delta"])  # v* saw other prompts
+    assert a["v_history"] != b["v_history"]  # v* saw other prompts
     edit = half.edit(REQ)
-    with edit.applied():  # the update still maps k* to v* = W k* + b + δ
-        torch.testing.assert_close(_mlp_out(tiny_llama, 0, b["k_star"]), b["v_star"],
+    with edit.applied():  # the update still maps k_bare to v* = target_init + δ
+        torch.testing.assert_close(_mlp_out(tiny_llama, 0, b["k_bare"]), b["v_star"],
                                    rtol=1e-3, atol=1e-4)
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="v_n_prefixes"):

@@ -67,5 +67,20 @@ def test_bad_arguments(tiny_llama, tmp_cache):
         stats.second_moment(tiny_llama, [7], n_tokens=100, progress=False)
     with pytest.raises(ValueError, match="fewer than"):
         stats.second_moment(tiny_llama, [0], n_tokens=10**9, seq_len=64, progress=False)
-    with pytest.raises(ValueError, match="positive"):
-        stats.second_moment(tiny_llama, [0], n_tokens=0, progress=False)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="positive"):
+            stats.second_moment(tiny_llama, [0], n_tokens=bad, seq_len=64, progress=False)
+    with pytest.raises(ValueError, match="seq_len"):
+        stats.second_moment(tiny_llama, [0], n_tokens=100, progress=False)  # 1,024 > 128
+
+
+def test_all_text_corpus_and_every_window(tiny_llama, tmp_cache):
+    """corpus="all" joins the three shipped texts; n_tokens=None takes every whole window."""
+    from loudfacts.data import load_text
+
+    text = stats.corpus_text("all")
+    for name in stats.ALL_CORPORA:
+        assert load_text(name).strip()[:200] in text
+    n_all = stats.corpus_size(tiny_llama, "all", seq_len=64)
+    assert n_all > stats.corpus_size(tiny_llama, "wikitext", seq_len=64) > 0
+    assert n_all % 64 == 0

@@ -14,6 +14,7 @@ from loudfacts.models import tiny_model
 from loudfacts.tokens import SubjectNotFoundError
 from loudfacts.tracing import (
     TOKEN_CLASSES,
+    AmbiguousSubjectError,
     TraceResult,
     average_effects,
     choose_edit_layer,
@@ -275,3 +276,160 @@ def test_choose_edit_layer_min_layer():
     assert choose_edit_layer(avg, min_layer=1) == (2, 0.3)
     with pytest.raises(ValueError, match="min_layer"):
         choose_edit_layer(avg, min_layer=4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 15: reliability
+# ---------------------------------------------------------------------------------------------
+AVG_KW = {"kinds": ("hidden",), "samples": 1, "noise": 0.5, "window": 2, "progress": False}
+
+
+def test_average_cache_keys_facts_by_content_not_id(tiny_llama, tmp_path):
+    # A KnownFact and a CounterFact case can both have id 0: once cached, the first must not
+    # be returned for the second.
+    from loudfacts.data import CounterFactRecord, KnownFact
+
+    known = KnownFact(known_id=0, subject=SUBJECT, prompt="The {} is located in the city of",
+                      text=PROMPT, attribute="Paris", relation="P131")
+    case = CounterFactRecord(case_id=0, subject="Colosseum",
+                             prompt="The {} is located in the city of", target_true="France",
+                             target_new="Paris", relation="P131")
+    first = average_effects(tiny_llama, [known], **AVG_KW)
+    second = average_effects(tiny_llama, [case], **AVG_KW)
+    rec = second.per_fact[0]
+    assert rec["subject"] == "Colosseum" and rec["fact"]["source"] == "counterfact"
+    direct = trace(tiny_llama, case.text, "Colosseum", target="France", samples=1, noise=0.5,
+                   cache=False)
+    last = TOKEN_CLASSES.index("last subject token")
+    assert np.allclose(second.effects["hidden"][last],
+                       direct.indirect_effect[:, direct.subject_span[1] - 1])
+    assert not np.allclose(second.effects["hidden"], first.effects["hidden"])
+    keys = {r["key"] for r in first.per_fact + second.per_fact}
+    assert len(keys) == 2
+
+
+def test_average_cache_checks_the_stored_fact_on_read(tiny_llama, tmp_path):
+    fact = {"text": PROMPT, "subject": SUBJECT, "target_true": "Paris", "id": 7, "source": "t"}
+    avg = average_effects(tiny_llama, [fact], **AVG_KW)
+    [path] = (tmp_path / "cache" / "tracing").glob("averages-*.jsonl")
+    rec = json.loads(path.read_text())
+    # same key, another fact and made-up effects: must not be used
+    rec["fact"] = {**rec["fact"], "subject": "Colosseum"}
+    rec["classes"] = {k: (None if v is None else [9.0] * len(v)) for k, v in rec["classes"].items()}
+    path.write_text(json.dumps(rec) + "\n")
+    with pytest.warns(UserWarning, match="another fact"):
+        again = average_effects(tiny_llama, [fact], **AVG_KW)
+    assert np.allclose(again.effects["hidden"], avg.effects["hidden"])
+
+
+def test_average_cache_key_changes_with_settings(tiny_llama, tmp_path):
+    fact = {"text": PROMPT, "subject": SUBJECT, "target_true": "Paris", "id": 1, "source": "t"}
+    a = average_effects(tiny_llama, [fact], **AVG_KW)
+    b = average_effects(tiny_llama, [fact], **{**AVG_KW, "seed": 1})
+    assert a.per_fact[0]["key"] != b.per_fact[0]["key"]
+    assert len(list((tmp_path / "cache" / "tracing").glob("averages-*.jsonl"))) == 2
+
+
+TWICE = "The Louvre is big. The Louvre is located in the city of"
+
+
+def test_subject_twice_needs_an_occurrence(tiny_llama):
+    with pytest.raises(AmbiguousSubjectError) as err:
+        trace(tiny_llama, TWICE, SUBJECT, samples=1, noise=0.3, cache=False)
+    msg = str(err.value)
+    assert repr(SUBJECT) in msg and repr(TWICE) in msg and "2 times" in msg
+    kw = {"target": "Paris", "samples": 1, "noise": 0.3, "cache": False}
+    first = trace(tiny_llama, TWICE, SUBJECT, occurrence=0, **kw)
+    last = trace(tiny_llama, TWICE, SUBJECT, occurrence=-1, **kw)
+    assert first.subject_span[1] <= last.subject_span[0]
+    assert "".join(first.tokens[slice(*first.subject_span)]).strip() == SUBJECT
+    assert "".join(last.tokens[slice(*last.subject_span)]).strip() == SUBJECT
+    assert first.settings["occurrence"] == 0
+    with pytest.raises(ValueError, match="occurrence 2"):
+        trace(tiny_llama, TWICE, SUBJECT, occurrence=2, **kw)
+
+
+def test_multi_token_target_raises_unless_first_token(tiny_llama):
+    assert len(tiny_llama.encode(" New York")) > 1
+    with pytest.raises(ValueError) as err:
+        trace(tiny_llama, PROMPT, SUBJECT, target="New York", samples=1, noise=0.3, cache=False)
+    msg = str(err.value)
+    assert "'New York'" in msg and "first_token" in msg
+    assert repr(tiny_llama.str_tokens(" New York")) in msg
+    kw = {"samples": 1, "noise": 0.3, "cache": False, "first_token": True}
+    ny = trace(tiny_llama, PROMPT, SUBJECT, target="New York", **kw)
+    nd = trace(tiny_llama, PROMPT, SUBJECT, target="New Delhi", **kw)
+    assert ny.settings["target_id"] == tiny_llama.encode(" New York")[0] == nd.settings["target_id"]
+    # one-token targets need nothing
+    trace(tiny_llama, PROMPT, SUBJECT, target="Paris", samples=1, noise=0.3, cache=False)
+
+
+def test_window_larger_than_the_model_raises(tiny_llama):
+    for kind in ("mlp", "attn"):
+        with pytest.raises(ValueError) as err:
+            trace(tiny_llama, PROMPT, SUBJECT, kind=kind, window=100, samples=1, noise=0.3,
+                  cache=False)
+        assert "window 100" in str(err.value) and f"{tiny_llama.n_layers} layers" in str(err.value)
+    trace(tiny_llama, PROMPT, SUBJECT, kind="mlp", window=tiny_llama.n_layers, samples=1,
+          noise=0.3, cache=False)
+
+
+def test_target_id_outside_vocab_fails_before_any_forward(tiny_llama, monkeypatch):
+    import loudfacts.tracing as tracing
+
+    def no_forward(*a, **k):
+        raise AssertionError("a forward pass ran before the target was checked")
+
+    for name in ("_trace_fast_suffix", "_trace_fast_full", "_trace_reference"):
+        monkeypatch.setattr(tracing, name, no_forward)
+    for bad in (tiny_llama.d_vocab, 10**6, -1):
+        with pytest.raises(ValueError) as err:
+            trace(tiny_llama, PROMPT, SUBJECT, target=bad, samples=1, noise=0.3, cache=False)
+        assert f"token id {bad}" in str(err.value) and str(tiny_llama.d_vocab) in str(err.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: the noise scale is ROME's pooled estimate
+# ---------------------------------------------------------------------------------------------
+def test_noise_subjects_are_romes_known_1000_subjects():
+    from loudfacts.data import data_path
+    from loudfacts.tracing import _noise_subjects
+
+    with open(data_path("known/known_1000.json")) as f:
+        raw = json.load(f)
+    subjects, source = _noise_subjects()
+    # ROME: [k["subject"] for k in knowns], every record, repeats kept
+    assert source == "known_1000"
+    assert subjects == [r["subject"] for r in raw]
+    assert len(subjects) > len(set(subjects))
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_noise_scale_equals_a_hand_pooled_std(family, tiny_llama, tiny_gpt2):
+    from loudfacts.tracing import _noise_subjects
+
+    m = tiny_llama if family == "llama" else tiny_gpt2
+    table = m.hf.get_input_embeddings().weight.detach().double().numpy()
+    occurrences = []
+    for subject in _noise_subjects()[0]:  # each subject on its own, every token it has
+        occurrences.extend(m.tokenizer(subject, add_special_tokens=False)["input_ids"])
+    entries = table[np.array(occurrences)].ravel()  # every coordinate of every occurrence
+    mean = entries.sum() / entries.size
+    reference = np.sqrt(((entries - mean) ** 2).sum() / (entries.size - 1))
+    assert noise_scale(m, multiplier=1.0) == pytest.approx(reference, rel=1e-7, abs=0)
+    assert noise_scale(m) == pytest.approx(3 * reference, rel=1e-7, abs=0)
+    # the distinct-token estimate is a different number
+    unique = noise_scale(m, multiplier=1.0, estimator="unique")
+    assert abs(unique - reference) > 1e-4 * reference
+
+
+def test_noise_cache_is_keyed_by_estimator(tiny_llama, tmp_path):
+    pooled = noise_scale(tiny_llama, multiplier=1.0)
+    unique = noise_scale(tiny_llama, multiplier=1.0, estimator="unique")
+    files = sorted((tmp_path / "cache" / "tracing").glob("noise-*.json"))
+    assert len(files) == 2 and pooled != unique
+    stored = {json.loads(f.read_text())["estimator"]: json.loads(f.read_text())["std"]
+              for f in files}
+    assert stored == {"pooled": pooled, "unique": unique}
+    with pytest.raises(ValueError, match="median"):
+        noise_scale(tiny_llama, estimator="median")

@@ -1,6 +1,7 @@
 """Fact editors under one contract (see `loudfacts.editing.base`)."""
 
 from loudfacts.editing.base import (
+    MAX_TARGET_TOKENS,
     ComposedEdit,
     Edit,
     EditError,
@@ -10,6 +11,7 @@ from loudfacts.editing.base import (
     NoEdit,
     WeightEdit,
     available_editors,
+    check_hparam_type,
     compose,
     get_editor,
     load_hparams,
@@ -18,6 +20,7 @@ from loudfacts.editing.base import (
 )
 
 __all__ = [
+    "MAX_TARGET_TOKENS",
     "ComposedEdit",
     "Edit",
     "EditError",
@@ -27,6 +30,7 @@ __all__ = [
     "NoEdit",
     "WeightEdit",
     "available_editors",
+    "check_hparam_type",
     "compose",
     "get_editor",
     "load_hparams",

@@ -7,9 +7,10 @@
     with edit.applied():                         # the edit is in place only inside the block
         ...
 
-An `Edit` is either a `WeightEdit` (new values for some parameters; the originals are kept and
-written back bit-exactly on exit, also when the block raises) or a `HookEdit` (TransformerLens
-hooks registered on the bridge for the block's duration and removed on exit). Code that
+An `Edit` is either a `WeightEdit` (changes of some parameters, added on apply; the values
+before the apply are kept and written back bit-exactly on exit, also when the block raises, so
+weight edits stack) or a `HookEdit` (TransformerLens hooks registered on the bridge for the
+block's duration and removed on exit). Code that
 evaluates edits only ever calls `applied()`, so it never needs to know which kind it holds.
 Several edits are applied in sequence with `compose(edits)`; ROME-style sequential editing
 (each edit computed on the already-edited model) is `editor.edit_sequence(requests)`.
@@ -19,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import numbers
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -53,18 +56,27 @@ class EditRequest:
     case_id: int | str | None = None
 
     def __post_init__(self):
-        if not isinstance(self.prompt, str) or self.prompt.count("{}") != 1:
+        for name in ("prompt", "subject", "target_new"):
+            _check_text_field(name, getattr(self, name))
+        if self.prompt.count("{}") != 1:
             raise EditError(
-                f"EditRequest.prompt {self.prompt!r} must contain exactly one '{{}}' for the "
-                f"subject, e.g. '{{}} is located in the city of'"
+                f"EditRequest.prompt {_short(self.prompt)} must contain exactly one '{{}}' for "
+                f"the subject, e.g. '{{}} is located in the city of'"
             )
-        if not isinstance(self.subject, str) or not self.subject.strip():
-            raise EditError(f"EditRequest.subject {self.subject!r} is empty")
-        if not isinstance(self.target_new, str) or not self.target_new.strip():
-            raise EditError(f"EditRequest.target_new {self.target_new!r} is empty")
-        if self.target_true is not None and self.target_true.strip() == self.target_new.strip():
+        if self.target_true is not None:
+            _check_text_field("target_true", self.target_true, hint="or None when unknown")
+            if self.target_true.strip() == self.target_new.strip():
+                raise EditError(
+                    f"EditRequest.target_new {self.target_new!r} equals target_true: nothing "
+                    "to edit"
+                )
+        cid = self.case_id
+        if cid is not None and (
+            _is_bool(cid) or not isinstance(cid, (numbers.Integral, str))
+        ):
             raise EditError(
-                f"EditRequest.target_new {self.target_new!r} equals target_true: nothing to edit"
+                f"EditRequest.case_id must be an int, a str or None, got "
+                f"{type(cid).__name__}: {_short(cid)}"
             )
 
     @property
@@ -92,21 +104,62 @@ class EditRequest:
         return asdict(self)
 
 
+def _short(value, n: int = 80) -> str:
+    """repr of a value, cut to about n characters (long prompts in error messages)."""
+    r = repr(value)
+    return r if len(r) <= n else f"{r[:n]}... ({len(r)} characters)"
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, bool) or type(value).__name__ == "bool_"  # numpy.bool_
+
+
+def _check_text_field(name: str, value, hint: str = "") -> None:
+    if not isinstance(value, str):
+        raise EditError(
+            f"EditRequest.{name} must be a str{' ' + hint if hint else ''}, got "
+            f"{type(value).__name__}: {_short(value)}"
+        )
+    if not value.strip():
+        raise EditError(f"EditRequest.{name} {value!r} is empty")
+
+
+# Longest target_new accepted (tokens). CounterFact objects are 1-5 tokens; a very long target
+# makes every optimisation step of ROME and FT slow for nothing (a 360-token one hung ROME).
+MAX_TARGET_TOKENS = 32
+
+
 def validate_request(model, request: EditRequest) -> list[int]:
     """Check a request against a model's tokenizer; return target_new's token ids.
 
     Raises:
-        EditError: the subject does not tokenise inside the prompt, or the target is empty.
+        EditError: not an EditRequest; the target is empty or longer than MAX_TARGET_TOKENS
+            tokens; the rewrite prompt plus the target do not fit the model's context window
+            (`model.n_ctx`); the subject does not tokenise inside the prompt.
     """
     if not isinstance(request, EditRequest):
-        raise EditError(f"expected an EditRequest, got {type(request).__name__}: {request!r}")
+        raise EditError(f"expected an EditRequest, got {type(request).__name__}: {_short(request)}")
     text = request.text
-    if not find_subject_spans(model, text, request.subject):
-        raise EditError(f"subject {request.subject!r} not found in prompt {text!r}")
     try:
-        return target_ids(model, request.target_new)
+        t_ids = target_ids(model, request.target_new)
     except ValueError as e:
         raise EditError(f"target_new of {request!r}: {e}") from e
+    if len(t_ids) > MAX_TARGET_TOKENS:
+        raise EditError(
+            f"target_new {_short(request.target_new)} is {len(t_ids)} tokens long; at most "
+            f"MAX_TARGET_TOKENS={MAX_TARGET_TOKENS} tokens are accepted (an object, not a text)"
+        )
+    n_prompt = len(model.encode(text))
+    n_ctx = getattr(model, "n_ctx", None)
+    if n_ctx is not None and n_prompt + len(t_ids) > n_ctx:
+        raise EditError(
+            f"rewrite prompt {_short(text)} ({n_prompt} tokens) plus target_new "
+            f"({len(t_ids)} tokens) is {n_prompt + len(t_ids)} tokens, longer than "
+            f"{getattr(model, 'name', 'the model')}'s context window of {n_ctx} tokens"
+        )
+    if not find_subject_spans(model, text, request.subject):
+        raise EditError(f"subject {request.subject!r} not found in prompt {_short(text)}")
+    return t_ids
 
 
 class Edit:
@@ -162,47 +215,111 @@ class NoEdit(Edit):
 
 
 class WeightEdit(Edit):
-    """New values for some parameters, addressed by module path ("model.layers.5.mlp.down_proj").
+    """Additive changes of some parameters, addressed by module path ("model.layers.5.mlp.down_proj").
+
+    The edit is stored as *deltas* (new minus original, float64, computed when the edit is
+    built), and applying it adds them to the weights the parameter holds at that moment. So
+    edits stack: two edits of the same matrix applied together (nested `applied()` blocks,
+    `compose([a, b])`, `editor.edit_sequence(...)`) keep both changes. On exit each
+    parameter gets back exactly the bytes it had just before this edit's apply (a saved copy
+    is written back, also when the block raises), so restoring the inner edit and then the
+    outer one gives back the original weights bit for bit.
+
+    For a single edit applied to the weights it was computed on, `w + (new - w)` in float64
+    rounds back to `new` exactly, so it writes the same weights as copying `new` would.
 
     Args:
         model: the LoadedModel.
-        new_weights: {module_path: tensor with the full new `weight`}.
+        new_weights: {module_path: tensor with the full new `weight`}; the deltas are taken
+            against the weights the model holds now. Use `WeightEdit.from_deltas` to give the
+            changes themselves.
+        deltas: (keyword only, instead of new_weights) {module_path: change of `weight`}.
     """
 
     kind = "weights"
 
-    def __init__(self, model, new_weights: dict[str, torch.Tensor], requests, editor, info=None):
+    def __init__(self, model, new_weights: dict[str, torch.Tensor] | None, requests, editor,
+                 info=None, *, deltas: dict[str, torch.Tensor] | None = None):
         super().__init__(requests, editor, info)
         self.model = model
-        self.new_weights = {}
-        for path, w in new_weights.items():
-            param = model.module(path).weight
+        if (new_weights is None) == (deltas is None):
+            raise EditError("WeightEdit needs exactly one of new_weights and deltas")
+        given, what = (new_weights, "new weight") if deltas is None else (deltas, "delta")
+        if not isinstance(given, dict) or not given:
+            raise EditError(f"WeightEdit needs a non-empty {{module_path: tensor}} of {what}s, "
+                            f"got {_short(given)}")
+        self._deltas: dict[str, torch.Tensor] = {}
+        owners: dict[int, str] = {}
+        for path, w in given.items():
+            try:
+                param = model.module(path).weight
+            except AttributeError as e:
+                raise EditError(f"{what} for {path!r}: no such module with a weight in "
+                                f"{getattr(model, 'name', 'the model')} ({e})") from e
+            if id(param) in owners:  # tied weights: the change would be added twice
+                raise EditError(f"{what}s for {owners[id(param)]!r} and {path!r} address the "
+                                "same parameter (tied weights); give it once")
+            owners[id(param)] = path
+            if not isinstance(w, torch.Tensor):
+                raise EditError(f"{what} for {path} must be a tensor, got {type(w).__name__}")
             if tuple(w.shape) != tuple(param.shape):
                 raise EditError(
-                    f"new weight for {path} has shape {tuple(w.shape)}, expected {tuple(param.shape)}"
+                    f"{what} for {path} has shape {tuple(w.shape)}, expected {tuple(param.shape)}"
                 )
             if not torch.isfinite(w).all():
-                raise EditError(f"new weight for {path} has non-finite values; edit refused")
-            self.new_weights[path] = w.detach().to(param.device, param.dtype)
+                raise EditError(f"{what} for {path} has non-finite values; edit refused")
+            dtype = _delta_dtype(param)
+            w = w.detach().to(param.device, dtype)
+            self._deltas[path] = w if deltas is not None else w - param.detach().to(dtype)
         self._saved: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def from_deltas(cls, model, deltas: dict[str, torch.Tensor], requests, editor, info=None):
+        """A weight edit from the changes themselves ({module_path: delta of `weight`})."""
+        return cls(model, None, requests, editor, info, deltas=deltas)
+
+    @property
+    def paths(self) -> list[str]:
+        return list(self._deltas)
+
     def deltas(self) -> dict[str, torch.Tensor]:
-        """New minus current weights (current = unedited when not applied)."""
-        return {p: w - self.model.module(p).weight.detach() for p, w in self.new_weights.items()}
+        """The change this edit adds to each weight (float64 on CPU/CUDA; do not modify)."""
+        return dict(self._deltas)
+
+    @property
+    def new_weights(self) -> dict[str, torch.Tensor]:
+        """The weights this edit writes: the current weights (those before its apply while it
+        is applied) plus its deltas, in the parameters' dtype."""
+        out = {}
+        for path, d in self._deltas.items():
+            param = self.model.module(path).weight
+            base = self._saved.get(path, param.detach())
+            out[path] = (base.to(d.dtype) + d).to(param.dtype)
+        return out
 
     @torch.no_grad()
     def _apply(self):
         self._saved = {}
-        for path, w in self.new_weights.items():
+        for path, d in self._deltas.items():
             param = self.model.module(path).weight
-            self._saved[path] = param.detach().clone()
-            param.copy_(w)
+            before = param.detach().clone()
+            new = (before.to(d.dtype) + d).to(param.dtype)
+            if not torch.isfinite(new).all():
+                raise EditError(f"{self!r}: adding the delta to {path} gives non-finite "
+                                f"{param.dtype} weights; edit not applied")
+            self._saved[path] = before  # saved before writing: restored even if copy_ fails
+            param.copy_(new)
 
     @torch.no_grad()
     def _restore(self):
-        for path, w in self._saved.items():
+        saved, self._saved = self._saved, {}
+        for path, w in reversed(list(saved.items())):
             self.model.module(path).weight.copy_(w)
-        self._saved = {}
+
+
+def _delta_dtype(param: torch.Tensor) -> torch.dtype:
+    """float64 where the device has it (exact differences of float32 weights), else float32."""
+    return torch.float32 if param.device.type == "mps" else torch.float64
 
 
 HookList = list[tuple[str, Callable]]
@@ -280,7 +397,10 @@ class Editor:
     """Base class: subclasses set `name`, `defaults` and implement `_compute(request)`.
 
     `hparams` are the class defaults, overridden by `hparams/<method>/<model>.json` when it
-    exists for this model, overridden by keyword arguments to `get_editor`.
+    exists for this model, overridden by keyword arguments to `get_editor`. Keys that are not
+    in `defaults` fail (in the file too, except its "evidence"/"notes"/"source" documentation),
+    and so does a value whose type is not its default's (`check_hparam_type`: `layer=5.7`
+    where the default is 5, `layer=True`), with a ValueError naming editor, key and value.
     """
 
     model: object
@@ -292,8 +412,22 @@ class Editor:
 
     def __post_init__(self):
         merged = dict(self.defaults)
+        source = {k: "class default" for k in merged}
         if self.hparams_dir:
-            merged.update(load_hparams(self.hparams_dir, self.model.name, section=self.name))
+            path = hparams_path(self.hparams_dir, self.model.name)
+            from_file = load_hparams(self.hparams_dir, self.model.name, section=self.name)
+            unknown = set(from_file) - set(merged)
+            if unknown:
+                raise ValueError(
+                    f"{path}: unknown hyper-parameter(s) {sorted(unknown)} for editor "
+                    f"{self.name!r}; known: {sorted(merged)} (documentation goes under one "
+                    f"of {list(_NOT_HPARAMS)})"
+                )
+            merged.update(from_file)
+            source.update({k: str(path) for k in from_file})
+        if not isinstance(self.hparams, dict):
+            raise ValueError(f"hparams for editor {self.name!r} must be a dict, got "
+                             f"{_short(self.hparams)}")
         unknown = set(self.hparams) - set(merged)
         if unknown:
             raise ValueError(
@@ -301,6 +435,11 @@ class Editor:
                 f"known: {sorted(merged)}"
             )
         merged.update(self.hparams)
+        source.update({k: "keyword argument" for k in self.hparams})
+        for key, value in merged.items():
+            if key in self.defaults:
+                check_hparam_type(self.name, key, value, self.defaults[key], source[key])
+                merged[key] = _plain_number(value)
         self.hparams = merged
 
     def edit(self, request: EditRequest) -> Edit:
@@ -323,6 +462,70 @@ class Editor:
 
     def _compute(self, request: EditRequest) -> Edit:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+def _type_ok(value, default) -> bool:
+    """Does `value` have the type of `default`? (bool is not a number; an int is a float;
+    a list default takes a list or tuple whose items have the type of its items; a list of
+    ints also takes one int alone.)"""
+    if default is None:
+        return True
+    if _is_bool(default):
+        return _is_bool(value)
+    if _is_bool(value):
+        return False
+    if isinstance(default, numbers.Integral):
+        return isinstance(value, numbers.Integral)
+    if isinstance(default, numbers.Real):
+        return isinstance(value, numbers.Real)
+    if isinstance(default, (list, tuple)):
+        items = list(default)
+        if not isinstance(value, (list, tuple)):  # layers=6 for layers=[6]
+            return bool(items) and isinstance(items[0], numbers.Integral) and _type_ok(
+                value, items[0])
+        if items and all(type(d) is type(items[0]) for d in items):
+            return all(_type_ok(v, items[0]) for v in value)
+        return True
+    if isinstance(default, dict):
+        return isinstance(value, dict)
+    return isinstance(value, type(default))
+
+
+def _type_name(default) -> str:
+    if _is_bool(default):
+        return "a bool (True/False)"
+    if isinstance(default, numbers.Integral):
+        return "an int"
+    if isinstance(default, numbers.Real):
+        return "a number (int or float)"
+    if isinstance(default, (list, tuple)):
+        return f"a list like {default!r}"
+    if isinstance(default, dict):
+        return "a dict"
+    return f"a {type(default).__name__}"
+
+
+def _plain_number(value):
+    """numpy scalars (a layer picked from a table, np.int64) as Python int / float."""
+    if _is_bool(value) or type(value) in (int, float) or not isinstance(value, numbers.Real):
+        return value
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def check_hparam_type(editor: str, key: str, value, default, source: str = "") -> None:
+    """Raise a ValueError naming the editor, key and value when `value` does not have the
+    type of the key's class default (`_type_ok`), or is NaN where the default is a number.
+
+    A None default accepts any value (the editor checks those itself)."""
+    where = f" (from {source})" if source else ""
+    if not _type_ok(value, default):
+        raise ValueError(
+            f"{editor}: hyper-parameter {key}={_short(value)}{where} has type "
+            f"{type(value).__name__}; it must be {_type_name(default)} (default {default!r})"
+        )
+    if (isinstance(default, numbers.Real) and not _is_bool(default) and value is not None
+            and isinstance(value, numbers.Real) and math.isnan(float(value))):
+        raise ValueError(f"{editor}: hyper-parameter {key}={value!r}{where} is NaN")
 
 
 class Unedited(Editor):

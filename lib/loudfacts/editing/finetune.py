@@ -149,10 +149,16 @@ class _FineTuneEditor(Editor):
             raise ValueError(f"{self.name}: module={h['module']!r}; choose from {MODULE_CHOICES}")
         if not isinstance(h["steps"], int) or h["steps"] < 1:
             raise ValueError(f"{self.name}: steps={h['steps']!r} must be a positive integer")
-        if not h["lr"] > 0:
-            raise ValueError(f"{self.name}: lr={h['lr']!r} must be > 0")
-        if h["eps"] is not None and not h["eps"] > 0:
-            raise ValueError(f"{self.name}: eps={h['eps']!r} must be > 0 (or None: no bound)")
+        if not (math.isfinite(h["lr"]) and h["lr"] > 0):
+            raise ValueError(f"{self.name}: lr={h['lr']!r} must be a finite number > 0")
+        if not (math.isfinite(h["weight_decay"]) and h["weight_decay"] >= 0):
+            raise ValueError(f"{self.name}: weight_decay={h['weight_decay']!r} must be a finite "
+                             "number >= 0")
+        eps = h["eps"]
+        if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float))
+                                or not (math.isfinite(eps) and eps > 0)):
+            raise ValueError(f"{self.name}: eps={eps!r} must be a finite number > 0 (or None: "
+                             "no bound)")
         if not 0 < h["stop_prob"] <= 1:
             raise ValueError(f"{self.name}: stop_prob={h['stop_prob']!r} must be in (0, 1]")
 

@@ -21,10 +21,10 @@ in whatever input is being run** (ROME's key position):
 - ``"patch-context"``: the source run *states* the new fact in context and then names the subject
   again ("The Louvre is located in the city of Rome. The Louvre"); the activations at that final
   subject occurrence (which has read the statement) are patched into bare prompts.
-- ``"hook-delta"``: ROME's residual ``delta = v* - W k*`` is *added* to the MLP output of ROME's
-  layer at the subject's last token only: a control that writes what ROME writes, but only at the
-  subject's positions (ROME's weight edit also shifts every other position by a little, in
-  proportion to how much its key overlaps k*).
+- ``"hook-delta"``: ROME's optimised ``delta = v* - target_init`` is *added* to the MLP output of
+  ROME's layer at the subject's last token only: a control that writes what ROME writes at the
+  bare prompt's key, but only at the subject's positions (ROME's weight edit also shifts every
+  other position by a little, in proportion to how much its key overlaps C⁻¹k*).
 
 How a hook finds the subject: the bridge's ``embed.hook_in`` receives the input ids of every
 forward. A `SubjectLocator` hooks it, matches the subject's token sequences (with and without a
@@ -51,6 +51,8 @@ is patched on every step.
 from __future__ import annotations
 
 import functools
+import math
+import numbers
 import time
 from collections.abc import Iterable, Sequence
 from typing import ClassVar
@@ -296,12 +298,24 @@ def activations_at(model, text: str, pos, hook_names: Sequence[str]) -> dict[str
     missing = set(hook_names) - set(store)
     if missing:
         raise EditError(f"hook point(s) {sorted(missing)} did not fire on {model.name}")
+    bad = [n for n in hook_names if not torch.isfinite(store[n]).all()]
+    if bad:  # patching them in would turn every probability after the subject into NaN
+        raise EditError(f"activations of {text[:80]!r} at {bad} are not finite on {model.name} "
+                        "(NaN or inf weights?); nothing to patch in")
     return store
 
 
+def _is_index(x) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool) and \
+        type(x).__name__ != "bool_"
+
+
 def _resolve_layers(model, layers, name="layers") -> list[int]:
-    if isinstance(layers, int):
+    if _is_index(layers):
         layers = [layers]
+    if not isinstance(layers, (list, tuple)) or not all(_is_index(x) for x in layers):
+        raise EditError(f"{name}={layers!r} must be a list of layer indices (ints) in "
+                        f"0..{model.n_layers - 1}")
     layers = [int(x) for x in layers]
     for layer in layers:
         if not 0 <= layer < model.n_layers:
@@ -369,6 +383,34 @@ class _PatchingEditor(Editor):
 
     hparams_dir = "patching"  # one section per editor, picked by Editor.__post_init__
 
+    def __post_init__(self):
+        super().__post_init__()  # known keys, types as the defaults'
+        self._check_hparams()
+
+    def _check_hparams(self):
+        """Values in range, named in a ValueError (EditError) before any edit is computed."""
+        h = self.hparams
+        if "site" in h and h["site"] not in SITES:
+            raise EditError(f"{self.name}: site={h['site']!r} unknown; use one of {sorted(SITES)}")
+        if "layers" in h:
+            try:
+                _resolve_layers(self.model, h["layers"])
+            except EditError as e:
+                raise EditError(f"{self.name}: {e}") from e
+
+    def _check_number(self, key: str, lo=None, hi=None, integer: bool = False):
+        """hparams[key] must be a finite number (an int if `integer`) with lo <= x <= hi."""
+        x = self.hparams[key]
+        kind = "an integer" if integer else "a finite number"
+        ok = (_is_index(x) if integer else
+              isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x))
+        if ok and ((lo is not None and x < lo) or (hi is not None and x > hi)):
+            ok = False
+        if not ok:
+            rng = f" in [{lo}, {hi}]" if lo is not None and hi is not None else (
+                f" >= {lo}" if lo is not None else "")
+            raise EditError(f"{self.name}: {key}={x!r} must be {kind}{rng}")
+
     def _locator_factory(self, request: EditRequest):
         patterns = subject_token_patterns(
             self.model, request.subject, [request.text], variants=bool(self.hparams["variants"])
@@ -405,6 +447,19 @@ class PatchDonorEditor(_PatchingEditor):
         "min_donor_p": 0.2,
         "variants": True,
     }
+
+    def _check_hparams(self):
+        super()._check_hparams()
+        h = self.hparams
+        self._check_number("max_candidates", lo=1, integer=True)
+        self._check_number("min_donor_p", lo=0.0, hi=1.0)
+        if h["positions"] not in ("last", "aligned", "auto"):
+            raise EditError(f"{self.name}: positions={h['positions']!r} unknown; use 'last', "
+                            "'aligned' or 'auto'")
+        donor = h["donor"]
+        if donor is not None and (not isinstance(donor, str) or not donor.strip()):
+            raise EditError(f"{self.name}: donor={donor!r} must be a subject (a non-empty "
+                            "string) or None (search for one)")
 
     def _compute(self, request: EditRequest):
         hp = self.hparams
@@ -518,6 +573,20 @@ class PatchContextEditor(_PatchingEditor):
         "variants": True,
     }
 
+    def _check_hparams(self):
+        super()._check_hparams()
+        self._check_number("repeats", lo=1, integer=True)
+        tpl = self.hparams["context_template"]
+        try:
+            probe = tpl.format(statement="S.", subject="\0")
+        except (AttributeError, KeyError, IndexError, ValueError) as e:
+            raise EditError(f"{self.name}: context_template={tpl!r} must be a format string "
+                            f"with {{statement}} and {{subject}} only ({type(e).__name__}: {e})"
+                            ) from e
+        if "\0" not in probe:
+            raise EditError(f"{self.name}: context_template={tpl!r} has no {{subject}} (the "
+                            "activations are read at the subject's last occurrence)")
+
     def source_text(self, request: EditRequest) -> str:
         st = " ".join([request.statement] * int(self.hparams["repeats"]))
         return self.hparams["context_template"].format(statement=st, subject=request.subject.strip())
@@ -540,14 +609,20 @@ class PatchContextEditor(_PatchingEditor):
 
 @register_editor("hook-delta")
 class HookDeltaEditor(_PatchingEditor):
-    """Add ROME's delta (v* - W k*) to the MLP output of ROME's layer at the subject's last token.
+    """Add ROME's δ (v* - target_init) to the MLP output of ROME's layer at the subject's last
+    token: the change ROME's weight edit makes there on the bare rewrite prompt (its update maps
+    the bare prompt's key to v*), applied by a hook instead of a weight change.
 
     Hyper-parameters:
         rome: overrides passed to `get_editor("rome", model, **rome)`.
-        scale: multiplier on delta (1.0 = what ROME writes at k*).
+        scale: multiplier on δ (1.0 = what ROME writes at the bare prompt's key).
     """
 
     defaults: ClassVar[dict] = {"rome": {}, "scale": 1.0, "variants": True}
+
+    def _check_hparams(self):
+        super()._check_hparams()
+        self._check_number("scale")
 
     def rome_editor(self):
         """The ROME editor whose components this control borrows (`rome` hparams applied)."""
@@ -572,6 +647,8 @@ class HookDeltaEditor(_PatchingEditor):
         if delta.numel() != self.model.d_model:
             raise EditError(f"ROME delta has {delta.numel()} values, expected d_model={self.model.d_model}")
         delta = delta * float(self.hparams["scale"])
+        if not torch.isfinite(delta).all():
+            raise EditError(f"hook-delta: ROME's delta for {request!r} is not finite")
         name = SITES["mlp_out"].format(layer)
         patterns, factory = self._locator_factory(request)
         hooks = build_hooks(factory, [(name, add_at_subject_hook, {"delta": delta})])
@@ -583,16 +660,10 @@ class HookDeltaEditor(_PatchingEditor):
 
 
 def rome_weight_edit_from_components(rome, request: EditRequest, comp: dict):
-    """ROME's weight edit (W + δ uᵀ/(uᵀk*)) built from precomputed components, as
-    `RomeEditor._compute` builds it; pairs with `HookDeltaEditor.edit_from_components`."""
-    from loudfacts.editing.base import WeightEdit
-
-    path = rome.model.arch.mlp_out.format(int(comp["layer"]))
-    w = rome.model.module(path).weight.detach()
-    dw = rome.rank_one_update(comp["k_star"], comp["delta"])
-    new_w = (w.to(torch.float64).cpu() + dw).to(w.dtype)
-    return WeightEdit(rome.model, {path: new_w}, request, "rome",
-                      {"layer": int(comp["layer"]), "timings": dict(comp.get("timings", {}))})
+    """ROME's weight edit built from precomputed components (`RomeEditor.edit_from_components`:
+    W + δ uᵀ/(uᵀk_bare) for ROME, the k* form for r-ROME); pairs with
+    `HookDeltaEditor.edit_from_components`, which adds the same δ at inference time."""
+    return rome.edit_from_components(request, comp)
 
 
 # -- comparing edits on one probe set (notebook 04) ------------------------------------------------
