@@ -76,7 +76,7 @@ mom2_n_tokens = None  # statistics for the edits: None = all the shipped text (c
 sweep_tokens = [10_240, 102_400]  # effect of the token count (half and all are always added)
 rome_overrides = {}  # e.g. {"prefix_recipe": [[5, 2]]} for smoke runs
 deviation_split = "edit-1k"  # CounterFact records for the reference-vs-deviation table ...
-deviation_records = 10  # ... this many known ones (each costs one edit per variant)
+deviation_records = 8  # ... this many known ones (each costs one edit per variant)
 deviation_neighbours = 5
 convergence = True  # add C from half and from all of the text to the sweep (a full pass)
 

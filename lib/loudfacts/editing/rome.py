@@ -396,6 +396,15 @@ class RomeEditor(Editor):
             self._templates = ["{}"] + [p + ". {}" for p in prefixes]
         return list(self._templates)
 
+    def use_context_templates(self, templates: list[str]) -> None:
+        """Use these templates ("{}" first, then "{prefix}. {}" ...) instead of generating them:
+        to reproduce a run whose prefixes were recorded (ROME's own prefixes are unseeded)."""
+        if (not isinstance(templates, (list, tuple)) or not templates or templates[0] != "{}"
+                or not all(isinstance(t, str) and t.count("{}") == 1 for t in templates)):
+            raise ValueError(f"{self.name}: context templates must be a list starting with '{{}}',"
+                             f" each with one '{{}}'; got {templates!r:.200}")
+        self._templates = list(templates)
+
     def v_context_templates(self, templates: list[str] | None = None) -> list[str]:
         """The templates v*'s NLL is averaged over: "{}" and `v_n_prefixes` of k*'s prefixes
         (`templates`, default `context_templates()`), evenly spaced over them (all of them when
