@@ -31,7 +31,7 @@ import torch
 
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.rome import clear_components_memo
-from loudfacts.models import load_model
+from loudfacts.models import cpu_info, load_model
 from loudfacts.paths import repo_path
 from loudfacts.stats import corpus_tokens, second_moment
 
@@ -48,23 +48,6 @@ VARIANTS = {
     "wk_norm": {"norm_reference": "w_k_star"},
 }
 DELTA_BAR = 1e-3  # a speed setting stays on by default only within this relative change of δ
-
-
-def cpu_info() -> dict:
-    """What the CPU can do, as torch sees it, and its name."""
-    name, flags = platform.processor(), []
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = sorted({f for f in line.split(":", 1)[1].split()
-                                if f.startswith(("avx", "amx", "fma"))})
-                break
-    except OSError:
-        pass
-    return {"capability": torch.backends.cpu.get_cpu_capability(), "name": name,
-            "vector_flags": flags, "native_bf16": any("bf16" in f for f in flags)}
 
 
 @torch.no_grad()

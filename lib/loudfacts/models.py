@@ -285,6 +285,26 @@ class LoadedModel:
         }
 
 
+def cpu_info() -> dict:
+    """The CPU as torch sees it (`get_cpu_capability()`), its name, its vector flags and
+    whether it multiplies bfloat16 natively (avx512_bf16 / amx_bf16): run cards and benchmarks
+    record it, and settings that are fast only with native bf16 are chosen from it."""
+    name, flags = "", []
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name") and not name:
+                    name = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    flags = sorted({x for x in line.split(":", 1)[1].split()
+                                    if x.startswith(("avx", "amx", "fma"))})
+                    break
+    except OSError:
+        pass
+    return {"capability": torch.backends.cpu.get_cpu_capability(), "name": name,
+            "vector_flags": flags, "native_bf16": any("bf16" in x for x in flags)}
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto" or device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

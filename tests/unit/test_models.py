@@ -234,3 +234,14 @@ def test_embedded_model_cache_repairs_itself(tmp_path, monkeypatch):
     assert len(conversions) == 3
     load()
     assert len(conversions) == 3
+
+
+def test_cpu_info_names_the_capability_and_native_bf16():
+    import torch
+
+    from loudfacts.models import cpu_info
+
+    info = cpu_info()
+    assert info["capability"] == torch.backends.cpu.get_cpu_capability()
+    assert isinstance(info["native_bf16"], bool)
+    assert info["native_bf16"] == any("bf16" in f for f in info["vector_flags"])
