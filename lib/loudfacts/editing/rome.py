@@ -59,11 +59,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import os
 import tempfile
 import time
+import unicodedata
 from collections import OrderedDict
 from typing import ClassVar
 
@@ -142,14 +144,10 @@ def context_prefixes(model, recipe=REFERENCE_PREFIX_RECIPE, seed: int = 0,
     """
     recipe = _check_recipe(recipe)
     starts = tuple(starts) if starts else None
-    from loudfacts.stats import _fingerprint
-
     tag = json.dumps({"recipe": recipe, "seed": seed, "starts": starts}, sort_keys=True)
-    import hashlib
-
     key = hashlib.sha256(tag.encode()).hexdigest()[:12]
     path = cache_dir("rome") / (
-        f"prefixes_{model.name.replace('/', '_')}-{_fingerprint(model)}_{key}.json")
+        f"prefixes_{model.name.replace('/', '_')}-{model.weights_fingerprint()}_{key}.json")
     n_total = sum(n for _, n in recipe)
     try:
         cached = json.loads(path.read_text())
@@ -160,8 +158,6 @@ def context_prefixes(model, recipe=REFERENCE_PREFIX_RECIPE, seed: int = 0,
             return cached["prefixes"]
     except (OSError, ValueError):
         pass
-    import unicodedata
-
     sep = _document_separator(model)
     out: list[str] = []
     # A plain sampling loop without a KV cache (a few short steps), independent of generate().
