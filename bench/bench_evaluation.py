@@ -19,6 +19,9 @@ import sys
 
 import torch
 
+# time fresh optimisations: ROME's on-disk components cache off
+os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
+
 from loudfacts.data import load_counterfact
 from loudfacts.editing.base import available_editors
 from loudfacts.editing.rome import clear_components_memo

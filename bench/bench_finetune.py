@@ -27,6 +27,9 @@ import time
 
 import torch
 
+# time fresh optimisations: ROME's on-disk components cache off
+os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
+
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
 from loudfacts.models import load_model

@@ -21,6 +21,9 @@ import time
 
 import torch
 
+# time fresh optimisations: ROME's on-disk components cache off
+os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
+
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.paths import repo_path
 
@@ -69,7 +72,7 @@ def main(argv=None):
     torch.manual_seed(0)
     model = load_model(args.model)
     ids, mask = padded_batch(model, args.batch)
-    rome_hp = {"n_prefixes": 3, "v_num_grad_steps": 8} if args.rome_light else {}
+    rome_hp = {"prefix_recipe": [[5, 3]], "v_num_grad_steps": 8} if args.rome_light else {}
     setups = {
         "patch-donor (given donor)": ("patch-donor", {"donor": "The Colosseum"}),
         "patch-donor (donor search)": ("patch-donor", {}),

@@ -29,6 +29,9 @@ import time
 
 import torch
 
+# time fresh optimisations: ROME's on-disk components cache off
+os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
+
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.rome import clear_components_memo
 from loudfacts.models import cpu_info, load_model

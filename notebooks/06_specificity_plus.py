@@ -148,10 +148,13 @@ for e, r in drop.reindex(ev._order(drop.index)).iterrows():
 # ## Side by side with the published numbers (GPT-2 XL and GPT-J)
 #
 # The published table (apartresearch/specificityplus, `results/combined/*/mean.csv`) reports
-# S (= NS), M (= NM) and KL on CounterFact (N) and CounterFact+ (N+) over ~1,000+ records. Its KL
-# is the code's quantity, so it sits next to our `NKL_code`. Their models are 10-40x larger than
+# S (= NS), M (= NM) and KL on CounterFact (N) and CounterFact+ (N+) over all of CounterFact
+# (about 20k records, no known filter; the 1,000 rows of its `*_ci` files are bootstrap samples,
+# not records). Its KL is the code's quantity, so it sits next to our `NKL_code`. Its "FT" rows
+# are the paper's norm-constrained FT-L, labelled so here. Their models are 10-40x larger than
 # ours and their rows are MEMIT/ROME/FT-L on those models, so compare the *pattern* (does NS+ fall
-# below NS, and for which methods), not the levels.
+# below NS, and for which methods), not the levels; ours are over the known records evaluated
+# here (n in the headline table).
 
 # %%
 reference = ev.compare_with_reference(summary)

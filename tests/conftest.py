@@ -37,3 +37,7 @@ def tiny_gpt2():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+# ROME's on-disk components cache stays off in tests: they monkeypatch and time fresh
+# optimisations (tests/unit/test_rome_components_cache.py switches it on in a scratch cache).
+os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"

@@ -499,3 +499,15 @@ def test_edit_steps_column_records_the_editors_optimisation_steps(tiny, records,
             == 2).all()
     assert evaluate(tiny, AddEditor(tiny), records[:1], generation=False,
                     progress=False)["edit_steps"].isna().all()  # an editor without steps
+
+
+def test_published_rows_are_named_as_the_paper_names_them():
+    import pandas as pd
+
+    from loudfacts.evaluation import compare_with_reference
+
+    summary = pd.DataFrame([{"editor": "rome", "metric": "NS", "mean": 0.5}])
+    table = compare_with_reference(summary, reference_models=("gpt2-xl",))
+    published = set(table.loc[table.source == "gpt2-xl", "algorithm"])
+    assert published == {"FT-L (CSV: FT)", "MEMIT", "ROME", "unedited"}
+    assert table.loc[table.source == "ours", "NS"].item() == 0.5

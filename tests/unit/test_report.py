@@ -140,3 +140,20 @@ def test_params_that_no_notebook_takes_or_of_the_wrong_type_are_errors(tmp_path,
     err = capsys.readouterr().err
     assert rc == 2 and str(params) in err and "line 3, column 1" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_index_html_is_rendered_from_index_md():
+    from loudfacts.report import index_html
+
+    page = index_html("# Title\n\n*caption* with `code`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n")
+    assert "<em>caption</em>" in page and "<code>code</code>" in page
+    assert "<table>" in page and "<td>2</td>" in page
+    assert "*caption*" not in page and "`code`" not in page
+
+
+def test_committed_index_html_matches_committed_index_md():
+    from loudfacts.paths import REPO_ROOT
+    from loudfacts.report import index_html
+
+    md = REPO_ROOT / "report" / "index.md"
+    assert (REPO_ROOT / "report" / "index.html").read_text() == index_html(md.read_text())

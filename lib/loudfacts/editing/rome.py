@@ -94,11 +94,38 @@ from loudfacts.tokens import document_separator, find_subject_spans
 
 _COMPONENTS: OrderedDict = OrderedDict()  # see RomeEditor.components
 _COMPONENTS_KEPT = 1024  # ~15 kB each
+# The on-disk copy of components (see RomeEditor.components) is on unless this is "0"; the
+# test suite and the benchmarks switch it off (they time or monkeypatch fresh optimisations).
+COMPONENTS_CACHE_ENV = "LOUDFACTS_ROME_COMPONENTS_CACHE"
+_COMPONENTS_FORMAT = 1
+_TENSOR_FIELDS = ("k_star", "k_bare", "target_init", "v_star", "w_k", "delta")
 
 
 def clear_components_memo() -> None:
     """Forget remembered `RomeEditor.components` results (benchmarks time fresh edits)."""
     _COMPONENTS.clear()
+
+
+def components_disk_cache_enabled() -> bool:
+    return os.environ.get(COMPONENTS_CACHE_ENV, "1") != "0"
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """SHA-256 of the source of every module that computes ROME's components: a change to
+    any of them makes earlier cached components unreachable."""
+    import loudfacts.editing.base as base
+    import loudfacts.forward as forward
+    import loudfacts.models as models
+    import loudfacts.stats as stats
+    import loudfacts.tokens as tokens
+
+    h = hashlib.sha256()
+    for mod in (base, forward, models, stats, tokens):
+        h.update(open(mod.__file__, "rb").read())
+    h.update(open(__file__, "rb").read())
+    h.update(torch.__version__.encode())
+    return h.hexdigest()
 
 
 # -- context prefixes --------------------------------------------------------------------------
@@ -465,23 +492,79 @@ class RomeEditor(Editor):
         Raises:
             EditError: subject not in the prompt, empty target, non-finite loss.
 
-        The result is remembered (per process, the last 1024) under the request, the
-        hyper-parameters, a fingerprint of the weights and the hooks in place, so the
-        hook-delta editor, which adds the same δ at inference time, reuses the optimisation
-        instead of repeating it; a reused result says so in "reused".
+        The result is kept under a digest of its whole content: the request, the
+        hyper-parameters, the full weight digest, the context prefixes, the device and the
+        source of the code that computes it. In memory (the last 1024 per process), so the
+        hook-delta editor, which adds the same δ at inference time, reuses the optimisation,
+        and on disk (data/cache/rome/components_*.pt, when no hook is applied), so other
+        notebooks and later runs do too; a read checks the stored key and the tensors before
+        use. A reused result says so in "reused". Set LOUDFACTS_ROME_COMPONENTS_CACHE=0 to
+        keep it in memory only.
         """
         t_ids = validate_request(self.model, request)  # bad input fails whether remembered or not
-        key = (id(self.model), self.model.weights_fingerprint(), self.model.active_hooks(),
-               request.prompt, request.subject, request.target_new,
-               json.dumps(self.hparams, sort_keys=True, default=str))
+        hooks = self.model.active_hooks()
+        content = {
+            "format": _COMPONENTS_FORMAT, "code": _code_digest(), "model": self.model.name,
+            "weights": self.model.weight_digest(), "device": str(self.model.device),
+            "request": [request.prompt, request.subject, request.target_new],
+            "hparams": json.loads(json.dumps(self.hparams, sort_keys=True, default=str)),
+            "context_templates": hashlib.sha256(
+                json.dumps(self.context_templates()).encode()).hexdigest(),
+        }
+        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        key = (digest, hooks)  # hook ids are per process: those results stay in memory only
         if key in _COMPONENTS:
             _COMPONENTS.move_to_end(key)
             return {**_COMPONENTS[key], "reused": True}
-        comps = self._components(request, t_ids)
+        path = cache_dir("rome") / f"components_{self.model.name.replace('/', '_')}_{digest[:24]}.pt"
+        disk = components_disk_cache_enabled() and not hooks
+        comps = self._read_components(path, content) if disk else None
+        reused = comps is not None
+        if comps is None:
+            comps = self._components(request, t_ids)
+            if disk:
+                self._write_components(path, content, comps)
         _COMPONENTS[key] = comps
         while len(_COMPONENTS) > _COMPONENTS_KEPT:
             _COMPONENTS.popitem(last=False)
-        return {**comps, "reused": False}
+        return {**comps, "reused": reused}
+
+    def _read_components(self, path, content: dict) -> dict | None:
+        """Cached components whose stored key equals `content` and whose tensors have the
+        shapes and finiteness a fresh result has; None (recompute) otherwise."""
+        if not path.exists():
+            return None
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            ok = isinstance(blob, dict) and blob.get("key") == content
+            comps = blob["components"] if ok else None
+            if ok:
+                dims = {"k_star": self.model.d_mlp, "k_bare": self.model.d_mlp}
+                for name in _TENSOR_FIELDS:
+                    t = comps[name]
+                    ok = ok and isinstance(t, torch.Tensor) and t.dim() == 1 and bool(
+                        torch.isfinite(t).all()) and t.shape[0] == dims.get(name, self.model.d_model)
+                ok = ok and comps.get("layer") == self.layer
+        except Exception:  # unreadable, truncated or foreign: recompute and overwrite
+            ok = False
+        if not ok:
+            return None
+        device = self.model.device
+        return {**comps, **{n: comps[n].to(device=device) for n in _TENSOR_FIELDS}}
+
+    @staticmethod
+    def _write_components(path, content: dict, comps: dict) -> None:
+        keep = {k: v for k, v in comps.items() if k != "reused"}
+        keep.update({n: comps[n].detach().cpu() for n in _TENSOR_FIELDS})
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+        os.close(fd)
+        try:
+            torch.save({"key": content, "components": keep}, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def _components(self, request: EditRequest, t_ids: list[int]) -> dict:
         # generated once per editor (cached on disk), not part of k*'s time
@@ -689,6 +772,11 @@ class RomeEditor(Editor):
         comps = self.components(request)
         edit = self.edit_from_components(request, comps)
         edit.info["timings"] = {"stats": t_stats, **comps["timings"], **edit.info["timings"]}
+        # k* and v* read back (memo or disk): the seconds they took when computed, so that a
+        # timing of this edit (evaluation's edit_seconds) still says what a fresh edit costs
+        edit.info["components_reused"] = bool(comps.get("reused", False))
+        if edit.info["components_reused"]:
+            edit.info["reused_seconds"] = float(comps["timings"]["k"] + comps["timings"]["v"])
         return edit
 
     def edit_from_components(self, request: EditRequest, comps: dict) -> WeightEdit:
