@@ -123,11 +123,16 @@ print(f"{len(strict)} records are known with P(true) > 0.1 — the pool for clea
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-sns.histplot(cf, x="p_true", hue="known", bins=30, log_scale=(False, True), ax=axes[0])
+# stacked bars on a log axis whose floor (0.5) lies below one record, so bars of 1 stay visible
+sns.histplot(cf, x="p_true", hue="known", bins=30, multiple="stack", log_scale=(False, True),
+             ax=axes[0])
 axes[0].set(title="CounterFact: P(true object) on the rewrite prompt", xlabel="P(true)",
             ylabel="records (log scale)")
 k1000 = table[table.source == "known_1000"]
-sns.histplot(k1000, x="p_true", hue="known", bins=30, log_scale=(False, True), ax=axes[1])
+sns.histplot(k1000, x="p_true", hue="known", bins=30, multiple="stack", log_scale=(False, True),
+             ax=axes[1])
+for ax in axes:
+    ax.set_ylim(bottom=0.5)
 axes[1].set(title="known_1000: P(attribute)", xlabel="P(attribute)", ylabel="facts (log scale)")
 save_figure(
     fig,

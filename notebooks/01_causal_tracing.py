@@ -347,6 +347,38 @@ if single_layer_mlp_average and "mlp" in avg.effects:
 chosen, chosen_effect = choose_edit_layer(avg, "mlp", "last subject token", min_layer=1)
 print(f"edit layer (ROME's criterion, layers >= 1): {chosen} (windowed MLP effect "
       f"{chosen_effect:.4f} vs {effect:.4f} at layer {layer}; one standard error {se[layer]:.4f})")
+# The same criterion three ways, so that it is visible which measurement drives the choice:
+# windows that contain MLP 0 (layers <= window // 2) credit the first MLP's repair of the
+# noised embedding to every layer whose window holds it.
+no_l0 = window // 2 + 1  # the first layer whose window [L - window//2, ...) leaves out MLP 0
+choice_rows = [
+    {"criterion": f"window {window}, layers >= 1 (hparams)", "layer": chosen,
+     "effect": chosen_effect, "facts": avg.n_facts},
+    {"criterion": f"window {window}, windows without MLP 0 (layers >= {no_l0})",
+     **dict(zip(("layer", "effect"), choose_edit_layer(avg, "mlp", "last subject token",
+                                                       min_layer=no_l0))),
+     "facts": avg.n_facts},
+]
+if avg1 is not None:
+    choice_rows.append({"criterion": "window 1 (one MLP), layers >= 1",
+                        **dict(zip(("layer", "effect"), choose_edit_layer(
+                            avg1, "mlp", "last subject token", min_layer=1))),
+                        "facts": avg1.n_facts})
+    choice_rows.append({"criterion": "window 1 (one MLP), all layers", "layer": layer1,
+                        "effect": effect1, "facts": avg1.n_facts})
+layer_choice = pd.DataFrame(choice_rows)
+print(layer_choice.round(4).to_string(index=False))
+without_l0 = int(layer_choice.layer.iloc[1])
+one_mlp = int(layer_choice.layer.iloc[2]) if avg1 is not None else None
+if without_l0 != chosen:
+    choice_verdict = (f"the windowed choice of layer {chosen} rests on windows that contain "
+                      f"MLP 0: without them the criterion picks layer {without_l0}")
+elif one_mlp is not None and one_mlp != chosen:
+    choice_verdict = (f"windows without MLP 0 agree on layer {chosen}; one MLP at a time (noisier, "
+                      f"each point one layer) points at layer {one_mlp}")
+else:
+    choice_verdict = f"every criterion picks layer {chosen}"
+print(choice_verdict)
 hp_path = repo_path("hparams", "rome", f"{model_name}.json")
 if hp_path.exists():
     hp = json.loads(hp_path.read_text())
@@ -434,7 +466,12 @@ save_findings("01", (
     f"Over {avg.n_facts} known facts ({samples_average} noise draw each), {mlp_peak_txt}"
     f"{attn_txt}. ROME's criterion over layers >= 1 picks layer {chosen} (windowed MLP effect "
     f"{chosen_effect:.3f}; within one standard error: {plateau_txt}); {hp_txt} "
-    + (checks[-1] if eiffel else "")), figure="01_average_effects")
+    + f"Without windows that contain MLP 0 the criterion picks layer {without_l0} "
+    f"({layer_choice.effect.iloc[1]:.3f})"
+    + (f"; one MLP at a time (layers >= 1) picks layer {one_mlp} "
+       f"({layer_choice.effect.iloc[2]:.3f}; MLP 0 alone: {float(row1[0]):.3f})"
+       if avg1 is not None else "")
+    + f": {choice_verdict}. " + (checks[-1] if eiffel else "")), figure="01_average_effects")
 
 # %%
 elapsed = time.perf_counter() - t_start

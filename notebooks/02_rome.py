@@ -209,7 +209,9 @@ ax.set_xlim(0, 1)
 ax.set_xlabel("probability (exp of mean token NLL)")
 ax.set_ylabel("")
 ax.set_title(f"ROME at layer {editor.layer} of {model.name}: true vs new object")
-ax.legend(loc="lower right", fontsize=8)
+# below the axes, so it covers no bar
+ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(agg)), ncol=4, fontsize=8,
+          frameon=False)
 fig.tight_layout()
 save_figure(
     fig,

@@ -21,7 +21,8 @@
 # obvious alternative is to *fine-tune* that layer on the new fact: a few gradient steps on the
 # rewrite prompt's target NLL (FT), optionally with every weight kept within ε of its original
 # value (FT+L, Zhu et al. 2020, ROME's constrained baseline). Does fine-tuning write the same
-# kind of edit? We edit the same facts as notebook 02 with FT, FT+L and ROME, and turn the seed
+# kind of edit? We edit two of notebook 02's landmark facts (the Louvre, the Eiffel Tower) and an
+# antonym (hot -> wet) with FT, FT+L and ROME, and turn the seed
 # report's observations about fine-tuning into measurements: (a) does a fine-tuned edit carry
 # over to an implied fact (Louvre → Rome ⇒ Italy)? (b) does it make *loud facts* (the edited
 # object showing up in unrelated prompts that merely mention the subject) rarer than ROME?
@@ -70,7 +71,7 @@ from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
 from loudfacts.editing.finetune import bricking_table, probe_table
 from loudfacts.models import load_model
-from loudfacts.plotting import EDITOR_ORDER, save_figure, save_findings, set_theme
+from loudfacts.plotting import EDITOR_ORDER, editor_palette, save_figure, save_findings, set_theme
 
 for pname, value, kind in [("editors", editors, list), ("brick_targets", brick_targets, list),
                            ("n_generation_prompts", n_generation_prompts, int),
@@ -110,7 +111,7 @@ except (ImportError, FileNotFoundError) as e:  # the shared data folder is absen
     held_source = f"a fixed paragraph ({type(e).__name__}: {e})"
 
 # One colour per editor in every figure of this notebook.
-PALETTE = dict(zip(["unedited", "rome", "ft", "ft-l"], sns.color_palette("colorblind")))
+PALETTE = editor_palette(["unedited", "rome", "ft", "ft-l"])  # the report's editor colours
 
 card = {**model.card(), "seed": seed, "editors": editor_names, "held text": held_source,
         "loudfacts": getattr(loudfacts, "__version__", "dev")}

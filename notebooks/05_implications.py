@@ -123,7 +123,8 @@ save_figure(fig, "05_implications", caption=(
     f"For each kind of implication (panels) over {len(chosen)} case(s) the unedited "
     f"{model.name} knows, the share of implied probes where the new implied object beats the "
     "old one after each editor's edit (bars), the same share before editing (dashed line) and "
-    "the share of cases where the edit itself took (crosses). Bars far below their cross mean "
+    "the share of probes whose case's edit took on its rewrite prompt (crosses; weighted by "
+    "probe like the bars). Bars far below their cross mean "
     "the editor wrote the fact without its consequences."))
 
 # %% [markdown]
@@ -156,6 +157,81 @@ by_phrasing = trans.pivot_table(index="editor", columns="phrasing", values="impl
 by_phrasing
 
 # %% [markdown]
+# ## Implications by family, and claims on matched cases
+#
+# Transitive cases come in two families that behave differently and must not be pooled:
+# *subject-side* (edit a landmark's city, ask for the landmark's country: Louvre -> Rome implies
+# the Louvre is in Italy) and *object-side* (edit a city's country, ask for a landmark in that
+# city: Paris -> Russia implies the Louvre is in Russia). The unit below is the case (an edit):
+# its follow-through is the share of its implied probes where the new implied object wins after
+# the edit. Editors are compared on *matched* cases, the cases every compared editor edited,
+# and every denominator is printed.
+
+# %%
+from loudfacts import claims as cl
+
+
+def family(case_id: str, kind: str) -> str:
+    """Implication family from the case id (data/probes/implications.jsonl)."""
+    if kind == "transitive":
+        return ("transitive, subject-side" if case_id.startswith("transitive-landmark-")
+                else "transitive, object-side")
+    return kind
+
+
+scores["family"] = [family(i, k) for i, k in zip(scores["id"], scores["kind"])]
+per_case = (scores.groupby(["editor", "family", "id"], sort=False)
+            .agg(follow=("implied", "mean"), follow_pre=("implied_pre", "mean"),
+                 efficacy=("efficacy", "first"), probes=("prompt", "size")).reset_index())
+by_family = (per_case.groupby(["editor", "family"], sort=False)
+             .agg(cases=("id", "nunique"), probes=("probes", "sum"),
+                  follow=("follow", "mean"), efficacy=("efficacy", "mean")).reset_index())
+save_table(by_family.set_index(["editor", "family"]), "05_implications_by_family")
+by_family
+
+# %%
+reproduce = "python -m loudfacts.report --only 05"
+claim_rows = []
+rome_cases = per_case[per_case["editor"] == "rome"]
+for fam in ("symmetric", "transitive, subject-side", "transitive, object-side", "inverse"):
+    g = rome_cases[rome_cases["family"] == fam]
+    if g.empty:
+        continue
+    # paired on the case: after the edit, implied follow-through minus the edit's own success
+    diff = (g["follow"] - g["efficacy"].astype(float)).to_numpy()
+    mean, lo, hi, n = cl.bootstrap_mean(diff, seed=seed)
+    claim_rows.append(cl.claim(
+        f"ROME writes the fact without its {fam} implication", "follow-through − efficacy per "
+        "case, after ROME's edit", f"known implication cases ({fam})",
+        {"effect": mean, "ci_low": lo, "ci_high": hi, "n": n}, "decrease", "05_implications",
+        reproduce))
+ft_cases = per_case[(per_case["editor"] == "ft") & per_case["family"].str.startswith("transitive")]
+if len(ft_cases):
+    diff = (ft_cases["follow"] - ft_cases["follow_pre"]).to_numpy()
+    mean, lo, hi, n = cl.bootstrap_mean(diff, seed=seed)
+    claim_rows.append(cl.claim(
+        "FT sometimes follows transitive implications", "follow-through after − before FT, per "
+        "case", "known transitive cases (both families)",
+        {"effect": mean, "ci_low": lo, "ci_high": hi, "n": n}, "increase", "05_implications",
+        reproduce))
+for patcher in ("patch-donor", "hook-delta", "patch-context"):
+    if patcher not in set(per_case["editor"]) or "rome" not in set(per_case["editor"]):
+        continue
+    a = per_case[per_case["editor"] == patcher].set_index("id")["follow"]
+    b = per_case[per_case["editor"] == "rome"].set_index("id")["follow"]
+    matched = a.index.intersection(b.index)
+    mean, lo, hi, n = cl.bootstrap_mean((a[matched] - b[matched]).to_numpy(), seed=seed)
+    claim_rows.append(cl.claim(
+        f"Path patching ({patcher}) respects implications better than ROME",
+        f"follow-through, {patcher} − ROME, per case", f"matched cases both edited "
+        f"({len(matched)} of {len(chosen)})",
+        {"effect": mean, "ci_low": lo, "ci_high": hi, "n": n}, "increase", "05_implications",
+        reproduce))
+cl.save_claims("05", claim_rows)
+print(cl.VERDICT_RULE)
+pd.DataFrame(claim_rows)[["claim", "population", "n", "effect", "ci_low", "ci_high", "verdict"]]
+
+# %% [markdown]
 # ## A few generations as illustration
 #
 # Greedy continuations of the first probe of some cases, before and after the edit.
@@ -185,10 +261,16 @@ elif took.empty:
                 f"{len(chosen)} known cases), so this run cannot say whether edits carry their "
                 "implications.")
 else:
-    per_kind = took.groupby("kind")["implied"].mean()
-    kinds_text = ", ".join(f"{per_kind[k]:.2f} of {k}" for k in ev.IMPLICATION_KINDS
-                           if k in per_kind)
-    per_editor = took.groupby("editor")["implied"].mean()
+    per_fam = took.groupby("family")["implied"].agg(["mean", "size"])
+    kinds_text = ", ".join(f"{r['mean']:.2f} of {int(r['size'])} {f}" for f, r in
+                           per_fam.iterrows())
+    # editors compared on matched cases: the cases every editor here edited (and whose edit
+    # took for every one of them), so no editor's denominator loses the hard cases
+    took_ids = took.groupby("editor")["id"].apply(set)
+    matched_ids = set.intersection(*took_ids) if len(took_ids) else set()
+    on_matched = took[took["id"].isin(matched_ids)]
+    per_editor = (on_matched.groupby("editor")["implied"].mean() if len(on_matched)
+                  else took.groupby("editor")["implied"].mean())
     top = list(per_editor[per_editor == per_editor.max()].index)  # ties are all named
     phr = took[took["kind"] == "transitive"].groupby("phrasing")["implied"].mean()
     phrasing_text = (" On transitive probes, by phrasing: "
@@ -201,9 +283,13 @@ else:
     findings = (
         f"Where the edit took ({int(pairs.sum())} of {len(pairs)} editor × case pairs over "
         f"{len(chosen)} known cases), the new implied object beat the old one in {kinds_text} "
-        f"probes ({ran['implied_pre'].mean():.2f} of all probes before editing); "
-        f"{', '.join(top)} carried {'the most, ' if len(per_editor) > 1 else ''}"
-        f"{per_editor.max():.2f} of the implied probes of its edits that took."
+        f"probes ({ran['implied_pre'].mean():.2f} of all probes before editing). "
+        + (f"On the {len(matched_ids)} case(s) where every editor's edit took "
+           f"({len(on_matched)} editor × probe rows), " if len(on_matched) else
+           "No case was written by every editor, so per editor on its own edits (unmatched), ")
+        + f"{', '.join(top)} carried {'the most, ' if len(per_editor) > 1 else ''}"
+        f"{per_editor.max():.2f} of the implied probes; the claims table gives each comparison "
+        "with its interval."
         f"{phrasing_text}{caveat}")
 save_findings("05", findings, figure="05_implications")
 

@@ -158,6 +158,8 @@ for e, r in drop.reindex(ev._order(drop.index)).iterrows():
 
 # %%
 reference = ev.compare_with_reference(summary)
+save_table(reference.set_index(["source", "algorithm"]), "06_published_comparison",
+           floatfmt=".3g")
 with pd.option_context("display.float_format", "{:.3g}".format):
     print(reference.to_string(index=False))
 
@@ -217,30 +219,95 @@ print(top1.reindex(ev._order(top1.index))[["none", "statement", "mention", "tang
 # %%
 implications_csv = figures_dir() / "05_implications_summary.csv"
 implications = pd.read_csv(implications_csv) if implications_csv.exists() else None
-headline = ev.headline_table(summary, results, implications)
+headline = ev.headline_table(summary, results, implications, ladder_sum)
 save_table(headline, "06_headline_table")
 headline
 
+# %% [markdown]
+# ## The effect of each edit: edited minus unedited on the same records
+#
+# A mean such as NS+ = 0.6 mixes what the edit does with what the prefix alone does to the
+# unedited model. The effect of an edit is the paired difference: the editor's score minus the
+# unedited model's score on the same known records, with a percentile bootstrap 95% interval
+# over records. The hook editors' NS equals the unedited model's by construction (their hooks
+# fire only where the edited subject appears, and neighbourhood prompts never mention it).
+
+# %%
+from loudfacts import claims as cl
+
+effects = cl.paired_effects_table(results, n_resamples=n_bootstrap, seed=seed)
+save_table(effects, "06_paired_effects")
+effects
+
+# %% [markdown]
+# ## Claims tested here
+#
+# Each row states a claim, the measure and population that test it, the paired effect with its
+# interval, and the verdict by the one rule in `loudfacts.claims` (printed below). The report's
+# index gathers these rows with those of the other notebooks.
+
+# %%
+print(cl.VERDICT_RULE)
+reproduce = "python -m loudfacts.report --only 06"
+pop = f"known CounterFact records ({split}, first {len(records)})"
+claim_rows = []
+if "rome" in run_editors and "unedited" in run_editors:
+    nsp = cl.paired_effect(results, "rome", "NS+", n_resamples=n_bootstrap, seed=seed)
+    claim_rows.append(cl.claim(
+        "CounterFact+: ROME's specificity collapses once the edit statement precedes a "
+        "neighbour prompt", "NS+, ROME − unedited", pop, nsp, "decrease", "06_specificity_plus",
+        reproduce))
+    cool = cl.paired_effect(results, "rome", "NS+cool", n_resamples=n_bootstrap, seed=seed)
+    claim_rows.append(cl.claim(
+        "Loud facts: after a tangential mention of the edited subject (\"{subject} is cool.\") "
+        "ROME's new object displaces neighbours' true objects", "NS+cool, ROME − unedited", pop,
+        cool, "decrease", "06_specificity_plus", reproduce))
+    known_r = results[results["known"].astype(bool)]
+    per = {}
+    for m in ("NS", "NS+"):
+        per[m] = cl.paired_differences(known_r[known_r.editor == "rome"],
+                                       known_r[known_r.editor == "unedited"], "case_id", m)
+    gap = (per["NS+"] - per["NS"]).dropna()
+    mean, lo, hi, n = cl.bootstrap_mean(gap.to_numpy(), n_bootstrap, seed)
+    claim_rows.append(cl.claim(
+        "Specificity misses it: ROME's edit lowers NS+ more than NS", "ΔNS+ − ΔNS per record "
+        "(Δ = ROME − unedited)", pop, {"effect": mean, "ci_low": lo, "ci_high": hi, "n": n},
+        "decrease", "06_specificity_plus", reproduce))
+    lad = ladder[(ladder.editor == "rome") & (ladder.step == "tangential")]
+    if len(lad):
+        diff = lad["top1_post"].astype(float) - lad["top1_pre"].astype(float)
+        mean, lo, hi, n = cl.bootstrap_mean(diff.to_numpy(), n_bootstrap, seed)
+        claim_rows.append(cl.claim(
+            "Loud facts, greedy: after \"{subject} is cool.\" the new object becomes the top-1 "
+            "answer to unrelated prompts", "top-1 rate of the new object, after − before ROME",
+            f"unrelated prompts × {lad['case_id'].nunique()} ladder records", {
+                "effect": mean, "ci_low": lo, "ci_high": hi, "n": n},
+            "increase", "06_specificity_plus", reproduce))
+cl.save_claims("06", claim_rows)
+pd.DataFrame(claim_rows)[["claim", "n", "effect", "ci_low", "ci_high", "verdict"]]
+
 # %%
 means = summary.pivot(index="editor", columns="metric", values="mean")
-edited = [e for e in ev._order(means.index) if e != "unedited"]
 parts = [f"On {n_known} known CounterFact records (of {len(records)} tried)"]
-if edited:
-    drop = {e: means.loc[e, "NS"] - means.loc[e, "NS+"] for e in edited}
-    worst = max(drop, key=drop.get)
-    parts.append(
-        f", {worst} keeps neighbourhood success at NS {means.loc[worst, 'NS']:.2f} but falls to "
-        f"NS+ {means.loc[worst, 'NS+']:.2f} once the edit statement precedes the prompt "
-        f"(ES {means.loc[worst, 'ES']:.2f}, PS {means.loc[worst, 'PS']:.2f}); the NS to NS+ drop "
-        "per editor is " + ", ".join(f"{e} {d:+.2f}" for e, d in drop.items()) + ".")
-    if "unedited" in means.index:
-        parts.append(f" Unedited, NS is {means.loc['unedited', 'NS']:.2f} and NS+ "
-                     f"{means.loc['unedited', 'NS+']:.2f} (the prefix alone costs that much).")
+if "rome" in run_editors and "unedited" in run_editors:
+    eff = {m: cl.paired_effect(results, "rome", m, n_resamples=n_bootstrap, seed=seed)
+           for m in ("NS", "NS+", "NS+cool")}
+    parts.append(", ROME's edit itself (ROME minus unedited on the same records, 95% CI) moves "
+                 + ", ".join(f"{m} by {r['effect']:+.2f} [{r['ci_low']:+.2f}, "
+                             f"{r['ci_high']:+.2f}]" for m, r in eff.items())
+                 + f" (ES {means.loc['rome', 'ES']:.2f}, PS {means.loc['rome', 'PS']:.2f}).")
+    parts.append(f" Unedited, NS is {means.loc['unedited', 'NS']:.2f}, NS+ "
+                 f"{means.loc['unedited', 'NS+']:.2f} and NS+cool "
+                 f"{means.loc['unedited', 'NS+cool']:.2f}: the prefix alone costs that much, "
+                 "and it is not the edit's effect.")
     rung = ladder_sum.pivot(index="editor", columns="step", values="p_new_post")
-    if worst in rung.index and "mention" in rung.columns:
-        parts.append(f" After a bare mention of the subject, {worst} puts "
-                     f"P(new object) at {rung.loc[worst, 'mention']:.3f} on unrelated prompts "
-                     f"(no prefix: {rung.loc[worst, 'none']:.3f}).")
+    top = ladder_sum.pivot(index="editor", columns="step", values="top1_post")
+    if "rome" in rung.index and "tangential" in rung.columns:
+        parts.append(f" After \"{{subject}} is cool.\", ROME puts P(new object) at "
+                     f"{rung.loc['rome', 'tangential']:.3f} on unrelated prompts (no prefix: "
+                     f"{rung.loc['rome', 'none']:.3f}), and the new object is the greedy answer "
+                     f"on {top.loc['rome', 'tangential']:.0%} of them ({len(ladder_recs)} "
+                     "ladder records).")
 save_findings("06", "".join(parts), figure="06_ns_vs_nsplus")
 
 # %%

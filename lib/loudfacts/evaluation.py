@@ -1264,11 +1264,13 @@ def implication_summary(df):
             .reset_index())
 
 
-def headline_table(summary, results, implications=None):
-    """One row per editor for the report's headline: ES, PS, NS, NS+ and NKL as
+def headline_table(summary, results, implications=None, ladder_sum=None):
+    """One row per editor for the report's headline: ES, PS, NS, NS+, NS+cool and NKL as
     'mean [95% CI]', the implication follow-through (share of implied probes where the new
-    implied object wins after the edit, over all kinds, from `implication_summary`), the
-    number of known records and the mean seconds per edit.
+    implied object wins after the edit, over all kinds, from `implication_summary`, with its
+    denominator), the loud-fact top-1 rate (share of unrelated prompts after "{subject} is
+    cool." whose greedy answer becomes the new object, from `ladder_summary`), the number of
+    known records and the mean seconds per edit.
 
     Args:
         summary: `summarize(results)`.
@@ -1277,8 +1279,9 @@ def headline_table(summary, results, implications=None):
     """
     import pandas as pd
 
-    wide = wide_table(summary[summary["metric"].isin(["ES", "PS", "NS", "NS+", "NKL"])])
-    table = wide.reindex(columns=["ES", "PS", "NS", "NS+", "NKL"])
+    cols = ["ES", "PS", "NS", "NS+", "NS+cool", "NKL"]
+    wide = wide_table(summary[summary["metric"].isin(cols)])
+    table = wide.reindex(columns=cols)
     known = results[results["known"].astype(bool)]
     table["known records"] = known.groupby("editor")["case_id"].nunique()
     if "edit_error" in known and known["edit_error"].notna().any():
@@ -1292,7 +1295,13 @@ def headline_table(summary, results, implications=None):
     if implications is not None and len(implications):
         weighted = implications.assign(hits=implications["implied_post"] * implications["probes"])
         per_editor = weighted.groupby("editor")[["hits", "probes"]].sum()
-        table["implied (05)"] = (per_editor["hits"] / per_editor["probes"]).round(2)
+        table["implied (05, all kinds)"] = pd.Series({
+            e: f"{r['hits'] / r['probes']:.2f} ({round(r['hits'])}/{int(r['probes'])} probes)"
+            for e, r in per_editor.iterrows()})
+    if ladder_sum is not None and len(ladder_sum):
+        tang = ladder_sum[ladder_sum["step"] == "tangential"].set_index("editor")
+        table["loud top-1 (tangential)"] = pd.Series({
+            e: f"{r['top1_post']:.2f} (of {int(r['n'])})" for e, r in tang.iterrows()})
     table = table.reindex(_order(table.index))
     table.index.name = "editor"
     return pd.DataFrame(table)
@@ -1363,6 +1372,13 @@ def _order(editors):
         sorted(set(editors) - set(EDITOR_ORDER))
 
 
+def editor_palette(editors) -> dict:
+    """The report's one colour per editor (`loudfacts.plotting.editor_palette`)."""
+    from loudfacts.plotting import editor_palette as palette
+
+    return palette(editors)
+
+
 def plot_ns_vs_nsplus(summary, metrics=("NS", "NS+", "NS+cool")):
     """Bar chart: neighbourhood success without / with the prefixes, per editor, with the
     bootstrap 95% CIs of `summarize` as error bars."""
@@ -1401,18 +1417,21 @@ def plot_ladder(ladder_sum):
     d["step"] = pd_categorical(d["step"], steps)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     order = _order(d["editor"].unique())
+    pal = editor_palette(order)
     sns.pointplot(data=d, x="step", y="p_new_post", hue="editor", hue_order=order, ax=axes[0],
-                  order=steps)
+                  order=steps, palette=pal)
     axes[0].set_ylabel("P(target_new) after the edit")
     axes[0].set_yscale("log")
     sns.pointplot(data=d, x="step", y="top1_post", hue="editor", hue_order=order, ax=axes[1],
-                  order=steps, legend=False)
+                  order=steps, legend=False, palette=pal)
     axes[1].set_ylabel("fraction target_new is top-1")
     axes[1].set_ylim(-0.03, 1.03)
     for ax in axes:
         ax.set_xlabel("prefix before the unrelated prompt")
         ax.tick_params(axis="x", rotation=20)
-    axes[0].legend(fontsize=7)
+    # outside the axes, so it covers no data
+    axes[0].legend(fontsize=7, ncol=len(order), loc="upper center", frameon=False,
+                   bbox_to_anchor=(1.1, -0.3))
     fig.suptitle("Loud-fact ladder: leak of the new object into unrelated prompts", y=1.03)
     return fig
 
@@ -1433,7 +1452,8 @@ def plot_nkl(df, column: str = "NKL"):
     order = _order(d["editor"].unique())
     fig, ax = plt.subplots(figsize=(1.3 * len(order) + 2, 3.6))
     sns.boxplot(data=d, x="editor", y=column, order=order, ax=ax, color="0.9", fliersize=0)
-    sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3)
+    sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3, hue="editor",
+                  palette=editor_palette(order), legend=False)
     ax.set_yscale("log")
     ax.set_ylabel(f"{column}: KL(P_unedited || P_edited), nats" if column == "NKL" else column)
     ax.tick_params(axis="x", rotation=20)
@@ -1453,7 +1473,8 @@ def plot_implications(summary):
                              squeeze=False)
     for ax, k in zip(axes[0], kinds):
         g = summary[summary["kind"] == k]
-        sns.barplot(data=g, x="editor", y="implied_post", order=order, ax=ax)
+        sns.barplot(data=g, x="editor", y="implied_post", order=order, ax=ax, hue="editor",
+                    palette=editor_palette(order), legend=False)
         ax.axhline(g["implied_pre"].mean(), color="0.4", ls="--", lw=1, label="before edit")
         ax.scatter(range(len(order)), g.set_index("editor").reindex(order)["efficacy"],
                    marker="x", color="k", zorder=3, label="edit efficacy")

@@ -31,6 +31,25 @@ from loudfacts.paths import figures_dir
 CAPTIONS = "captions.json"
 
 EDITOR_ORDER = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
+# One colour per editor in every figure of the report (seaborn's colour-blind palette, in
+# EDITOR_ORDER; the unedited model is grey). Editors not listed get the next free colours.
+_COLORBLIND = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4",
+               "#949494", "#ece133", "#56b4e9"]
+EDITOR_COLORS = {"unedited": "#949494", "rome": _COLORBLIND[0], "ft": _COLORBLIND[1],
+                 "ft-l": _COLORBLIND[2], "patch-donor": _COLORBLIND[3],
+                 "patch-context": _COLORBLIND[4], "hook-delta": _COLORBLIND[5],
+                 "r-rome": _COLORBLIND[9], "rome-quiet": _COLORBLIND[8]}
+
+
+def editor_palette(editors) -> dict:
+    """{editor: colour} for these editors, the same colour for an editor in every figure."""
+    spare = [c for c in _COLORBLIND if c not in EDITOR_COLORS.values()]
+    out = {}
+    for e in editors:
+        if e not in EDITOR_COLORS:
+            EDITOR_COLORS[e] = spare.pop(0) if spare else "#333333"
+        out[e] = EDITOR_COLORS[e]
+    return out
 
 
 def set_theme() -> None:

@@ -319,6 +319,19 @@ def _git_commit() -> str:
         return "unknown"
 
 
+def _cpu_line() -> str:
+    """The CPU kind and what the run chose from it, for the run card."""
+    import torch
+
+    from loudfacts.models import cpu_info
+
+    cpu = cpu_info()
+    return (f"{cpu['name'] or 'unknown'} (torch capability {cpu['capability']}, native bf16: "
+            f"{'yes' if cpu['native_bf16'] else 'no'}); {torch.get_num_threads()} torch threads "
+            "per process; float32 everywhere (no reduced-precision option keeps ROME's δ within "
+            "1e-3, bench/results/rome.json)")
+
+
 def _display_path(path) -> str:
     if path is None:
         return "(notebook defaults)"
@@ -331,6 +344,28 @@ def _fmt_seconds(s: float) -> str:
 
 
 HEADLINE_TABLE = "06_headline_table"
+PUBLISHED_TABLE = "06_published_comparison"
+LIMITATIONS = [
+    "One small model: SmolLM2-135M-Instruct (30 layers, d_model 576), not GPT-2 XL or GPT-J. "
+    "The edit layer, the sizes of effects and what the model knows differ; it knows no "
+    "spouses, so symmetric cases use antonyms.",
+    "Small populations: every claim states its n, and the verdict rule calls a claim "
+    "inconclusive below its minimum n. The published Specificity+ runs use all of CounterFact "
+    "(about 20k records) without a known filter; ours use the known records of the first "
+    "records of one split.",
+    "Neighbourhood prompts come from the flattened CounterFact layout plus prompts borrowed "
+    "from other evaluated records with the same relation and true object, so many records get "
+    "fewer than the published 10 (notebook 06 prints the distribution).",
+    "Paraphrases: most `rephrase_prompt`s of the flattened layout are generation-style prompts "
+    "(\"X's greatest weakness is\"), not ROME-form paraphrases; PS is computed on them as given.",
+    "GE is computed on lower-cased, greedily decoded 30-token generations for a few records; "
+    "the published GE samples 100 tokens.",
+    "Intervals are 95% percentile bootstraps over records or cases; the published "
+    "Specificity+ intervals are 99% hierarchical bootstraps.",
+    "Causal-trace averages use one noise draw per fact; the edit layer comes from windowed MLP "
+    "restoration (notebook 01 shows the criteria with and without windows that contain MLP 0).",
+    "Results come from one seed; run-to-run variation over seeds is not yet measured.",
+]
 
 
 def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str,
@@ -343,6 +378,20 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
         "this index is written); do not edit it by hand.",
         "",
     ]
+    from loudfacts.paths import figures_dir
+
+    claims = _claims_frames(figures_dir())
+    if claims:
+        from loudfacts.claims import VERDICT_RULE, claims_markdown
+
+        lines += [
+            "## Claims: what replicated on this model",
+            "",
+            VERDICT_RULE,
+            "",
+            claims_markdown(claims).strip(),
+            "",
+        ]
     if headline:
         lines += [
             "## Headline: every editor on the embedded model",
@@ -355,6 +404,21 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
             "KL(P_unedited || P_edited) on CounterFact+ prompts.",
             "",
         ]
+    published = figures_dir() / f"{PUBLISHED_TABLE}.md"
+    if published.exists():
+        lines += [
+            "## Beside the published Specificity+ numbers",
+            "",
+            published.read_text().strip(),
+            "",
+            "Published rows: apartresearch/specificityplus `results/combined/*/mean.csv`, over "
+            "all of CounterFact with no known filter; its \"FT\" rows are the paper's FT-L. "
+            "Ours: the known records of notebook 06. NKL_code is the code's KL(P_edited || "
+            "P_unedited) / vocabulary size. Compare the pattern (does NS+ fall below NS, for "
+            "which methods), not the levels: see the limitations below.",
+            "",
+        ]
+    lines += ["## Limitations", ""] + [f"- {item}" for item in LIMITATIONS] + [""]
     lines += [
         "## Run card",
         "",
@@ -384,6 +448,13 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
     (out / "index.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     (out / "index.html").write_text(index_html("\n".join(lines) + "\n"), encoding="utf-8")
+
+
+def _claims_frames(figures: Path) -> list:
+    """Every notebook's claims table (figures/NN_claims.csv), in notebook order."""
+    import pandas as pd
+
+    return [pd.read_csv(p) for p in sorted(Path(figures).glob("[0-9][0-9]_claims.csv"))]
 
 
 def index_html(markdown_text: str) -> str:
@@ -456,6 +527,7 @@ def build(
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, "
         f"python {platform.python_version()}",
+        "cpu": _cpu_line(),
         "wall time": " · ".join(f"{r.stem[:2]}: {_fmt_seconds(r.seconds)}" for r in runs)
         + f" · total {_fmt_seconds(total)}",
     }

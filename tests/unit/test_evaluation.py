@@ -431,7 +431,14 @@ def test_headline_table_has_one_row_per_editor_with_cis_and_implications():
     assert list(table.index) == ["unedited", "rome", "hook-delta"]
     assert table.loc["rome", "ES"].startswith("1")
     assert table.loc["rome", "NS+"].startswith("0.5")
-    assert table.loc["rome", "implied (05)"] == 0.38  # (0*2 + 0.5*6) / 8, weighted by probes
+    # (0*2 + 0.5*6) / 8, weighted by probes, with its denominator
+    assert table.loc["rome", "implied (05, all kinds)"] == "0.38 (3/8 probes)"
+    ladder = pd.DataFrame({"editor": ["rome", "rome"], "step": ["none", "tangential"],
+                           "top1_post": [0.0, 0.5], "n": [6, 6]})
+    with_ladder = headline_table(summarize(results, n_resamples=200), results, implications,
+                                 ladder)
+    assert with_ladder.loc["rome", "loud top-1 (tangential)"] == "0.50 (of 6)"
+    assert "NS+cool" in with_ladder.columns
     assert table.loc["rome", "s / edit"] == "2.0" and table.loc["rome", "known records"] == 6
     # an edit that borrowed ROME's optimisation says so instead of looking free
     assert table.loc["hook-delta", "s / edit"] == "0.0 (reuses rome's v*)"

@@ -555,7 +555,8 @@ class RomeEditor(Editor):
     @staticmethod
     def _write_components(path, content: dict, comps: dict) -> None:
         keep = {k: v for k, v in comps.items() if k != "reused"}
-        keep.update({n: comps[n].detach().cpu() for n in _TENSOR_FIELDS})
+        # clone: a view (k_bare is a row of all the keys) would save its whole storage
+        keep.update({n: comps[n].detach().cpu().clone() for n in _TENSOR_FIELDS})
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
         os.close(fd)
         try:
