@@ -38,6 +38,7 @@ editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "ho
 split = "edit-1k"
 n_records = 24  # first CounterFact records tried; the unknown ones are excluded and counted
 n_neighbours = 5  # neighbourhood prompts per record (own + borrowed, same relation and object)
+neighbour_pool = "counterfact"  # borrow from all of CounterFact (both 10k splits), or "records"
 generation = True  # GE: greedy generations, ~2-4 s per record and editor on CPU ...
 generation_records = 10  # ... so only for the first this many records (None: all)
 n_generation = 1
@@ -83,6 +84,11 @@ print({"model": model.name, "device": str(model.device), "seed": seed, "split": 
 # editor by its own one-thread process (`ev.evaluate_in_workers`), and the shards are merged.
 # Editors run in the order listed, so hook-delta finds ROME's optimised δ already computed for
 # the same record and reuses it (its seconds per edit then exclude that optimisation).
+#
+# Neighbourhood prompts: the record's own, then prompts of other CounterFact records with the
+# same relation (prompt template) and true object, about other subjects, drawn from all of
+# CounterFact (both 10k splits, as the published runs draw from the whole dataset), never a
+# prompt that mentions the edited subject. The count per record is printed below.
 
 # %%
 tables = []
@@ -91,15 +97,15 @@ if workers > 1:
     merged = ev.evaluate_in_workers(
         model, run_editors, split=split, n=n_records, workers=workers, n_neighbours=n_neighbours,
         generation=generation, generation_records=generation_records, n_generation=n_generation,
-        max_new_tokens=max_new_tokens, seed=seed)
+        max_new_tokens=max_new_tokens, seed=seed, pool=neighbour_pool)
     print(f"  {len(run_editors)} editors in {workers} workers: {time.time() - t0:.1f} s")
     tables = [merged[name] for name in run_editors]
 for name in run_editors if workers <= 1 else []:
     path = ev.results_path(model, name, split=split, n=n_records, n_neighbours=n_neighbours,
                            generation=generation, generation_records=generation_records,
-                           max_new_tokens=max_new_tokens)
+                           max_new_tokens=max_new_tokens, pool=neighbour_pool)
     t0 = time.time()
-    df = ev.evaluate(model, get_editor(name, model), records, out=path,
+    df = ev.evaluate(model, get_editor(name, model), records, out=path, pool=neighbour_pool,
                      n_neighbours=n_neighbours, generation=generation,
                      n_generation=n_generation, generation_records=generation_records,
                      max_new_tokens=max_new_tokens)
@@ -110,8 +116,12 @@ known = results[results["known"]]
 n_known = known["case_id"].nunique()
 print(f"{n_known} of {len(records)} records known to {model.name} (P(true) > P(new)); "
       f"{len(records) - n_known} excluded")
-print("neighbourhood prompts per known record:",
-      known.drop_duplicates("case_id")["n_neighbours"].value_counts().sort_index().to_dict())
+counts = known.drop_duplicates("case_id")["n_neighbours"].value_counts().sort_index()
+print(f"neighbourhood prompts per known record (pool: {neighbour_pool}; at most {n_neighbours}): "
+      + ", ".join(f"{int(k)} prompts: {v} records" for k, v in counts.items()))
+if (counts.index == 0).any():
+    print(f"{int(counts.get(0, 0))} known record(s) have no neighbourhood prompt: their NS, NS+ "
+          "and NKL are missing, not zero")
 probs = known[["ES", "PS", "NS", "NS+", "NS+cool"]].stack()
 assert probs.between(0, 1).all() and (known["NKL"].dropna() >= -1e-6).all()
 

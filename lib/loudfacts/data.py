@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import functools
 import json
 import os
 import re
@@ -303,6 +304,20 @@ def normalize_counterfact(raw_records, verbose: bool = True) -> list[CounterFact
 
 
 normalize_counterfact.last_dropped = {}
+
+
+NEIGHBOUR_POOL_SPLITS = ("edit", "train")
+
+
+@functools.lru_cache(maxsize=1)
+def neighbour_pool() -> tuple:
+    """Every record of both 10k CounterFact splits (`NEIGHBOUR_POOL_SPLITS`, about 20k), read
+    once per process: where the evaluation borrows neighbourhood prompts from (records sharing
+    a relation and true object), as the published runs draw from all of CounterFact."""
+    out = []
+    for split in NEIGHBOUR_POOL_SPLITS:
+        out += load_counterfact(split, verbose=False)
+    return tuple(out)
 
 
 def load_counterfact(split: str = "edit-1k", n: int | None = None, verbose: bool = True):

@@ -77,6 +77,10 @@ def main(argv=None) -> int:
                     help="torch threads (default: torch's)")
     ap.add_argument("--shard", default=None, help="i/n: evaluate shard i of n")
     ap.add_argument("--n-neighbours", type=_count(0), default=10)
+    ap.add_argument("--pool", choices=["counterfact", "records"], default="counterfact",
+                    help="where borrowed neighbourhood prompts come from: all of CounterFact "
+                         "(both 10k splits; default, as the published runs) or the evaluated "
+                         "records themselves")
     ap.add_argument("--batch-size", type=_count(1), default=32)
     ap.add_argument("--no-generation", action="store_true", help="skip GE (generation is slow)")
     ap.add_argument("--generation-records", type=_count(0), default=None, metavar="K",
@@ -135,7 +139,7 @@ def _run(args) -> int:
                       generation=not args.no_generation,
                       generation_records=args.generation_records,
                       max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                      seed=args.seed)
+                      seed=args.seed, pool=args.pool)
     summary = summarize(df)
     print(summary.to_string(index=False))
     summary.to_csv(str(out) + ".summary.csv", index=False)
@@ -168,14 +172,14 @@ def _run_editors(args) -> int:
                             n_neighbours=args.n_neighbours, generation=not args.no_generation,
                             generation_records=args.generation_records,
                             max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                            seed=args.seed, root=args.out_dir)
+                            seed=args.seed, root=args.out_dir, pool=args.pool)
         if shard:
             path = shard_path(path, *shard)
         evaluate(model, name, records, out=path, shard=args.shard,
                  n_neighbours=args.n_neighbours, batch_size=args.batch_size,
                  generation=not args.no_generation, generation_records=args.generation_records,
                  max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                 seed=args.seed, progress=tag)
+                 seed=args.seed, progress=tag, pool=args.pool)
     return 0
 
 

@@ -153,7 +153,7 @@ def build_neighbourhoods(records, pool=None, n_neighbours: int = 10) -> dict:
         cands = list(zip(rec.neighborhood_prompts,
                          rec.neighborhood_true or [rec.target_true] * len(rec.neighborhood_prompts)))
         for other in by_key.get((rec.relation, rec.target_true), []):
-            if other.case_id == rec.case_id or other.subject.strip() == subj:
+            if other is rec or other.subject.strip() == subj:
                 continue
             cands.append((fill(other.prompt, other.subject), rec.target_true))
             cands += [(p, t) for p, t in zip(other.neighborhood_prompts, other.neighborhood_true)
@@ -417,7 +417,8 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
 
 def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = True,
                  n_generation: int = 1, max_new_tokens: int = 30,
-                 generation_records: int | None = None, seed: int | None = 0) -> dict:
+                 generation_records: int | None = None, seed: int | None = 0,
+                 pool: str = "records") -> dict:
     """Everything besides the record itself that determines an evaluation row.
 
     Model name and weights fingerprint, editor name and its full hyper-parameters,
@@ -442,7 +443,20 @@ def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = Tr
         "generation_records": (int(generation_records)
                                if generation and generation_records is not None else None),
         "seed": seed,
+        # where borrowed neighbourhood prompts come from (left out for the evaluated records
+        # themselves, so the digests of runs made before this setting existed still hold)
+        **({"pool": _check_pool(pool)} if pool != "records" else {}),
     }))
+
+
+NEIGHBOUR_POOLS = ("records", "counterfact")
+
+
+def _check_pool(pool) -> str:
+    if pool not in NEIGHBOUR_POOLS:
+        raise ValueError(f"pool={pool!r} must be one of {NEIGHBOUR_POOLS}: the evaluated records "
+                         "themselves, or all of CounterFact (loudfacts.data.neighbour_pool)")
+    return pool
 
 
 def run_key(settings: dict) -> str:
@@ -753,7 +767,10 @@ def evaluate(
         generation_records: compute GE only for the first this many of `records` (the same
             ones in every shard); None: all. Greedy generation costs several times the rest
             of a record's evaluation on a CPU.
-        pool: records to borrow neighbourhood prompts from (default: `records`).
+        pool: records to borrow neighbourhood prompts from: a list of records, "records"
+            (default: `records` themselves) or "counterfact" (every record of both 10k
+            CounterFact splits, `loudfacts.data.neighbour_pool`, as the published runs draw
+            from all of CounterFact). A string pool is part of the run's settings.
         shard: "i/n" to evaluate only shard i of n (neighbourhoods still come from `pool`).
         seed: each record is evaluated under `torch.manual_seed` of this seed and its case id
             (CPU generator forked, so the caller's random state is untouched), so a resumed
@@ -789,14 +806,28 @@ def evaluate(
     max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
     generation_records = _check_int("generation_records", generation_records, 0,
                                     allow_none=True)
-    pool = records if pool is None else list(pool)
+    pool_name = "records"
+    if pool is None or isinstance(pool, str):
+        pool_name = _check_pool("records" if pool is None else pool)
+        if pool_name == "counterfact":
+            from loudfacts.data import neighbour_pool
+
+            pool = records + list(neighbour_pool())
+        else:
+            pool = records
+    pool = list(pool)
     neighbourhoods = build_neighbourhoods(records, pool, n_neighbours)
+    empty = [r.case_id for r in records if not neighbourhoods[r.case_id]]
+    if empty and progress:
+        print(f"evaluate: {len(empty)} record(s) have no neighbourhood prompt (NS, NS+ and "
+              f"NKL are NaN for them): case ids {empty[:10]}{' ...' if len(empty) > 10 else ''}")
     todo = shard_records(records, shard)
     with_ge = {r.case_id for r in (records if generation_records is None
                                    else records[:generation_records])}
     settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
                             n_generation=n_generation, max_new_tokens=max_new_tokens,
-                            generation_records=generation_records, seed=seed)
+                            generation_records=generation_records, seed=seed,
+                            pool=pool_name)
     rkey = run_key(settings)
     digests = {r.case_id: row_digest(rkey, r, neighbourhoods[r.case_id],
                                      generation and r.case_id in with_ge) for r in todo}
@@ -887,7 +918,7 @@ def evaluate_in_workers(model, editors, *, split: str, n: int, workers: int = 2,
                         n_neighbours: int = 10, generation: bool = True,
                         generation_records: int | None = None, n_generation: int = 1,
                         max_new_tokens: int = 30, batch_size: int = 32, seed: int = 0,
-                        root=None) -> dict:
+                        root=None, pool: str = "records") -> dict:
     """`evaluate` for several editors on the first `n` records of `split`, in `workers`
     processes (`python -m loudfacts.evaluate --editors ... --shard i/workers`).
 
@@ -909,13 +940,14 @@ def evaluate_in_workers(model, editors, *, split: str, n: int, workers: int = 2,
     names = [e if isinstance(e, str) else e.name for e in editors]
     settings = {"split": split_label(split), "n": n, "n_neighbours": n_neighbours,
                 "generation": generation, "generation_records": generation_records,
-                "max_new_tokens": max_new_tokens, "n_generation": n_generation, "seed": seed}
+                "max_new_tokens": max_new_tokens, "n_generation": n_generation, "seed": seed,
+                "pool": _check_pool(pool)}
     paths = {name: results_path(model, name, root=root, **settings) for name in names}
     out_dir = next(iter(paths.values())).parent
     args = ["--editors", ",".join(names), "--model", model.name, "--split", str(split),
             "--n", "all" if n is None else str(n), "--n-neighbours", str(n_neighbours), "--batch-size", str(batch_size),
             "--max-new-tokens", str(max_new_tokens), "--n-generation", str(n_generation),
-            "--seed", str(seed), "--out-dir", str(out_dir), "--threads", "1"]
+            "--seed", str(seed), "--out-dir", str(out_dir), "--threads", "1", "--pool", pool]
     if not generation:
         args.append("--no-generation")
     if generation_records is not None:
@@ -1334,7 +1366,7 @@ def _safe_name_part(what: str, value: str) -> str:
 def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
                  generation: bool, generation_records: int | None = None,
                  max_new_tokens: int = 30, n_generation: int = 1, seed: int | None = 0,
-                 root=None) -> Path:
+                 root=None, pool: str = "records") -> Path:
     """Cache file for `evaluate(out=...)`: one name per model, editor and its hyper-parameters,
     records and settings, so a rerun with the same settings resumes/reuses and any change
     starts a new file. The name reads `{editor}-{split}-n{n}-k{k}-{ge}-{digest}.jsonl`, where the
@@ -1354,7 +1386,7 @@ def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
     n = _check_int("n", n, 1, allow_none=True)
     settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
                             n_generation=n_generation, max_new_tokens=max_new_tokens,
-                            generation_records=generation_records, seed=seed)
+                            generation_records=generation_records, seed=seed, pool=pool)
     digest = _sha256({"run": run_key(settings), "split": split, "n": n})[:12]
     ge = "noge" if not generation else (
         ("ge" if generation_records is None else f"ge{int(generation_records)}")

@@ -518,3 +518,33 @@ def test_published_rows_are_named_as_the_paper_names_them():
     published = set(table.loc[table.source == "gpt2-xl", "algorithm"])
     assert published == {"FT-L (CSV: FT)", "MEMIT", "ROME", "unedited"}
     assert table.loc[table.source == "ours", "NS"].item() == 0.5
+
+
+def test_neighbours_from_all_of_counterfact():
+    """The published runs draw neighbourhoods from the whole dataset: with both 10k splits as
+    the pool, most edit-1k records reach 5 prompts, none of which mentions the subject."""
+    from loudfacts.data import load_counterfact, neighbour_pool
+    from loudfacts.evaluation import build_neighbourhoods
+
+    recs = load_counterfact("edit-1k", n=50, verbose=False)
+    own = build_neighbourhoods(recs, recs, 5)
+    wide = build_neighbourhoods(recs, list(recs) + list(neighbour_pool()), 5)
+    assert sum(len(v) >= 5 for v in wide.values()) > 2 * sum(len(v) >= 5 for v in own.values())
+    assert sum(len(v) >= 5 for v in wide.values()) >= 30
+    for r in recs:
+        assert all(r.subject.strip() not in p for p, _ in wide[r.case_id])
+        assert all(t == r.target_true for _, t in wide[r.case_id][len(r.neighborhood_prompts):])
+
+
+def test_pool_is_a_setting_and_bad_pools_are_named(tiny):
+    from loudfacts.evaluation import results_path, run_settings
+
+    plain = run_settings(tiny, "unedited")
+    assert "pool" not in plain  # digests of runs made before the setting existed still hold
+    assert run_settings(tiny, "unedited", pool="counterfact")["pool"] == "counterfact"
+    a = results_path(tiny, "unedited", split="edit-1k", n=10, n_neighbours=5, generation=False)
+    b = results_path(tiny, "unedited", split="edit-1k", n=10, n_neighbours=5, generation=False,
+                     pool="counterfact")
+    assert a != b
+    with pytest.raises(ValueError, match="pool='everything'"):
+        run_settings(tiny, "unedited", pool="everything")
