@@ -353,9 +353,10 @@ LIMITATIONS = [
     "inconclusive below its minimum n. The published Specificity+ runs use all of CounterFact "
     "(about 20k records) without a known filter; ours use the known records of the first "
     "records of one split.",
-    "Neighbourhood prompts come from the flattened CounterFact layout plus prompts borrowed "
-    "from other evaluated records with the same relation and true object, so many records get "
-    "fewer than the published 10 (notebook 06 prints the distribution).",
+    "Neighbourhood prompts: the flattened CounterFact layout has one per record; the rest are "
+    "borrowed from other CounterFact records (both 10k splits) with the same relation and true "
+    "object, so a record whose relation and object no other record shares gets fewer than 10 "
+    "(notebook 06 prints the distribution).",
     "Paraphrases: most `rephrase_prompt`s of the flattened layout are generation-style prompts "
     "(\"X's greatest weakness is\"), not ROME-form paraphrases; PS is computed on them as given.",
     "GE is computed on lower-cased, greedily decoded 30-token generations for a few records; "
