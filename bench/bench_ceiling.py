@@ -82,8 +82,9 @@ def top_ops(fn, k: int = 5) -> list[dict]:
 
 
 def measure(name: str, fn, ceiling: float, units: int = 1, unit: str = "call",
-            reps: int = 1, profile_below: float = GOAL) -> dict:
-    fn()  # warm-up (caches, prefixes, statistics)
+            reps: int = 1, profile_below: float = GOAL, warm: bool = True) -> dict:
+    if warm:
+        fn()  # warm-up (caches, prefixes, statistics)
     flops = count_flops(fn)
     seconds = timed(fn, reps)
     rate = flops / seconds / 1e9
@@ -102,6 +103,8 @@ def measure(name: str, fn, ceiling: float, units: int = 1, unit: str = "call",
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="fewer noise draws and tokens")
+    ap.add_argument("--skip", nargs="*", default=[], choices=["trace-reference", "trace-fast"],
+                    help="leave out these paths (the reference trace takes minutes)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     cpu = cpu_info()
@@ -114,6 +117,26 @@ def main(argv=None) -> int:
     model = load_model(os.environ.get("LOUDFACTS_MODEL"))
     rows = []
 
+    def save(rows, done=False):
+        """Write what is measured so far (an interrupted run keeps its rows)."""
+        out = {
+            "benchmark": "ceiling",
+            "complete": done,
+            "date": dt.datetime.now().isoformat(timespec="seconds"),
+            "args": {"quick": args.quick, "skip": args.skip},
+            "machine": {"platform": platform.platform(), "cpu": cpu,
+                        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+                        "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg()},
+            "ceiling": ceilings,
+            "goal_fraction": GOAL,
+            "note": "FLOPs are counted by FlopCounterMode (matmuls and attention, forward and "
+                    "backward); element-wise work is not counted, so a path dominated by it "
+                    "shows a low fraction and its top operators say so.",
+            "paths": rows,
+        }
+        OUT.parent.mkdir(parents=True, exist_ok=True)
+        OUT.write_text(json.dumps(out, indent=1) + "\n")
+
     rome = get_editor("rome", model)
     rome.second_moment()
     rome.context_templates()
@@ -125,6 +148,7 @@ def main(argv=None) -> int:
 
     rows.append(measure("ROME k* + v* (one edit)", rome_v, ceiling))
     rows[-1]["v_forward_passes"] = steps["n"]
+    save(rows)
 
     for name in ("ft", "ft-l"):
         ed = get_editor(name, model)
@@ -138,24 +162,31 @@ def main(argv=None) -> int:
         row = measure(f"{name.upper()} edit", ft_edit, ceiling, units=max(1, info["steps"]),
                       unit="step")
         rows.append(row)
+        save(rows)
 
     from loudfacts import evaluation as ev
     from loudfacts.data import load_counterfact
 
     recs = load_counterfact("edit-1k", n=8)
     unedited = get_editor("unedited", model)
-    rows.append(measure("score one CounterFact record", lambda: ev.evaluate(
-        model, unedited, recs[:1], pool=recs, n_neighbours=5, generation=False,
-        progress=False), ceiling))
+    def score_record():
+        # the unedited model's probabilities are memoised per process: start empty each time
+        ev.UNEDITED.__init__()
+        ev.evaluate(model, unedited, recs[:1], pool=recs, n_neighbours=5, generation=False,
+                    progress=False)
+
+    rows.append(measure("score one CounterFact record", score_record, ceiling))
+    save(rows)
 
     from loudfacts.tracing import trace
 
     samples = 3 if args.quick else 10
-    for method in ("fast", "reference"):
+    for method in [m for m in ("fast", "reference") if f"trace-{m}" not in args.skip]:
         rows.append(measure(f"causal trace ({method}, mlp)", lambda method=method: trace(
             model, "The Colosseum is located in the city of", "Colosseum", kind="mlp",
             samples=samples, window=10, cache=False, method=method), ceiling,
-            unit=f"fact, {samples} draws"))
+            unit=f"fact, {samples} draws", warm=method == "fast"))
+        save(rows)
 
     from loudfacts.stats import second_moment
 
@@ -164,21 +195,7 @@ def main(argv=None) -> int:
         model, [rome.layer], n_tokens=n_tok, seq_len=1024, use_cache=False, progress=False),
         ceiling, units=n_tok, unit="token"))
 
-    out = {
-        "benchmark": "ceiling",
-        "date": dt.datetime.now().isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-                    "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                    "loadavg": os.getloadavg()},
-        "ceiling": ceilings,
-        "goal_fraction": GOAL,
-        "note": "FLOPs are counted by FlopCounterMode (matmuls and attention, forward and "
-                "backward); element-wise work is not counted, so a path dominated by it shows a "
-                "low fraction and its top operators say so.",
-        "paths": rows,
-    }
-    OUT.parent.mkdir(parents=True, exist_ok=True)
-    OUT.write_text(json.dumps(out, indent=1) + "\n")
+    save(rows, done=True)
     print(f"wrote {OUT}")
     return 0
 
