@@ -41,6 +41,8 @@ editors = ["rome", "ft", "patch-donor", "patch-context", "hook-delta"]
 rome_hparams = {}  # overrides for ROME (and hence hook-delta, which reuses ROME's delta)
 n_unrelated = 3  # unrelated prompts behind "{subject} is cool. " (loud-fact probes)
 max_new_tokens = 12  # greedy generation for the seed case
+n_context_records = 20  # known CounterFact records in the patch-context sweep
+context_repeats = 2  # times the new fact is stated before the prompt in the context run
 
 # %%
 import time
@@ -97,37 +99,38 @@ print("token patterns:", [model.decode(list(p)) for p in pats])
 # %% [markdown]
 # ## Making the edits
 #
-# ROME's components (k*, v*, delta) are computed once per case and shared by ROME's weight edit
-# and `hook-delta`, so the two differ only in *where* the delta is written. `patch-donor` picks
-# its donor automatically (a subject whose true object is the new target, ranked by the
-# model's own probability). Edits that an editor cannot make are counted and skipped.
+# Every editor is made the same way, `get_editor(name, model, **overrides).edit(request)`.
+# `hook-delta` asks ROME's editor for its components (k*, v*, δ), which ROME's own edit has
+# just computed and kept under a digest of their content, so the two share one optimisation of
+# v* and differ only in *where* δ is written; a reused optimisation is timed as if it were
+# run again. `patch-donor` picks its donor automatically (a subject whose true object is the
+# new target, ranked by the model's own probability). Edits that an editor cannot make are
+# counted and skipped.
 
 # %%
+def editor_overrides(name: str) -> dict:
+    """The overrides this notebook passes: ROME's, and the same for hook-delta's ROME."""
+    if name == "rome":
+        return dict(rome_hparams)
+    if name == "hook-delta" and rome_hparams:
+        return {"rome": dict(rome_hparams)}
+    return {}
+
+
 edits, failures, rows_t = {}, [], []
-hd_editor = get_editor("hook-delta", model, rome=rome_hparams) if "hook-delta" in have else None
-rome_editor = get_editor("rome", model, **rome_hparams) if "rome" in have else None
+made = {name: get_editor(name, model, **editor_overrides(name)) for name in run_editors}
 for case in tqdm(cases, desc="edits"):
     req = EditRequest(**{k: case["edit"][k] for k in ("prompt", "subject", "target_new",
                                                         "target_true")})
     edits[case["id"]] = {}
-    comp = None
-    if rome_editor is not None and ({"rome", "hook-delta"} & set(run_editors)):
-        t0 = time.perf_counter()
-        comp = rome_editor.components(req)
-        t_comp = time.perf_counter() - t0
-    for name in run_editors:
+    for name, editor in made.items():
         t0 = time.perf_counter()
         try:
-            if name == "rome":
-                e = patching.rome_weight_edit_from_components(rome_editor, req, comp)
-            elif name == "hook-delta":
-                e = hd_editor.edit_from_components(req, comp)
-            else:
-                e = get_editor(name, model).edit(req)
+            e = editor.edit(req)
         except (EditError, ValueError) as err:
             failures.append({"case": case["id"], "editor": name, "error": str(err)[:120]})
             continue
-        sec = time.perf_counter() - t0 + (t_comp if name in ("rome", "hook-delta") else 0.0)
+        sec = time.perf_counter() - t0 + float(e.info.get("reused_seconds", 0.0))
         edits[case["id"]][name] = e
         rows_t.append({"case": case["id"], "editor": name, "seconds": sec,
                        "donor": e.info.get("donor", "")})
@@ -258,6 +261,142 @@ if {"rome", "hook-delta"} <= set(table.index):
     display(pair.groupby("kind")["abs diff"].agg(["mean", "max", "size"]).round(3))
 
 # %% [markdown]
+# ## Why patch-context never takes an edit
+#
+# `patch-context` writes the subject's state from a run that states the new fact ("The Louvre
+# is located in the city of Rome. The Louvre") into bare prompts. The sweep below
+# (`loudfacts.incontext.sweep`) asks, on known CounterFact records, where that run holds the
+# fact. It compares the bare prompt with the in-context run and with the in-context run whose
+# subject state is swapped back to the bare one. It then patches the context run's residual
+# stream into the bare prompt: at the subject's last token (one layer, a window of layers, or
+# the context direction mixed in 2-8 times more strongly), or at the last prompt token (one
+# layer). A positive control patches every position from the subject on at every layer. That
+# must reproduce the in-context run exactly.
+
+# %%
+from loudfacts import incontext
+from loudfacts.data import load_counterfact
+from loudfacts.scoring import target_probs
+
+cf_pool = [EditRequest.from_record(r) for r in load_counterfact("edit-1k", verbose=False)]
+cf_known = []
+for i in range(0, len(cf_pool), 32):  # the first known records (P(true) > P(new) unedited)
+    chunk = cf_pool[i:i + 32]
+    p = target_probs(model, [r.text for r in chunk] * 2,
+                        [r.target_true for r in chunk] + [r.target_new for r in chunk])
+    cf_known += [r for j, r in enumerate(chunk) if p[j] > p[len(chunk) + j]]
+    if len(cf_known) >= n_context_records:
+        break
+cf_known = cf_known[:n_context_records]
+t0 = time.perf_counter()
+ctx_rows = incontext.sweep(model, cf_known, repeats=context_repeats)
+ctx = incontext.summarize(ctx_rows)
+print(f"{len(cf_known)} known records, {time.perf_counter() - t0:.0f} s")
+main = ctx[ctx.repeats == context_repeats]
+single = main[main.layer.isna()].set_index("variant")
+display(single[["p_new", "success", "success_low", "success_high", "n"]].round(3))
+print("the statement stated 1, 2 or 4 times: the in-context run, and the subject's state "
+      "patched from it at every layer")
+display(ctx[ctx.variant.isin([incontext.IN_CONTEXT, incontext.WINDOW])
+            & (ctx.window_end.isna() | (ctx.layer == 0) & (ctx.window_end == model.n_layers))]
+        [["variant", "repeats", "p_new", "success", "success_low", "success_high", "n"]]
+        .sort_values(["variant", "repeats"]).round(3))
+control_gap = ctx_rows["control_gap"].max()
+print(f"positive control: next-token log-probabilities after the tail patch differ from the "
+      f"in-context run's by at most {control_gap:.1e}")
+assert control_gap < 1e-3, "the tail patch should reproduce the in-context run"
+assert model.weight_digest() == digest
+
+# %%
+fig, ax = plt.subplots(figsize=(7.5, 3.8))
+for variant, colour in [(incontext.SUBJECT, "tab:blue"), (incontext.FINAL, "tab:red")]:
+    d = main[main.variant == variant].sort_values("layer")
+    ax.plot(d["layer"], d["success"], marker="o", color=colour,
+            label=f"{variant} patched (one layer)")
+    ax.fill_between(d["layer"], d["success_low"], d["success_high"], color=colour, alpha=0.15)
+for variant, style in [(incontext.IN_CONTEXT, "--"), (incontext.KNOCKOUT, ":"),
+                       (incontext.BARE, "-.")]:
+    ax.axhline(single.loc[variant, "success"], color="0.3", ls=style, label=variant)
+ax.set_xlabel("layer whose residual stream is patched from the context run")
+ax.set_ylabel("new object beats true object")
+ax.set_ylim(-0.02, 1.02)
+ax.set_title(f"Where the stated fact lives ({len(cf_known)} known CounterFact records)")
+ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+save_figure(fig, "04_context_sweep", caption=(
+    f"Share of {len(cf_known)} known CounterFact records on {model.name} where the new object "
+    "beats the true one on the bare rewrite prompt after one layer of the context run's "
+    "residual stream is patched in: at the subject's last token (blue, what patch-context "
+    "does) or at the last prompt token (red), with Wilson 95% bands. Lines: the in-context run "
+    f"(the fact stated {context_repeats} times before the prompt), the same run with the "
+    "subject's state swapped back to the bare run's at every layer, and the bare prompt."))
+plt.show()
+
+# %%
+others = main[main.variant.isin([incontext.WINDOW, incontext.DELTA])]
+display(others[["variant", "layer", "window_end", "scale", "p_new", "success", "success_low",
+                "success_high", "n"]].round(3))
+
+
+def describe(row) -> str:
+    """'subject state, window, layers 0-29 (stated 2x)' for one row of the summary."""
+    if row["variant"] == incontext.WINDOW:
+        where = f"layers {row['layer']:.0f}-{row['window_end'] - 1:.0f}"
+    elif row["variant"] == incontext.DELTA:
+        where = f"layer {row['layer']:.0f}, x{row['scale']:g}"
+    else:
+        where = f"layer {row['layer']:.0f}"
+    return f"{row['variant']}, {where} (stated {row['repeats']:.0f}x)"
+
+
+best_subject = ctx[ctx.variant.isin([incontext.SUBJECT, incontext.WINDOW, incontext.DELTA])]
+best_subject = best_subject.sort_values("success", ascending=False).iloc[0]
+final = main[main.variant == incontext.FINAL].sort_values("layer")
+reached = final[final["success"] >= 0.9 * single.loc[incontext.IN_CONTEXT, "success"]]
+read_layer = int(reached["layer"].iloc[0]) if len(reached) else None
+print(f"best subject-position variant: {describe(best_subject)}: "
+      f"{best_subject['success']:.2f}; the last token holds 90% of "
+      f"the in-context success from layer {read_layer} on")
+
+# %% [markdown]
+# How to read it. If the subject's state carried the stated fact, the in-context run with that
+# state swapped back would lose the fact: the dotted line would fall towards the bare prompt's.
+# If it stays near the dashed line, the answer position reads the fact from the statement's
+# tokens, in the layers where the red curve rises, and there is nothing in the subject's state
+# to borrow. Then no layer, window or mixing strength lifts the blue curve, and what can be
+# borrowed sits at the answer position of one prompt, which is no edit of the fact. The
+# in-context run's own share bounds any editor built on this context. The cell below states
+# which case this run is in, from the numbers.
+
+# %%
+swap_drop = single.loc[incontext.IN_CONTEXT, "success"] - single.loc[incontext.KNOCKOUT, "success"]
+lift = best_subject["success"] - single.loc[incontext.BARE, "success"]
+carried = swap_drop > 0.5 * (single.loc[incontext.IN_CONTEXT, "success"]
+                             - single.loc[incontext.BARE, "success"])
+print(f"swapping the subject's state back costs the in-context run {swap_drop:+.2f} of its "
+      f"success: the stated fact {'does' if carried else 'does not'} pass through the subject's "
+      f"state. The best subject-position patch lifts the bare prompt by {lift:+.2f}.")
+context_works = best_subject["success"] >= 0.8
+print("patch-context " + ("reaches" if context_works else "does not reach")
+      + " ES 0.8 with any variant swept; "
+      + ("" if context_works else "it stays in the tables as a measured negative and out of "
+         "the headline (notebook 06)."))
+
+# %% [markdown]
+# ## Donors for every record
+#
+# `patch-donor` needs a subject whose true object is the new target. Its search covers both
+# CounterFact splits (about 20k records) besides this repo's checked facts. Here is how many of
+# the 1,000 records of `counterfact-edit-1k` have such a subject at all, under the same template
+# (same relation and phrasing) or under any template. Whether the model agrees with a candidate
+# is checked at edit time.
+
+# %%
+from loudfacts.data import neighbour_pool
+
+coverage = patching.donor_coverage(load_counterfact("edit-1k", verbose=False), neighbour_pool())
+print(coverage)
+
+# %% [markdown]
 # ## Verdict on the seed hypothesis
 #
 # "Patching activations from the same model respects logical implications better than weight
@@ -277,11 +416,9 @@ print(f"verdict ({model.name}, {len(cases)} cases): {verdict}")
 # comes along (its country, and anything else). For a landmark -> city edit that scores as
 # "implications respected", but it is an entity swap rather than a fact edit, and it needs a
 # donor whose true object is the new one (none exists for most antonym edits: see the failed
-# edits above). The context patch is the cleaner test of "activations that state the new fact";
-# read its efficacy column: when it is near zero, the subject's state in the context run did not
-# carry the stated fact (the model reads an in-context fact at the final position from the
-# statement's tokens, not from the subject's). `hook-delta` against ROME (the table before the
-# verdict) shows how much of ROME's behaviour, loud-fact leak included, comes from the
+# edits above). The context patch was meant as the cleaner test of "activations that state the
+# new fact"; the sweep above measures whether the stated fact reaches the subject's state at
+# all. `hook-delta` against ROME (the table before the verdict) shows how much of ROME's behaviour, loud-fact leak included, comes from the
 # subject's position alone. A handful of cases on a 135M-parameter model is a first look, not a
 # measurement with confidence intervals.
 
@@ -308,7 +445,19 @@ findings = (
     f"was {by_editor('efficacy')}. The share of implied probes where the new implied object "
     f"won was {by_editor('implied')}, and the share of unrelated loud-fact prompts where "
     f"P(new) rose by more than 0.05 was {by_editor('loud')}. The seed hypothesis that "
-    f"patching respects implications better than weight edits was {verdict}.")
+    f"patching respects implications better than weight edits was {verdict}. "
+    f"The context patch {'reaches' if context_works else 'does not reach'} ES 0.8 with any "
+    f"variant swept: on {len(cf_known)} known CounterFact records the "
+    f"in-context run puts the new object above the true one in "
+    f"{single.loc[incontext.IN_CONTEXT, 'success']:.2f} of them, and still "
+    f"{single.loc[incontext.KNOCKOUT, 'success']:.2f} with the subject's state swapped back "
+    f"to the bare run's, so the stated fact "
+    f"{'passes' if carried else 'does not pass'} through the subject. The best "
+    f"subject-position patch ({describe(best_subject)}) "
+    f"reaches {best_subject['success']:.2f}, against {single.loc[incontext.BARE, 'success']:.2f} "
+    f"for the bare prompt. The answer position holds the fact from layer {read_layer} on. "
+    f"{coverage['any_template']} of {coverage['records']} edit-1k records have a donor subject "
+    f"in CounterFact ({coverage['same_template']} under the same template).")
 save_findings("04", findings, figure="04_patching_vs_weight_edits")
 
 # %%

@@ -229,7 +229,7 @@ for patcher in ("patch-donor", "hook-delta", "patch-context"):
         reproduce))
 cl.save_claims("05", claim_rows)
 print(cl.VERDICT_RULE)
-pd.DataFrame(claim_rows)[["claim", "population", "n", "effect", "ci_low", "ci_high", "verdict"]]
+pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "population", "n", "effect", "ci_low", "ci_high", "verdict"]]
 
 # %% [markdown]
 # ## A few generations as illustration

@@ -122,6 +122,10 @@ print(f"neighbourhood prompts per known record (pool: {neighbour_pool}; at most 
 if (counts.index == 0).any():
     print(f"{int(counts.get(0, 0))} known record(s) have no neighbourhood prompt: their NS, NS+ "
           "and NKL are missing, not zero")
+n_true_para = int((known.drop_duplicates("case_id")["n_true_paraphrases"] > 0).sum())
+print(f"{n_true_para} of {n_known} known records have a true paraphrase (CounterFact's "
+      "paraphrase construction, `data.is_true_paraphrase`); the rest have a generation-style "
+      "prompt in its place. PS uses both; PS_para the true ones only")
 probs = known[["ES", "PS", "NS", "NS+", "NS+cool"]].stack()
 assert probs.between(0, 1).all() and (known["NKL"].dropna() >= -1e-6).all()
 
@@ -130,7 +134,7 @@ assert probs.between(0, 1).all() and (known["NKL"].dropna() >= -1e-6).all()
 
 # %%
 summary = ev.summarize(results, n_resamples=n_bootstrap, seed=seed)
-table = ev.wide_table(summary).reindex(ev._order(summary["editor"].unique()))
+table = ev.wide_table(summary).reindex(ev.editor_order(summary["editor"].unique()))
 cols = [c for c in ev.METRICS if c in table.columns and (generation or c != "GE")]
 table[cols]
 
@@ -151,8 +155,71 @@ save_figure(fig, "06_ns_vs_nsplus", caption=(
 
 # %%
 drop = summary.pivot(index="editor", columns="metric", values="mean")
-for e, r in drop.reindex(ev._order(drop.index)).iterrows():
+for e, r in drop.reindex(ev.editor_order(drop.index)).iterrows():
     print(f"{e:14s} NS {r['NS']:.2f} -> NS+ {r['NS+']:.2f} (cool prefix {r['NS+cool']:.2f})")
+
+# %% [markdown]
+# ## Where each editor writes
+#
+# The editors do not write at the same depth, so a difference between them can be a
+# difference of layer as well as of method. The layers below are read from each editor's
+# hyper-parameters. The hook editors change nothing unless the edited subject is in the input,
+# and CounterFact's neighbourhood prompts name other subjects. Their NS therefore equals the
+# unedited model's by construction. The cell checks that record by record.
+
+# %%
+def edit_layers(name: str) -> str:
+    """Where `name` writes on this model, from its hyper-parameters."""
+    if name == "unedited":
+        return "-"
+    ed = get_editor(name, model)
+    h = ed.hparams
+    if name == "hook-delta":
+        return f"MLP output of layer {ed.rome_editor().layer} (ROME's δ)"
+    if "site" in h:
+        return f"{h['site']} of layer(s) {h['layers']}"
+    if "module" in h:
+        return f"{h['module']} of layer {h['layer']}"
+    return f"MLP of layer {ed.layer}" if hasattr(ed, "layer") else "?"
+
+
+where = pd.DataFrame({"writes at": {e: edit_layers(e) for e in run_editors}})
+display(where)
+ns = known.pivot_table(index="case_id", columns="editor", values="NS")
+if "unedited" in ns.columns:
+    for name in [e for e in ("patch-donor", "patch-context", "hook-delta") if e in ns.columns]:
+        gap = (ns[name] - ns["unedited"]).abs().max()
+        print(f"{name}: largest |NS - unedited NS| over {ns[name].notna().sum()} records: "
+              f"{gap:.1e}")
+        assert gap < 1e-5, f"{name} changed a prompt that does not name its subject"
+
+# %% [markdown]
+# ## Generations before and after the edit
+#
+# GE scores the fluency of greedy continuations of CounterFact's generation prompts. Here are
+# the texts behind it, for the first five known records that have them. The unedited model's
+# text is the "before" for every editor.
+
+# %%
+if generation and "generations" in known.columns and "unedited" in run_editors:
+    gen = known[known["generations"].map(lambda g: isinstance(g, list) and len(g) > 0)]
+    cases = list(dict.fromkeys(gen["case_id"]))[:5]
+    before = gen[gen.editor == "unedited"].set_index("case_id")["generations"]
+    by_case = {r.case_id: r for r in records}
+    gen_rows = []
+    for cid in cases:
+        rec = by_case[cid]
+        for name in [e for e in run_editors if e != "unedited"]:
+            after = gen[(gen.editor == name) & (gen.case_id == cid)]["generations"]
+            if len(after) and cid in before.index:
+                gen_rows.append({"case": cid, "edit": f"{rec.subject}: {rec.target_true} -> "
+                                 f"{rec.target_new}", "editor": name,
+                                 "before": before[cid][0], "after": after.iloc[0][0]})
+    generations = pd.DataFrame(gen_rows, columns=["case", "edit", "editor", "before", "after"])
+    print(f"{len(cases)} known record(s) with generations")
+    with pd.option_context("display.max_colwidth", 200):
+        display(generations)
+    save_table(generations.set_index(["case", "editor"]), "06_generations")
 
 # %% [markdown]
 # ## Side by side with the published numbers (GPT-2 XL and GPT-J)
@@ -209,7 +276,7 @@ save_figure(fig, "06_loud_fact_ladder", caption=(
 # %%
 top1 = ladder_sum.pivot(index="editor", columns="step", values="top1_post")
 print("fraction of unrelated prompts where target_new becomes top-1, per rung:")
-print(top1.reindex(ev._order(top1.index))[["none", "statement", "mention", "tangential",
+print(top1.reindex(ev.editor_order(top1.index))[["none", "statement", "mention", "tangential",
                                             "unrelated"]].round(2).to_string())
 
 # %% [markdown]
@@ -231,6 +298,8 @@ implications_csv = figures_dir() / "05_implications_summary.csv"
 implications = pd.read_csv(implications_csv) if implications_csv.exists() else None
 headline = ev.headline_table(summary, results, implications, ladder_sum)
 save_table(headline, "06_headline_table")
+for name, why in headline.attrs["excluded"].items():
+    print(f"{name} is in the tables above but not in the headline: {why}")
 headline
 
 # %% [markdown]
@@ -294,7 +363,7 @@ if "rome" in run_editors and "unedited" in run_editors:
                 "effect": mean, "ci_low": lo, "ci_high": hi, "n": n},
             "increase", "06_specificity_plus", reproduce))
 cl.save_claims("06", claim_rows)
-pd.DataFrame(claim_rows)[["claim", "n", "effect", "ci_low", "ci_high", "verdict"]]
+pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", "ci_high", "verdict"]]
 
 # %%
 means = summary.pivot(index="editor", columns="metric", values="mean")
@@ -305,7 +374,9 @@ if "rome" in run_editors and "unedited" in run_editors:
     parts.append(", ROME's edit itself (ROME minus unedited on the same records, 95% CI) moves "
                  + ", ".join(f"{m} by {r['effect']:+.2f} [{r['ci_low']:+.2f}, "
                              f"{r['ci_high']:+.2f}]" for m, r in eff.items())
-                 + f" (ES {means.loc['rome', 'ES']:.2f}, PS {means.loc['rome', 'PS']:.2f}).")
+                 + f" (ES {means.loc['rome', 'ES']:.2f}, PS {means.loc['rome', 'PS']:.2f}; PS "
+                 f"on the {n_true_para} records with a true paraphrase "
+                 f"{means.loc['rome', 'PS_para']:.2f}).")
     parts.append(f" Unedited, NS is {means.loc['unedited', 'NS']:.2f}, NS+ "
                  f"{means.loc['unedited', 'NS+']:.2f} and NS+cool "
                  f"{means.loc['unedited', 'NS+cool']:.2f}: the prefix alone costs that much, "
@@ -318,6 +389,8 @@ if "rome" in run_editors and "unedited" in run_editors:
                      f"{rung.loc['rome', 'none']:.3f}), and the new object is the greedy answer "
                      f"on {top.loc['rome', 'tangential']:.0%} of them ({len(ladder_recs)} "
                      "ladder records).")
+for name, why in headline.attrs["excluded"].items():
+    parts.append(f" {name} is left out of the headline table: {why}.")
 save_findings("06", "".join(parts), figure="06_ns_vs_nsplus")
 
 # %%

@@ -149,8 +149,37 @@ class CounterFactRecord:
     def text(self) -> str:
         return self.prompt.replace("{}", self.subject)
 
+    @property
+    def true_paraphrase_prompts(self) -> list[str]:
+        """The paraphrase prompts that are CounterFact paraphrases (`is_true_paraphrase`): all
+        of them in ROME's layout; in the flattened one, those built like ROME's."""
+        if self.layout == "rome":
+            return list(self.paraphrase_prompts)
+        return [p for p in self.paraphrase_prompts if is_true_paraphrase(p, self.subject)]
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# A sentence end or a line break: CounterFact builds each paraphrase prompt as a stretch of
+# unrelated text followed by the relation rephrased ("Shayna does this and Yossel goes still
+# and dies. Danielle Darrieux, a native"); its generation prompts start the sentence that names
+# the subject ("Danielle Darrieux's mother tongue is", "Where X is from, people speak").
+_SENTENCE_BREAK = re.compile(r"[.!?]['\")\]]*\s|\n")
+
+
+def is_true_paraphrase(prompt: str, subject: str) -> bool:
+    """Whether a flattened record's `rephrase_prompt` is one of CounterFact's paraphrase
+    prompts rather than one of its generation prompts, which the flattened layout mixes into
+    the same field ("David Robinson's greatest weakness is").
+
+    The rule is CounterFact's construction: a paraphrase prompt has a sentence of unrelated text
+    before the sentence that names the subject, so the text before the subject holds a
+    sentence end or a line break. Some generation prompts also query the relation ("Kad
+    Merad's mother tongue is"); the rule counts them as generation-style, by origin.
+    """
+    i = prompt.find(subject.strip())
+    return i > 0 and bool(_SENTENCE_BREAK.search(prompt[:i]))
 
 
 def _clean(s) -> str:

@@ -11,6 +11,10 @@ exp(-mean token NLL), teacher-forced, via `loudfacts.scoring`):
 
 * `ES`/`EM` efficacy on the rewrite prompt: 1[P(new) > P(true)] and P(new) - P(true).
 * `PS`/`PM` the same, averaged over the paraphrase prompts.
+* `PS_para` PS over the true paraphrases only (`CounterFactRecord.true_paraphrase_prompts`):
+  the flattened layout's `rephrase_prompt` is often one of CounterFact's generation prompts
+  ("David Robinson's greatest weakness is"); NaN for a record with none
+  (`n_true_paraphrases` = 0).
 * `NS`/`NM` neighbourhood: prompts about *other* subjects whose true object is the record's;
   1[P(true) > P(new)] and P(true) - P(new), averaged. Higher is better (nothing leaked).
 * `NS+`/`NM+` CounterFact+ (Hoelscher-Obermaier et al. 2023, "Detecting Edit Failures in
@@ -75,14 +79,15 @@ from loudfacts.editing.base import EditError, Editor, EditRequest, get_editor
 from loudfacts.scoring import next_token_logprobs, target_probs
 from loudfacts.tokens import fill, target_ids
 
-METRICS = ["ES", "EM", "PS", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL", "NKL_code", "GE",
-           "Score"]
+METRICS = ["ES", "EM", "PS", "PS_para", "PM", "NS", "NM", "NS+", "NM+", "NS+cool", "NKL",
+           "NKL_code", "GE", "Score"]
 # Version of the definitions of METRICS (and of what a row holds): part of every row's
 # settings digest, so rows computed under older definitions are never reused. Bump it whenever
 # a metric's definition or computation changes.
-METRICS_VERSION = 1
+METRICS_VERSION = 2  # 2: PS_para, n_true_paraphrases, generations
 BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
-        "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_neighbours", "n_generation",
+        "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_true_paraphrases",
+        "n_neighbours", "n_generation",
         "edit_seconds", "edit_steps", "edit_reused", "eval_seconds", "edit_error",
         "settings_digest", "run_key"]
 COLUMNS = BOOK + METRICS
@@ -279,6 +284,9 @@ def _probe_set(request: EditRequest, record, neighbours) -> _Probe:
     para = list(record.paraphrase_prompts)
     add("para_true", [(p, true) for p in para])
     add("para_new", [(p, new) for p in para])
+    true_para = record.true_paraphrase_prompts
+    add("tpara_true", [(p, true) for p in true_para])
+    add("tpara_new", [(p, new) for p in true_para])
     for tag, prefix in (("n", ""), ("n+", statement_prefix(request)),
                         ("ncool", cool_prefix(request))):
         add(f"{tag}_true", [(prefix + p, t) for p, t in neighbours])
@@ -322,6 +330,7 @@ def _score_record(model, probe: _Probe, batch_size: int, logp_pre: torch.Tensor)
     row = {}
     row["ES"], row["EM"] = success_magnitude(g["rewrite_new"], g["rewrite_true"])
     row["PS"], row["PM"] = success_magnitude(g["para_new"], g["para_true"])
+    row["PS_para"], _ = success_magnitude(g["tpara_new"], g["tpara_true"])
     row["NS"], row["NM"] = success_magnitude(g["n_true"], g["n_new"])
     row["NS+"], row["NM+"] = success_magnitude(g["n+_true"], g["n+_new"])
     row["NS+cool"], _ = success_magnitude(g["ncool_true"], g["ncool_new"])
@@ -343,11 +352,12 @@ def greedy_generate(model, prompt: str, max_new_tokens: int = 40) -> str:
     return model.generate(prompt, max_new_tokens=max_new_tokens)
 
 
-def _generation_entropy(model, prompts, max_new_tokens: int) -> float:
+def _generation_entropy(model, prompts, max_new_tokens: int) -> tuple[float, list[str]]:
+    """(GE of the greedy continuations of `prompts`, the texts: prompt + continuation)."""
     from loudfacts.fluency import ngram_entropy
 
     texts = [p + greedy_generate(model, p, max_new_tokens) for p in prompts]
-    return ngram_entropy(texts)
+    return ngram_entropy(texts), texts
 
 
 # -- sharding, resume, merge ------------------------------------------------------------------
@@ -881,7 +891,9 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     row = {"case_id": rec.case_id, "subject": rec.subject, "relation": rec.relation,
            "target_true": rec.target_true, "target_new": rec.target_new,
            "editor": editor.name, "model": model.name,
-           "n_paraphrases": len(rec.paraphrase_prompts), "n_neighbours": len(neighbours)}
+           "n_paraphrases": len(rec.paraphrase_prompts),
+           "n_true_paraphrases": len(rec.true_paraphrase_prompts),
+           "n_neighbours": len(neighbours)}
     p_true, p_new = UNEDITED.target_probs(model, key, [request.text] * 2,
                                           [rec.target_true, rec.target_new], batch_size)
     row.update(p_true_pre=p_true, p_new_pre=p_new, known=bool(p_true > p_new))
@@ -907,8 +919,8 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     gen_prompts = generation_prompts_for(rec, n_generation) if generation else []
     with edit.applied():
         row.update(_score_record(model, probe, batch_size, logp_pre))
-        row["GE"] = (_generation_entropy(model, gen_prompts, max_new_tokens)
-                     if gen_prompts else None)
+        row["GE"], row["generations"] = (_generation_entropy(model, gen_prompts, max_new_tokens)
+                                         if gen_prompts else (None, []))
     row["n_generation"] = len(gen_prompts)
     row["eval_seconds"] = time.perf_counter() - t0
     return row
@@ -1296,8 +1308,17 @@ def implication_summary(df):
             .reset_index())
 
 
-def headline_table(summary, results, implications=None, ladder_sum=None):
-    """One row per editor for the report's headline: ES, PS, NS, NS+, NS+cool and NKL as
+# Editors evaluated in the tables but left out of the report's headline, with the reason.
+HEADLINE_EXCLUDED = {
+    "patch-context": ("it writes no fact: the stated fact never reaches the subject's state "
+                      "that it borrows (notebook 04's context sweep)"),
+}
+
+
+def headline_table(summary, results, implications=None, ladder_sum=None,
+                   exclude: dict | None = None):
+    """One row per editor for the report's headline: ES, PS, PS on true paraphrases (with its
+    n), NS, NS+, NS+cool and NKL as
     'mean [95% CI]', the implication follow-through (share of implied probes where the new
     implied object wins after the edit, over all kinds, from `implication_summary`, with its
     denominator), the loud-fact top-1 rate (share of unrelated prompts after "{subject} is
@@ -1308,12 +1329,21 @@ def headline_table(summary, results, implications=None, ladder_sum=None):
         summary: `summarize(results)`.
         results: the per-record table (for edit seconds and counts).
         implications: `implication_summary(...)` output, or None.
+        exclude: {editor: reason} left out of the table (default `HEADLINE_EXCLUDED`); the
+            editors dropped and their reasons are in `table.attrs["excluded"]`.
     """
     import pandas as pd
 
-    cols = ["ES", "PS", "NS", "NS+", "NS+cool", "NKL"]
+    cols = ["ES", "PS", "PS_para", "NS", "NS+", "NS+cool", "NKL"]
+    cols = [c for c in cols if c != "PS_para" or c in set(summary["metric"])]
     wide = wide_table(summary[summary["metric"].isin(cols)])
     table = wide.reindex(columns=cols)
+    if "PS_para" in cols:  # few records have one: its n beside it
+        n_para = summary[summary["metric"] == "PS_para"].set_index("editor")["n"]
+        table = table.rename(columns={"PS_para": "PS (true paraphrases)"})
+        table["PS (true paraphrases)"] = pd.Series({
+            e: f"{v} (n={int(n_para.get(e, 0))})" for e, v in
+            table["PS (true paraphrases)"].items()})
     known = results[results["known"].astype(bool)]
     table["known records"] = known.groupby("editor")["case_id"].nunique()
     if "edit_error" in known and known["edit_error"].notna().any():
@@ -1334,9 +1364,13 @@ def headline_table(summary, results, implications=None, ladder_sum=None):
         tang = ladder_sum[ladder_sum["step"] == "tangential"].set_index("editor")
         table["loud top-1 (tangential)"] = pd.Series({
             e: f"{r['top1_post']:.2f} (of {int(r['n'])})" for e, r in tang.iterrows()})
-    table = table.reindex(_order(table.index))
+    exclude = HEADLINE_EXCLUDED if exclude is None else exclude
+    dropped = {e: exclude[e] for e in table.index if e in exclude}
+    table = table.reindex([e for e in _order(table.index) if e not in dropped])
     table.index.name = "editor"
-    return pd.DataFrame(table)
+    table = pd.DataFrame(table)
+    table.attrs["excluded"] = dropped
+    return table
 
 
 def split_label(split) -> str:
@@ -1397,11 +1431,16 @@ def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
 
 
 # -- figures -----------------------------------------------------------------------------------
-def _order(editors):
+def editor_order(editors) -> list[str]:
+    """`editors` in the report's order (`loudfacts.plotting.EDITOR_ORDER`), others after,
+    sorted."""
     from loudfacts.plotting import EDITOR_ORDER
 
     return [e for e in EDITOR_ORDER if e in set(editors)] + \
         sorted(set(editors) - set(EDITOR_ORDER))
+
+
+_order = editor_order
 
 
 def editor_palette(editors) -> dict:

@@ -289,12 +289,39 @@ def execute(source: Path, out: Path, params: dict, kernel: str, log_output: bool
     return run
 
 
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+
+
+def strip_logs(nb) -> int:
+    """Remove what a reader of the rendered page does not need: stderr streams (progress bars,
+    warnings, library logs) and progress widgets. The executed notebook keeps them. Returns
+    the number of outputs removed."""
+    removed = 0
+    for cell in nb.cells:
+        if cell.get("cell_type") != "code":
+            continue
+        keep = []
+        for out in cell.get("outputs", []):
+            log = out.get("output_type") == "stream" and out.get("name") == "stderr"
+            widget = (out.get("output_type") == "display_data"
+                      and WIDGET_MIME in out.get("data", {}))
+            if log or widget:
+                removed += 1
+            else:
+                keep.append(out)
+        cell["outputs"] = keep
+    return removed
+
+
 def render_html(executed: Path, target: Path) -> None:
+    """The executed notebook as a page: prose, figures, tables and printed results; no code
+    inputs, no cells tagged for removal, no logs (`strip_logs`)."""
     import nbformat
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
     nb = nbformat.read(executed, as_version=4)
+    strip_logs(nb)
     # Drop papermill's "injected-parameters" cell from the rendered view too: readers see the
     # run card printed by the notebook instead.
     remover = TagRemovePreprocessor(

@@ -32,3 +32,12 @@ def test_notebook_runs_with_smoke_parameters(source, tmp_path, monkeypatch):
     assert run.ok, f"{source.stem} failed: {run.error}"
     assert (tmp_path / "report" / f"{source.stem}.html").exists()
     assert list((tmp_path / "figures").glob(f"{source.stem[:2]}_*.png")), "no figure saved"
+
+
+def test_implications_notebook_runs_without_rome(tmp_path, monkeypatch):
+    """05 with the smoke editors alone (no ROME): its claims cells then have no rows and must
+    still show an empty table with the claims columns."""
+    monkeypatch.setenv("LOUDFACTS_FIGURES", str(tmp_path / "figures"))
+    runs = build(ROOT / "params" / "smoke.yaml", tmp_path / "report", only=["05"],
+                 log_output=False)
+    assert len(runs) == 1 and runs[0].ok, f"05 failed: {runs[0].error}"

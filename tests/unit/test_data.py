@@ -132,3 +132,38 @@ def test_unusable_records_files_and_counts_are_errors_naming_the_file(tmp_path):
         load_counterfact(str(empty))
     with pytest.raises(ValueError, match="positive"):
         load_counterfact("edit-1k", n=-1)  # was: the first 999 records
+
+
+@pytest.mark.parametrize("prompt, subject, want", [
+    # CounterFact paraphrase prompts: unrelated text, then the relation rephrased
+    ("The studio has 145 employees. Mel Powell, who plays", "Mel Powell", True),
+    ("References \n\nCategory:Populated places in Chenaran County Ferrari 458, created by",
+     "Ferrari 458", True),
+    ("The event is held in the Palazzo. The official language of Northwest Territories is",
+     "Northwest Territories", True),
+    ('He said "no!" Big Pig performs', "Big Pig", True),
+    # its generation prompts, which the flattened layout mixes in
+    ("David Robinson's greatest weakness is", "David Robinson", False),
+    ("Where Shree Pundalik is from, people speak the language of", "Shree Pundalik", False),
+    ("The headquarters of The Weather Channel is surrounded by", "The Weather Channel", False),
+    ("Edward J. King writes in", "Edward J. King", False),  # a full stop inside the subject
+    ("Nothing about the subject here.", "Mel Powell", False),
+])
+def test_true_paraphrases_are_told_from_generation_style_prompts(prompt, subject, want):
+    assert data.is_true_paraphrase(prompt, subject) is want
+
+
+def test_record_true_paraphrases_by_layout():
+    flat = normalize_counterfact([FLAT_LAYOUT])[0]
+    assert flat.paraphrase_prompts and flat.true_paraphrase_prompts == []
+    noisy = dict(FLAT_LAYOUT, rephrase_prompt="Yarur is a surname. Apple A5, created by")
+    assert normalize_counterfact([noisy])[0].true_paraphrase_prompts == [
+        "Yarur is a surname. Apple A5, created by"]
+    rome = normalize_counterfact([ROME_LAYOUT])[0]  # ROME's layout keeps them apart already
+    assert rome.true_paraphrase_prompts == rome.paraphrase_prompts
+
+
+def test_about_a_fifth_of_the_flattened_rephrase_prompts_are_true_paraphrases():
+    recs = load_counterfact("edit-1k", verbose=False)
+    n = sum(bool(r.true_paraphrase_prompts) for r in recs)
+    assert 120 <= n <= 260, n  # 179 of 1,000 by this rule

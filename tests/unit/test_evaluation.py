@@ -246,6 +246,12 @@ def test_generation_entropy_column(tiny, records):
     df = evaluate(tiny, "unedited", records[:1], generation=True, n_generation=1,
                   max_new_tokens=8, progress=False)
     assert df["GE"].iloc[0] >= 0 and df["n_generation"].iloc[0] == 1
+    # the texts behind GE are kept, so the report can show them before and after an edit
+    from loudfacts.fluency import ngram_entropy
+
+    texts = df["generations"].iloc[0]
+    assert len(texts) == 1 and len(texts[0]) > 0
+    assert df["GE"].iloc[0] == pytest.approx(ngram_entropy(texts))
 
 
 # -- runner: resume and shards -----------------------------------------------------------------
@@ -444,6 +450,24 @@ def test_headline_table_has_one_row_per_editor_with_cis_and_implications():
     assert table.loc["hook-delta", "s / edit"] == "0.0 (reuses rome's v*)"
 
 
+def test_headline_leaves_out_the_excluded_editors_and_says_why():
+    import pandas as pd
+
+    from loudfacts.evaluation import HEADLINE_EXCLUDED, headline_table, summarize
+
+    rows = [{"editor": e, "case_id": i, "known": True, "ES": 1.0, "PS": 1.0, "NS": 1.0,
+             "NS+": 1.0, "NKL": 0.0, "edit_seconds": 1.0}
+            for e in ("unedited", "rome", "patch-context") for i in range(4)]
+    results = pd.DataFrame(rows)
+    summary = summarize(results, n_resamples=50)
+    table = headline_table(summary, results)
+    assert "patch-context" in HEADLINE_EXCLUDED
+    assert list(table.index) == ["unedited", "rome"]
+    assert table.attrs["excluded"] == {"patch-context": HEADLINE_EXCLUDED["patch-context"]}
+    kept = headline_table(summary, results, exclude={})
+    assert "patch-context" in kept.index and kept.attrs["excluded"] == {}
+
+
 def test_workers_give_the_in_process_table(tiny, tmp_path, monkeypatch):
     """Two worker processes (shards of the records, every editor in each) merge into the table
     that one process computes."""
@@ -548,3 +572,20 @@ def test_pool_is_a_setting_and_bad_pools_are_named(tiny):
     assert a != b
     with pytest.raises(ValueError, match="pool='everything'"):
         run_settings(tiny, "unedited", pool="everything")
+
+
+def test_ps_on_true_paraphrases_uses_only_those(tiny, records):
+    """PS_para is PS over the paraphrases built like CounterFact's (unrelated text first);
+    a record without one gets NaN and n_true_paraphrases 0, never a silent 0."""
+    import dataclasses
+
+    rec = records[0]
+    true_para = f"Yarur is a surname. {rec.subject} lives near the"
+    mixed = dataclasses.replace(rec, paraphrase_prompts=[true_para, f"{rec.subject} lives near the"])
+    df = evaluate(tiny, "unedited", [mixed, records[1]], generation=False, progress=False)
+    row = df.set_index("case_id").loc[rec.case_id]
+    p = target_probs(tiny, [true_para, true_para], [rec.target_new, rec.target_true])
+    assert row["n_true_paraphrases"] == 1 and row["n_paraphrases"] == 2
+    assert row["PS_para"] == float(p[0] > p[1])
+    other = df.set_index("case_id").loc[records[1].case_id]
+    assert other["n_true_paraphrases"] == 0 and math.isnan(other["PS_para"])

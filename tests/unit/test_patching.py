@@ -300,3 +300,16 @@ def test_nan_weights_are_not_patched_in(tiny_llama):
     finally:
         with torch.no_grad():
             w.copy_(saved)
+
+
+def test_hook_delta_reusing_romes_optimisation_is_timed_as_a_fresh_one(tiny_llama):
+    """hook-delta made through the edit contract right after ROME reuses ROME's components;
+    its info says so and carries the seconds of the optimisation it borrowed."""
+    fast = {"layer": 0, "prefix_recipe": [[3, 2]], "v_num_grad_steps": 3,
+            "mom2_n_tokens": 512, "mom2_seq_len": 64, "mom2_ridge": 1e-3}
+    req = EditRequest("{} is located in the city of", "The Colosseum", "Oslo", "Rome")
+    get_editor("rome", tiny_llama, **fast).edit(req)
+    edit = get_editor("hook-delta", tiny_llama, rome=fast).edit(req)
+    assert edit.info["reused"] is True
+    t = edit.info["timings"]
+    assert edit.info["reused_seconds"] == pytest.approx(t["k"] + t["v"]) and t["v"] > 0

@@ -157,3 +157,28 @@ def test_committed_index_html_matches_committed_index_md():
 
     md = REPO_ROOT / "report" / "index.md"
     assert (REPO_ROOT / "report" / "index.html").read_text() == index_html(md.read_text())
+
+
+def test_rendered_pages_drop_logs_and_progress_widgets_but_keep_results(tmp_path):
+    import nbformat
+
+    from loudfacts.report import WIDGET_MIME, render_html, strip_logs
+
+    nb = nbformat.v4.new_notebook()
+    code = nbformat.v4.new_code_cell("work()")
+    code.outputs = [
+        nbformat.v4.new_output("stream", name="stderr", text="edits: 100%|#####| 6/6 LOGLINE"),
+        nbformat.v4.new_output("stream", name="stdout", text="ES 0.91 RESULTLINE"),
+        nbformat.v4.new_output("display_data", data={WIDGET_MIME: {"model_id": "w1"},
+                                                     "text/plain": "WIDGETTEXT"}),
+        nbformat.v4.new_output("display_data", data={"text/plain": "TABLETEXT"}),
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), code]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    render_html(path, tmp_path / "nb.html")
+    html = (tmp_path / "nb.html").read_text()
+    assert "RESULTLINE" in html and "TABLETEXT" in html
+    assert "LOGLINE" not in html and "WIDGETTEXT" not in html
+    again = nbformat.read(path, as_version=4)  # the executed notebook itself keeps its logs
+    assert strip_logs(again) == 2 and strip_logs(again) == 0

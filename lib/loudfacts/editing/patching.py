@@ -367,14 +367,37 @@ def _fact_pool(model) -> list[tuple[str, str, str]]:
     except (ImportError, OSError, ValueError, KeyError, AttributeError):
         pass
     try:
-        from loudfacts.data import load_counterfact
+        from loudfacts.data import neighbour_pool
 
         pool += [(r.prompt, r.subject.strip(), r.target_true.strip())
-                 for r in load_counterfact("edit", verbose=False)]
+                 for r in neighbour_pool()]  # both CounterFact splits, about 20k records
     except (ImportError, OSError, ValueError):
         pass
     _POOLS[model.name] = pool
     return pool
+
+
+def donor_coverage(records, pool) -> dict:
+    """How many `records` (CounterFact records) have a donor in `pool` (records whose true
+    objects are known): a subject other than the record's own whose true object is the
+    record's target_new, under the same template, and under any template.
+
+    Returns {"records", "same_template", "any_template"}: counts, from the data alone (whether
+    the model agrees with a candidate is ranked at edit time by `PatchDonorEditor`).
+    """
+    by_template: dict[tuple[str, str], set] = {}
+    by_object: dict[str, set] = {}
+    for r in pool:
+        obj, subj = r.target_true.strip(), r.subject.strip()
+        by_template.setdefault((r.prompt, obj), set()).add(subj)
+        by_object.setdefault(obj, set()).add(subj)
+    same = other = 0
+    records = list(records)
+    for r in records:
+        new, subj = r.target_new.strip(), r.subject.strip()
+        same += bool(by_template.get((r.prompt, new), set()) - {subj})
+        other += bool(by_object.get(new, set()) - {subj})
+    return {"records": len(records), "same_template": same, "any_template": other}
 
 
 # -- editors ------------------------------------------------------------------------------------
@@ -513,7 +536,8 @@ class PatchDonorEditor(_PatchingEditor):
 
         Sources, in order: the edits of `data/probes/implications.jsonl` (facts checked on the
         embedded model), the cached known-facts table of notebook 00 (only if already built:
-        building it here would take minutes), CounterFact's edit split.
+        building it here would take minutes), both CounterFact splits (`data.neighbour_pool`).
+        `donor_coverage` says how many records this can serve.
         """
         new, subj = request.target_new.strip(), request.subject.strip()
         same_tpl, other = [], []
@@ -558,6 +582,12 @@ class PatchContextEditor(_PatchingEditor):
     model is causal, what follows the subject cannot change them, so ending the source text at
     the subject loses nothing; the earlier statements are what the subject's state can read
     from. Those states are then patched into bare prompts at the subject's last token.
+
+    It does not work, and cannot as built: on known CounterFact records the stated fact
+    never reaches the subject's state (the answer position reads it from the statement's
+    tokens), so nothing that is patched here carries it. `loudfacts.incontext.sweep` measures
+    that over layers, windows and mixing strengths (notebook 04). The editor is kept as a
+    measured negative and left out of the report's headline.
 
     Hyper-parameters:
         site, layers: where to patch (see `PatchDonorEditor`).
@@ -656,6 +686,9 @@ class HookDeltaEditor(_PatchingEditor):
                 "delta_norm": float(delta.norm()), "timings": dict(comp.get("timings", {})),
                 # True when ROME had already optimised this δ (RomeEditor.components memo)
                 "reused": bool(comp.get("reused", False))}
+        if info["reused"]:  # timed as a fresh edit, as ROME's own reused edits are
+            t = info["timings"]
+            info["reused_seconds"] = float(t.get("k", 0.0)) + float(t.get("v", 0.0))
         return HookEdit(self.model, hooks, request, self.name, info)
 
 
