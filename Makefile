@@ -32,9 +32,10 @@ test: setup
 test-unit: setup
 	$(PY) -m pytest -q tests/unit
 
-# Rebuild report/ and figures/ by executing every notebook on the embedded model.
+# Rebuild report/ and figures/ by executing every notebook on the embedded model. Notebook 06
+# reuses the committed per-record rows in results/; `make report FRESH=1` recomputes them.
 report: setup
-	$(PY) -m loudfacts.report --params params/report.yaml --out report
+	LOUDFACTS_FRESH=$(FRESH) $(PY) -m loudfacts.report --params params/report.yaml --out report
 
 # Every notebook with tiny parameters, into a scratch folder (figures too).
 smoke: setup

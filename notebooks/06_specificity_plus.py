@@ -39,6 +39,8 @@ split = "edit-1k"
 n_records = 24  # first CounterFact records tried; the unknown ones are excluded and counted
 n_neighbours = 5  # neighbourhood prompts per record (own + borrowed, same relation and object)
 neighbour_pool = "counterfact"  # borrow from all of CounterFact (both 10k splits), or "records"
+neighbour_top_up = "object-then-relation"  # top up records with few prompts ("none": do not)
+results_root = None  # None: results/ (the committed rows); a folder relative to the repo root
 generation = True  # GE: greedy generations, ~2-4 s per record and editor on CPU ...
 generation_records = 10  # ... so only for the first this many records (None: all)
 n_generation = 1
@@ -48,6 +50,7 @@ ladder_records = 2  # records per editor for the loud-fact ladder
 n_bootstrap = 1000
 
 # %%
+import os
 import time
 
 import pandas as pd
@@ -57,7 +60,7 @@ from loudfacts import evaluation as ev
 from loudfacts.data import load_counterfact
 from loudfacts.editing.base import available_editors, get_editor
 from loudfacts.models import load_model
-from loudfacts.paths import figures_dir
+from loudfacts.paths import figures_dir, repo_path
 from loudfacts.plotting import save_figure, save_findings, save_table, set_theme
 
 t_start = time.time()
@@ -78,39 +81,42 @@ print({"model": model.name, "device": str(model.device), "seed": seed, "split": 
 # ## Evaluate every editor
 #
 # Each record's edit is computed, applied, scored against the unedited model, and undone.
-# Results are appended to a cache file per editor (keyed by its hyper-parameters and these
-# settings), so a rerun resumes; the same runner is `python -m loudfacts.evaluate` for big runs.
-# With `workers` > 1 the records are split into that many shards, each evaluated for every
-# editor by its own one-thread process (`ev.evaluate_in_workers`), and the shards are merged.
+# Every row is kept as data, committed with the code: one file per editor,
+# `results/<model>/<split>/<editor>.jsonl` (`ev.study`). Its header holds the settings (the
+# editor's hyper-parameters, the metric version, these neighbourhood and generation settings),
+# and each row a digest of its record and prompts. Rows already there are reused; only the
+# missing ones are computed. A file made under other settings stops the run with a message
+# naming it, and `make report FRESH=1` recomputes every row. The same runner is
+# `python -m loudfacts.evaluate --store results` for bigger runs, which this notebook then
+# reuses. With `workers` > 1 the missing records are split into that many shards, each
+# evaluated for every editor by its own one-thread process appending to the same files.
 # Editors run in the order listed, so hook-delta finds ROME's optimised δ already computed for
 # the same record and reuses it (its seconds per edit then exclude that optimisation).
 #
 # Neighbourhood prompts: the record's own, then prompts of other CounterFact records with the
 # same relation (prompt template) and true object, about other subjects, drawn from all of
 # CounterFact (both 10k splits, as the published runs draw from the whole dataset), never a
-# prompt that mentions the edited subject. The count per record is printed below.
+# prompt that mentions the edited subject. The flattened layout keeps one neighbourhood prompt
+# per record, so rare (relation, object) pairs leave a record with one or three. Those are
+# topped up (`neighbour_top_up`): first with prompts whose true object is the same under
+# another template, then with prompts of the same template about subjects with another true
+# object, each scored against its own object. The counts per record and per tier are printed
+# below.
 
 # %%
-tables = []
-if workers > 1:
-    t0 = time.time()
-    merged = ev.evaluate_in_workers(
-        model, run_editors, split=split, n=n_records, workers=workers, n_neighbours=n_neighbours,
-        generation=generation, generation_records=generation_records, n_generation=n_generation,
-        max_new_tokens=max_new_tokens, seed=seed, pool=neighbour_pool)
-    print(f"  {len(run_editors)} editors in {workers} workers: {time.time() - t0:.1f} s")
-    tables = [merged[name] for name in run_editors]
-for name in run_editors if workers <= 1 else []:
-    path = ev.results_path(model, name, split=split, n=n_records, n_neighbours=n_neighbours,
-                           generation=generation, generation_records=generation_records,
-                           max_new_tokens=max_new_tokens, pool=neighbour_pool)
-    t0 = time.time()
-    df = ev.evaluate(model, get_editor(name, model), records, out=path, pool=neighbour_pool,
-                     n_neighbours=n_neighbours, generation=generation,
-                     n_generation=n_generation, generation_records=generation_records,
-                     max_new_tokens=max_new_tokens)
-    print(f"  {name}: {time.time() - t0:.1f} s ({path.name})")
-    tables.append(df)
+t0 = time.time()
+store = None if results_root is None else repo_path(results_root)
+studied = ev.study(model, run_editors, split=split, n=n_records, workers=workers, root=store,
+                   n_neighbours=n_neighbours, generation=generation,
+                   generation_records=generation_records, n_generation=n_generation,
+                   max_new_tokens=max_new_tokens, seed=seed, pool=neighbour_pool,
+                   top_up=neighbour_top_up)
+for name, df in studied.items():
+    where = os.path.relpath(df.attrs["path"], repo_path())
+    print(f"  {name}: {df.attrs['reused']} rows reused from {where}, "
+          f"{df.attrs['computed']} computed")
+print(f"  {len(run_editors)} editors: {time.time() - t0:.1f} s")
+tables = list(studied.values())
 results = pd.concat(tables, ignore_index=True)
 known = results[results["known"]]
 n_known = known["case_id"].nunique()
@@ -119,6 +125,12 @@ print(f"{n_known} of {len(records)} records known to {model.name} (P(true) > P(n
 counts = known.drop_duplicates("case_id")["n_neighbours"].value_counts().sort_index()
 print(f"neighbourhood prompts per known record (pool: {neighbour_pool}; at most {n_neighbours}): "
       + ", ".join(f"{int(k)} prompts: {v} records" for k, v in counts.items()))
+first = known.drop_duplicates("case_id")
+print(f"of which topped up: {int((first['n_neighbours_other_template'] > 0).sum())} records "
+      "with prompts of the same object under another template "
+      f"({int(first['n_neighbours_other_template'].sum())} prompts), "
+      f"{int((first['n_neighbours_other_object'] > 0).sum())} with prompts of the same "
+      f"template and another object ({int(first['n_neighbours_other_object'].sum())} prompts)")
 if (counts.index == 0).any():
     print(f"{int(counts.get(0, 0))} known record(s) have no neighbourhood prompt: their NS, NS+ "
           "and NKL are missing, not zero")
@@ -157,6 +169,26 @@ save_figure(fig, "06_ns_vs_nsplus", caption=(
 drop = summary.pivot(index="editor", columns="metric", values="mean")
 for e, r in drop.reindex(ev.editor_order(drop.index)).iterrows():
     print(f"{e:14s} NS {r['NS']:.2f} -> NS+ {r['NS+']:.2f} (cool prefix {r['NS+cool']:.2f})")
+
+# %% [markdown]
+# ## Per relation
+#
+# The ten most frequent relations (prompt templates) among the known records, with each
+# editor's NS, NS+ and NS+cool and the number of records. With a few records per relation
+# these describe where the leak is, they are not claims.
+
+# %%
+top_rel = known.drop_duplicates("case_id")["relation"].value_counts().head(10)
+per_rel = (known[known["relation"].isin(top_rel.index)]
+           .groupby(["relation", "editor"])[["NS", "NS+", "NS+cool"]].mean()
+           .unstack("editor"))
+per_rel = per_rel.reindex(top_rel.index)
+per_rel = per_rel[[(m, e) for m in ("NS", "NS+", "NS+cool")
+                   for e in ev.editor_order(run_editors) if (m, e) in per_rel.columns]]
+per_rel.columns = [f"{m} {e}" for m, e in per_rel.columns]
+per_rel.insert(0, "known records", top_rel)
+save_table(per_rel, "06_per_relation")
+per_rel.round(2)
 
 # %% [markdown]
 # ## Where each editor writes

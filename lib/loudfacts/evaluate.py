@@ -1,11 +1,18 @@
 """Command line runner for `loudfacts.evaluation.evaluate`.
 
     python -m loudfacts.evaluate --editor rome --model smollm2-135m --n 200 \
-        --out results/rome-smollm2.jsonl [--shard 0/4] [--split edit-1k] [--no-generation]
+        --out runs/rome-smollm2.jsonl [--shard 0/4] [--split edit-1k] [--no-generation]
         [--generation-records K]
-    python -m loudfacts.evaluate --merge results/rome-*.jsonl --out results/rome.jsonl
+    python -m loudfacts.evaluate --merge runs/rome-*.jsonl --out runs/rome.jsonl
     python -m loudfacts.evaluate --editors unedited,rome,hook-delta --n 200 --shard 0/2 \
-        --out-dir results/    # several editors, one file per editor (and shard) in --out-dir
+        --out-dir runs/    # several editors, one file per editor (and shard) in --out-dir
+    python -m loudfacts.evaluate --editors unedited,rome --n all --pool counterfact \
+        --top-up object-then-relation --generation-records 8 --store results --shard 0/2
+        # the study's committed files, results/<model>/<split>/<editor>.jsonl (notebook 06)
+    python -m loudfacts.evaluate --editors unedited,rome --n all --store results \
+        --launcher slurm --shards 40 --slurm-partition gpu --slurm-gpus 1 --device cuda
+        # one Slurm job per shard (submitit), merged into --store when all finish
+        # (--launcher local: the same jobs as local processes; see loudfacts.launch)
 
 Rows are appended to `--out` one record at a time, so rerunning the same command after an
 interruption continues where it stopped. A rerun with other settings (another editor, its
@@ -56,7 +63,8 @@ def _count(minimum: int):
     return parse
 
 
-def main(argv=None) -> int:
+def parse_args(argv):
+    """The runner's arguments, checked (exits with status 2 and a message on bad ones)."""
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--editor", default="rome", help="editor name (rome, ft, ft-l, patch-donor, "
@@ -81,6 +89,28 @@ def main(argv=None) -> int:
                     help="where borrowed neighbourhood prompts come from: all of CounterFact "
                          "(both 10k splits; default, as the published runs) or the evaluated "
                          "records themselves")
+    ap.add_argument("--top-up", choices=["none", "object-then-relation"], default="none",
+                    help="top up records with few neighbourhood prompts: same true object "
+                         "under another template, then the same template with another true "
+                         "object (loudfacts.evaluation.build_neighbourhoods)")
+    ap.add_argument("--store", default=None, metavar="DIR",
+                    help="with --editors: append to the study's files "
+                         "DIR/<model>/<split>/<editor>.jsonl (e.g. results/), shared by all "
+                         "shards under a lock, instead of one file per shard in --out-dir")
+    ap.add_argument("--launcher", choices=["local", "slurm"], default=None,
+                    help="with --editors and --shards N: run N shard jobs as local processes "
+                         "or a Slurm job array (submitit), then merge them into --store or "
+                         "--out-dir (loudfacts.launch)")
+    ap.add_argument("--shards", type=_count(1), default=None, help="number of shard jobs")
+    ap.add_argument("--staging", default=None, metavar="DIR",
+                    help="where shard jobs write their files (default <store or out-dir>/.shards)")
+    ap.add_argument("--slurm-partition", default=None)
+    ap.add_argument("--slurm-gpus", type=_count(0), default=0, help="GPUs per job")
+    ap.add_argument("--slurm-cpus", type=_count(1), default=1, help="CPUs per job")
+    ap.add_argument("--slurm-mem-gb", type=_count(1), default=None)
+    ap.add_argument("--slurm-time-min", type=_count(1), default=240, help="time limit per job")
+    ap.add_argument("--device", default=None,
+                    help="model device: cpu, cuda, or auto (default: the model's default)")
     ap.add_argument("--batch-size", type=_count(1), default=32)
     ap.add_argument("--no-generation", action="store_true", help="skip GE (generation is slow)")
     ap.add_argument("--generation-records", type=_count(0), default=None, metavar="K",
@@ -90,10 +120,17 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     if args.editors:
-        if not args.out_dir or args.out or args.merge:
-            ap.error("--editors writes one file per editor: give --out-dir (not --out/--merge)")
+        if (not args.out_dir) == (not args.store) or args.out or args.merge:
+            ap.error("--editors writes one file per editor: give --out-dir or --store "
+                     "(one of them, not --out/--merge)")
+    elif args.store:
+        ap.error("--store needs --editors")
     elif not args.out:
         ap.error("--out is required (or --editors with --out-dir)")
+    if (args.launcher is None) != (args.shards is None):
+        ap.error("--launcher and --shards go together")
+    if args.launcher and (not args.editors or args.shard is not None):
+        ap.error("--launcher runs shard jobs of an --editors run: give --editors, not --shard")
     if args.shard is not None and not args.merge:
         from loudfacts.evaluation import parse_shard
 
@@ -101,13 +138,25 @@ def main(argv=None) -> int:
             parse_shard(args.shard)
         except ValueError as e:
             ap.error(f"--shard: {e}")
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
 
     from loudfacts.data import DataNotFoundError, RecordsFileError
     from loudfacts.evaluation import ResultsFileError
+    from loudfacts.launch import LaunchError
 
     try:
-        return _run_editors(args) if args.editors else _run(args)
-    except (ResultsFileError, RecordsFileError, DataNotFoundError) as e:
+        if args.launcher:
+            return _launch(args, argv)
+        if args.editors:
+            run_editors(args)
+            return 0
+        return _run(args)
+    except (ResultsFileError, RecordsFileError, DataNotFoundError, LaunchError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 2
 
@@ -130,7 +179,7 @@ def _run(args) -> int:
         from loudfacts.models import load_model
 
         torch.manual_seed(args.seed)
-        model = load_model(args.model)
+        model = load_model(args.model, **_device(args))
         records = load_counterfact(args.split, n=args.n)
         if args.threads:
             torch.set_num_threads(args.threads)
@@ -139,15 +188,49 @@ def _run(args) -> int:
                       generation=not args.no_generation,
                       generation_records=args.generation_records,
                       max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                      seed=args.seed, pool=args.pool)
+                      seed=args.seed, pool=args.pool, top_up=args.top_up)
     summary = summarize(df)
     print(summary.to_string(index=False))
     summary.to_csv(str(out) + ".summary.csv", index=False)
     return 0
 
 
-def _run_editors(args) -> int:
-    """Several editors in one process, in order, each to its own file in --out-dir."""
+def _device(args) -> dict:
+    return {"device": args.device} if args.device else {}
+
+
+def _launch(args, argv) -> int:
+    """--launcher: one job per shard writing to the staging folder, then the merge."""
+    from loudfacts.launch import executor, merge_into, run_shards, strip_options
+
+    dest = Path(args.store or args.out_dir)
+    staging = Path(args.staging) if args.staging else dest / ".shards"
+    ex = executor(args.launcher, staging / "logs", partition=args.slurm_partition,
+                  gpus=args.slurm_gpus, cpus=args.slurm_cpus, mem_gb=args.slurm_mem_gb,
+                  time_min=args.slurm_time_min)
+    base = strip_options(argv)
+    print(f"{PROG}: {args.shards} shard jobs ({args.launcher}), files in {staging}", flush=True)
+    # per shard: {editor: its file, "@editor": the file to merge into}
+    written = run_shards(ex, base, args.shards, staging,
+                         ("store", str(dest)) if args.store else ("out-dir", str(dest)))
+    for name in args.editors.split(","):
+        parts = [Path(w[name]) for w in written]
+        target = Path(written[0]["@" + name])
+        kept, added = merge_into(target, parts)
+        print(f"{PROG}: {name}: merged {args.shards} shards into {target} ({kept} rows kept, "
+              f"{added} added)")
+    return 0
+
+
+def run_editors(args, merged_root=None) -> dict:
+    """Several editors in one process, in order, each to its own file in --out-dir (or the
+    study's files in --store).
+
+    Returns:
+        {editor: the file its rows went to}; with `merged_root` (a launcher's destination:
+        --store or --out-dir of the launching command) also {"@" + editor: the file the
+        shards are merged into}.
+    """
     import torch
 
     from loudfacts.data import load_counterfact
@@ -157,30 +240,48 @@ def _run_editors(args) -> int:
         results_path,
         shard_path,
         split_label,
+        store_path,
     )
     from loudfacts.models import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = load_model(args.model)
+    model = load_model(args.model, **_device(args))
     records = load_counterfact(args.split, n=args.n)
     shard = parse_shard(args.shard)
     tag = f"[shard {shard[0]}/{shard[1]}]" if shard else "[all]"
+    written = {}
     for name in args.editors.split(","):
-        path = results_path(model, name, split=split_label(args.split), n=args.n,
-                            n_neighbours=args.n_neighbours, generation=not args.no_generation,
-                            generation_records=args.generation_records,
-                            max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                            seed=args.seed, root=args.out_dir, pool=args.pool)
-        if shard:
-            path = shard_path(path, *shard)
+        if args.store:  # every shard appends to the study's file (under a lock)
+            path = store_path(model, name, args.split, args.store)
+        else:
+            path = results_path(model, name, split=split_label(args.split), n=args.n,
+                                n_neighbours=args.n_neighbours,
+                                generation=not args.no_generation,
+                                generation_records=args.generation_records,
+                                max_new_tokens=args.max_new_tokens,
+                                n_generation=args.n_generation, seed=args.seed,
+                                root=args.out_dir, pool=args.pool, top_up=args.top_up)
+            if shard:
+                path = shard_path(path, *shard)
         evaluate(model, name, records, out=path, shard=args.shard,
                  n_neighbours=args.n_neighbours, batch_size=args.batch_size,
                  generation=not args.no_generation, generation_records=args.generation_records,
                  max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                 seed=args.seed, progress=tag, pool=args.pool)
-    return 0
+                 seed=args.seed, progress=tag, pool=args.pool, top_up=args.top_up)
+        written[name] = str(path)
+        if merged_root is not None:
+            written["@" + name] = str(
+                store_path(model, name, args.split, merged_root[1]) if merged_root[0] == "store"
+                else results_path(model, name, split=split_label(args.split), n=args.n,
+                                  n_neighbours=args.n_neighbours,
+                                  generation=not args.no_generation,
+                                  generation_records=args.generation_records,
+                                  max_new_tokens=args.max_new_tokens,
+                                  n_generation=args.n_generation, seed=args.seed,
+                                  root=merged_root[1], pool=args.pool, top_up=args.top_up))
+    return written
 
 
 if __name__ == "__main__":

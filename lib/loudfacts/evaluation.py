@@ -40,7 +40,11 @@ known rows only; its `n` per metric leaves out failed edits.
 The flattened CounterFact layout has a single neighbourhood prompt per record, so
 `build_neighbourhoods` adds prompts from other records with the same relation and the same true
 object (their own rewrite prompts and neighbourhood prompts); `n_neighbours` says how many each
-record got.
+record got, and `top_up` fills rare ones up from two wider tiers (counted per row).
+
+The study (`study`, notebook 06) keeps its rows as data committed with the code, one file per
+model, split and editor (`store_path`: `results/<model>/<split>/<editor>.jsonl`); each row also
+names the commit and the machine that made it.
 
 Runner: `evaluate(..., out="results/rome.jsonl")` appends one JSON line per record as soon as it
 is done; a rerun skips case ids already in the file, so an interrupted run resumes. Records are
@@ -61,6 +65,7 @@ of an interrupted run of ours (every other line valid) is dropped before appendi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -71,6 +76,11 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on Linux/macOS
+    fcntl = None
 
 import numpy as np
 import torch
@@ -87,9 +97,10 @@ METRICS = ["ES", "EM", "PS", "PS_para", "PM", "NS", "NM", "NS+", "NM+", "NS+cool
 METRICS_VERSION = 2  # 2: PS_para, n_true_paraphrases, generations
 BOOK = ["case_id", "subject", "relation", "target_true", "target_new", "editor", "model",
         "known", "p_true_pre", "p_new_pre", "n_paraphrases", "n_true_paraphrases",
-        "n_neighbours", "n_generation",
+        "n_neighbours", "n_neighbours_other_template", "n_neighbours_other_object",
+        "n_generation",
         "edit_seconds", "edit_steps", "edit_reused", "eval_seconds", "edit_error",
-        "settings_digest", "run_key"]
+        "settings_digest", "run_key", "commit", "machine"]
 COLUMNS = BOOK + METRICS
 
 UNRELATED_PROMPTS = [
@@ -135,43 +146,89 @@ def generation_prompts_for(record, n: int) -> list[str]:
     return prompts[:n]
 
 
-def build_neighbourhoods(records, pool=None, n_neighbours: int = 10) -> dict:
+NEIGHBOUR_TOP_UPS = ("none", "object-then-relation")
+
+
+def build_neighbourhoods(records, pool=None, n_neighbours: int = 10, top_up: str = "none",
+                         tiers: dict | None = None) -> dict:
     """Neighbourhood prompts per record: its own, then more from records sharing its relation
-    and true object (their rewrite prompts, and their neighbourhood prompts with that object).
+    (prompt template) and true object (their rewrite prompts, and their neighbourhood prompts
+    with that object).
+
+    CounterFact's neighbourhood prompts are prompts about other subjects of the same relation
+    whose true object is the record's. The flattened layout keeps one per record, and some
+    (relation, true object) pairs are rare, so a record can end up with 1 or 3 prompts even
+    when borrowing from all of CounterFact. `top_up="object-then-relation"` tops such records up
+    to `n_neighbours` in two further tiers:
+
+    2. prompts whose true object is the record's under another template (the NS question is
+       unchanged: the right answer is still the record's true object, which the edit must not
+       displace; the relation may be another one that has that object);
+    3. prompts of the same template about subjects with another true object, each scored
+       against its own true object (never one whose true object is the record's new one): the
+       edit must not make them say the new object.
 
     Args:
         records: the records to evaluate.
         pool: records to draw extra prompts from (default `records`); give the full record set
             when evaluating a shard so every shard sees the same neighbourhoods.
         n_neighbours: at most this many prompts per record.
+        top_up: "none" (tier 1 only: the default, CounterFact's definition) or
+            "object-then-relation" (tiers 2 and 3 after it).
+        tiers: if a dict is given, it receives {case_id: [tier of each chosen prompt]}.
 
     Returns:
         {case_id: [(prompt, true_object), ...]} (no prompt mentions the record's subject).
     """
+    if top_up not in NEIGHBOUR_TOP_UPS:
+        raise ValueError(f"top_up={top_up!r} must be one of {NEIGHBOUR_TOP_UPS}")
     pool = list(records if pool is None else pool)
     by_key: dict[tuple, list] = {}
+    by_obj: dict[str, list] = {}
+    by_rel: dict[str, list] = {}
     for r in pool:
         by_key.setdefault((r.relation, r.target_true), []).append(r)
+        if top_up != "none":
+            by_obj.setdefault(r.target_true, []).append(r)
+            by_rel.setdefault(r.relation, []).append(r)
+
+    def prompts_of(other, obj):
+        """`other`'s rewrite prompt (true object `obj`) and its neighbourhood prompts whose
+        true object is `obj`."""
+        return [(fill(other.prompt, other.subject), obj)] + [
+            (p, t) for p, t in zip(other.neighborhood_prompts, other.neighborhood_true)
+            if t == obj]
+
     out = {}
     for rec in records:
         subj = rec.subject.strip()
-        cands = list(zip(rec.neighborhood_prompts,
-                         rec.neighborhood_true or [rec.target_true] * len(rec.neighborhood_prompts)))
+        cands = [(p, t, 1) for p, t in zip(
+            rec.neighborhood_prompts,
+            rec.neighborhood_true or [rec.target_true] * len(rec.neighborhood_prompts))]
         for other in by_key.get((rec.relation, rec.target_true), []):
-            if other is rec or other.subject.strip() == subj:
-                continue
-            cands.append((fill(other.prompt, other.subject), rec.target_true))
-            cands += [(p, t) for p, t in zip(other.neighborhood_prompts, other.neighborhood_true)
-                      if t == rec.target_true]
-        seen, chosen = set(), []
-        for p, t in cands:
+            if other is not rec and other.subject.strip() != subj:
+                cands += [(p, t, 1) for p, t in prompts_of(other, rec.target_true)]
+        if top_up != "none":
+            for other in by_obj.get(rec.target_true, []):
+                if (other is not rec and other.relation != rec.relation
+                        and other.subject.strip() != subj):
+                    cands += [(p, t, 2) for p, t in prompts_of(other, rec.target_true)]
+            for other in by_rel.get(rec.relation, []):
+                if (other is not rec and other.subject.strip() != subj
+                        and other.target_true not in (rec.target_true, rec.target_new)):
+                    cands += [(p, t, 3) for p, t in prompts_of(other, other.target_true)]
+        seen, chosen, tier = set(), [], []
+        for p, t, k in cands:
             if len(chosen) >= n_neighbours:
                 break
             if p in seen or subj in p:
                 continue
             seen.add(p)
             chosen.append((p, t))
+            tier.append(k)
         out[rec.case_id] = chosen
+        if tiers is not None:
+            tiers[rec.case_id] = tier
     return out
 
 
@@ -428,7 +485,7 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
 def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = True,
                  n_generation: int = 1, max_new_tokens: int = 30,
                  generation_records: int | None = None, seed: int | None = 0,
-                 pool: str = "records") -> dict:
+                 pool: str = "records", top_up: str = "none") -> dict:
     """Everything besides the record itself that determines an evaluation row.
 
     Model name and weights fingerprint, editor name and its full hyper-parameters,
@@ -456,6 +513,8 @@ def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = Tr
         # where borrowed neighbourhood prompts come from (left out for the evaluated records
         # themselves, so the digests of runs made before this setting existed still hold)
         **({"pool": _check_pool(pool)} if pool != "records" else {}),
+        # how neighbourhoods are topped up (`build_neighbourhoods`; left out when not)
+        **({"neighbour_top_up": _check_top_up(top_up)} if top_up != "none" else {}),
     }))
 
 
@@ -467,6 +526,13 @@ def _check_pool(pool) -> str:
         raise ValueError(f"pool={pool!r} must be one of {NEIGHBOUR_POOLS}: the evaluated records "
                          "themselves, or all of CounterFact (loudfacts.data.neighbour_pool)")
     return pool
+
+
+def _check_top_up(top_up) -> str:
+    if top_up not in NEIGHBOUR_TOP_UPS:
+        raise ValueError(f"top_up={top_up!r} must be one of {NEIGHBOUR_TOP_UPS} "
+                         "(loudfacts.evaluation.build_neighbourhoods)")
+    return top_up
 
 
 def run_key(settings: dict) -> str:
@@ -605,20 +671,53 @@ def _write_new(path: Path, runs: dict, rows=()) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(fh):
+    """An exclusive advisory lock on an open results file, for the processes that append to
+    one file together (`study` with workers: every shard's rows go to the same file)."""
+    if fcntl is None:  # no flock (Windows): one writer per file
+        yield fh
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+    try:
+        yield fh
+    finally:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row, default=float) + "\n")
+    line = (json.dumps(row, default=float) + "\n").encode()
+    with open(path, "ab") as f, _locked(f):
+        f.write(line)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _create_new(path: Path, runs: dict) -> bool:
+    """Create a results file holding only its header, unless `path` exists (another process
+    may have just created it: never replace it). True when this call created it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
+    _write_new(tmp, runs)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink()
 
 
 def _open_for_resume(out: Path, settings: dict, key: str, digests: dict) -> dict:
     """The rows of `out` by case id, after checking they were made under `settings` and that
     the rows of the records to do have the `digests` this run would write; a new file (its
     header) when `out` does not exist. The file is changed only after every check passed."""
-    if not out.exists():
-        _write_new(out, {key: settings})
+    if _create_new(out, {key: settings}):
         return {}
+    with open(out, "r+b") as fh, _locked(fh):  # no other writer appends while we read
+        return _resume_checked(out, fh, settings, key, digests)
+
+
+def _resume_checked(out: Path, fh, settings: dict, key: str, digests: dict) -> dict:
     f = _read_results_file(out)
     if set(f.runs) != {key}:
         diffs = []
@@ -633,7 +732,7 @@ def _open_for_resume(out: Path, settings: dict, key: str, digests: dict) -> dict
             f"cannot be reused: {'; '.join(diffs) or 'it holds several runs (a merged file)'}. "
             + ("" if same_pair else "Use one file per editor and model. ")
             + "Give another out file (`results_path` names one per settings), or delete this "
-            "one to recompute.")
+            "one to recompute (for the committed study rows: `make report FRESH=1`).")
     done = {r["case_id"]: r for r in f.rows}
     stale = [c for c, d in digests.items() if c in done and done[c]["settings_digest"] != d]
     if stale:
@@ -644,8 +743,7 @@ def _open_for_resume(out: Path, settings: dict, key: str, digests: dict) -> dict
             "records file, or another set of records to borrow neighbours from). Give another "
             "out file, or delete this one to recompute.")
     if f.torn_at is not None:  # every other line is a valid row of ours: safe to cut
-        with open(out, "r+b") as fh:
-            fh.truncate(f.torn_at)
+        fh.truncate(f.torn_at)
         print(f"{out}: dropped a torn last line (an interrupted write)")
     return done
 
@@ -742,6 +840,69 @@ def merge(parts) -> pd.DataFrame:  # noqa: F821
     return to_frame(rows)
 
 
+@dataclass
+class _Plan:
+    """What `evaluate` will do: the records, the shard's records to do, their neighbourhoods,
+    the run's settings and key, and the digest each row of the shard will carry."""
+    records: list
+    todo: list
+    neighbourhoods: dict
+    tiers: dict
+    with_ge: set
+    settings: dict
+    rkey: str
+    digests: dict
+    n_generation: int
+    max_new_tokens: int
+
+
+def _plan(model, editor, records, *, n_neighbours, generation, n_generation, max_new_tokens,
+          generation_records, pool, top_up, seed, shard) -> _Plan:
+    records = list(records)
+    ids: set = set()
+    for r in records:
+        if r.case_id in ids:
+            raise ValueError(f"records hold case id {r.case_id!r} more than once; every record "
+                             "needs its own case id (rows and shards are keyed by it)")
+        ids.add(r.case_id)
+    n_neighbours = _check_int("n_neighbours", n_neighbours, 0)
+    n_generation = _check_int("n_generation", n_generation, 0)
+    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
+    generation_records = _check_int("generation_records", generation_records, 0,
+                                    allow_none=True)
+    pool_name = "records"
+    if pool is None or isinstance(pool, str):
+        pool_name = _check_pool("records" if pool is None else pool)
+        if pool_name == "counterfact":
+            from loudfacts.data import neighbour_pool
+
+            # all of CounterFact first, in its fixed order, then any evaluated record not in
+            # it: a record's neighbourhood does not depend on which other records are evaluated
+            # (so rows of the first 50 records stay valid when the study grows to 1,000)
+            cf = list(neighbour_pool())
+            in_cf = {r.case_id for r in cf}
+            pool = cf + [r for r in records if r.case_id not in in_cf]
+        else:
+            pool = records
+    pool = list(pool)
+    top_up = _check_top_up(top_up)
+    tiers: dict = {}
+    neighbourhoods = build_neighbourhoods(records, pool, n_neighbours, top_up=top_up,
+                                          tiers=tiers)
+    todo = shard_records(records, shard)
+    with_ge = {r.case_id for r in (records if generation_records is None
+                                   else records[:generation_records])}
+    settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
+                            n_generation=n_generation, max_new_tokens=max_new_tokens,
+                            generation_records=generation_records, seed=seed,
+                            pool=pool_name, top_up=top_up)
+    rkey = run_key(settings)
+    digests = {r.case_id: row_digest(rkey, r, neighbourhoods[r.case_id],
+                                     generation and r.case_id in with_ge) for r in todo}
+    return _Plan(records, todo, neighbourhoods, tiers, with_ge, settings, rkey, digests,
+                 n_generation, max_new_tokens)
+
+
 # -- the evaluation loop -----------------------------------------------------------------------
 def evaluate(
     model,
@@ -756,6 +917,7 @@ def evaluate(
     max_new_tokens: int = 30,
     generation_records: int | None = None,
     pool=None,
+    top_up: str = "none",
     shard=None,
     seed: int | None = 0,
     progress: bool | str = True,
@@ -781,6 +943,10 @@ def evaluate(
             (default: `records` themselves) or "counterfact" (every record of both 10k
             CounterFact splits, `loudfacts.data.neighbour_pool`, as the published runs draw
             from all of CounterFact). A string pool is part of the run's settings.
+        top_up: "none" or "object-then-relation": how records with few neighbourhood prompts
+            are topped up (`build_neighbourhoods`); part of the run's settings when not "none".
+            Rows count the prompts of each extra tier (`n_neighbours_other_template`,
+            `n_neighbours_other_object`).
         shard: "i/n" to evaluate only shard i of n (neighbourhoods still come from `pool`).
         seed: each record is evaluated under `torch.manual_seed` of this seed and its case id
             (CPU generator forked, so the caller's random state is untouched), so a resumed
@@ -803,44 +969,18 @@ def evaluate(
         editor = get_editor(editor, model)
     if not isinstance(editor, Editor):
         raise TypeError(f"editor must be an Editor or a name, got {type(editor).__name__}")
-    records = list(records)
-    ids: set = set()
-    for r in records:
-        if r.case_id in ids:
-            raise ValueError(f"records hold case id {r.case_id!r} more than once; every record "
-                             "needs its own case id (rows and shards are keyed by it)")
-        ids.add(r.case_id)
-    n_neighbours = _check_int("n_neighbours", n_neighbours, 0)
+    plan = _plan(model, editor, records, n_neighbours=n_neighbours, generation=generation,
+                 n_generation=n_generation, max_new_tokens=max_new_tokens,
+                 generation_records=generation_records, pool=pool, top_up=top_up, seed=seed,
+                 shard=shard)
     batch_size = _check_int("batch_size", batch_size, 1)
-    n_generation = _check_int("n_generation", n_generation, 0)
-    max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 1)
-    generation_records = _check_int("generation_records", generation_records, 0,
-                                    allow_none=True)
-    pool_name = "records"
-    if pool is None or isinstance(pool, str):
-        pool_name = _check_pool("records" if pool is None else pool)
-        if pool_name == "counterfact":
-            from loudfacts.data import neighbour_pool
-
-            pool = records + list(neighbour_pool())
-        else:
-            pool = records
-    pool = list(pool)
-    neighbourhoods = build_neighbourhoods(records, pool, n_neighbours)
+    records, todo, neighbourhoods, tiers = plan.records, plan.todo, plan.neighbourhoods, plan.tiers
+    settings, rkey, digests, with_ge = plan.settings, plan.rkey, plan.digests, plan.with_ge
+    n_generation, max_new_tokens = plan.n_generation, plan.max_new_tokens
     empty = [r.case_id for r in records if not neighbourhoods[r.case_id]]
     if empty and progress:
         print(f"evaluate: {len(empty)} record(s) have no neighbourhood prompt (NS, NS+ and "
               f"NKL are NaN for them): case ids {empty[:10]}{' ...' if len(empty) > 10 else ''}")
-    todo = shard_records(records, shard)
-    with_ge = {r.case_id for r in (records if generation_records is None
-                                   else records[:generation_records])}
-    settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
-                            n_generation=n_generation, max_new_tokens=max_new_tokens,
-                            generation_records=generation_records, seed=seed,
-                            pool=pool_name)
-    rkey = run_key(settings)
-    digests = {r.case_id: row_digest(rkey, r, neighbourhoods[r.case_id],
-                                     generation and r.case_id in with_ge) for r in todo}
     done: dict = {}
     if out is not None:
         out = Path(out)
@@ -859,10 +999,11 @@ def evaluate(
             if seed is not None:
                 torch.manual_seed(_record_seed(seed, rec.case_id))
             row = _evaluate_record(model, editor, rec, neighbourhoods[rec.case_id], key,
+                                   tiers=tiers[rec.case_id],
                                    batch_size=batch_size,
                                    generation=generation and rec.case_id in with_ge,
                                    n_generation=n_generation, max_new_tokens=max_new_tokens)
-        row.update(settings_digest=digests[rec.case_id], run_key=rkey)
+        row.update(settings_digest=digests[rec.case_id], run_key=rkey, **_provenance(model))
         if out is not None:
             _append(out, row)
         rows.append(row)
@@ -881,19 +1022,37 @@ def evaluate(
     return df
 
 
+def _provenance(model) -> dict:
+    """Which code and machine made a row: `commit` (`loudfacts.paths.git_commit`) and
+    `machine` (the CPU as `loudfacts.models.cpu_info` names it, or the CUDA device). Not part
+    of any digest: the numbers do not depend on them beyond float rounding, the seconds do."""
+    from loudfacts.models import cpu_info
+    from loudfacts.paths import git_commit
+
+    dev = getattr(model, "device", None)
+    if dev is not None and torch.device(dev).type == "cuda":
+        machine = torch.cuda.get_device_name(torch.device(dev))
+    else:
+        cpu = cpu_info()
+        machine = f"{cpu['name'] or 'unknown CPU'} ({cpu['capability']})"
+    return {"commit": git_commit(), "machine": machine}
+
+
 def _record_seed(seed: int, case_id) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(str(case_id).encode())) % (2**63)
 
 
 def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generation,
-                     n_generation, max_new_tokens) -> dict:
+                     n_generation, max_new_tokens, tiers=()) -> dict:
     request = EditRequest.from_record(rec)
     row = {"case_id": rec.case_id, "subject": rec.subject, "relation": rec.relation,
            "target_true": rec.target_true, "target_new": rec.target_new,
            "editor": editor.name, "model": model.name,
            "n_paraphrases": len(rec.paraphrase_prompts),
            "n_true_paraphrases": len(rec.true_paraphrase_prompts),
-           "n_neighbours": len(neighbours)}
+           "n_neighbours": len(neighbours),
+           "n_neighbours_other_template": sum(t == 2 for t in tiers),
+           "n_neighbours_other_object": sum(t == 3 for t in tiers)}
     p_true, p_new = UNEDITED.target_probs(model, key, [request.text] * 2,
                                           [rec.target_true, rec.target_new], batch_size)
     row.update(p_true_pre=p_true, p_new_pre=p_new, known=bool(p_true > p_new))
@@ -956,17 +1115,126 @@ def evaluate_in_workers(model, editors, *, split: str, n: int, workers: int = 2,
                 "pool": _check_pool(pool)}
     paths = {name: results_path(model, name, root=root, **settings) for name in names}
     out_dir = next(iter(paths.values())).parent
+    args = _worker_args(model, names, split=split, n=n, n_neighbours=n_neighbours,
+                        generation=generation, generation_records=generation_records,
+                        n_generation=n_generation, max_new_tokens=max_new_tokens,
+                        batch_size=batch_size, seed=seed, pool=pool, top_up="none")
+    args += ["--out-dir", str(out_dir)]
+    run_workers("loudfacts.evaluate", args, workers, part_flag="--shard")
+    return {name: merge([shard_path(paths[name], i, workers) for i in range(workers)])
+            for name in names}
+
+
+# -- the study's committed rows ---------------------------------------------------------------
+def store_path(model, editor, split: str, root=None) -> Path:
+    """Where the study keeps one editor's rows: `results/<model>/<split>/<editor>.jsonl`.
+
+    One file per model, split and editor, whatever the number of records: the file's header
+    holds the run's settings (hparams, metric version, neighbourhood and generation settings),
+    every row its digest, so a bigger study appends to the same file and a changed setting is
+    refused (`study`). `root` defaults to `loudfacts.paths.results_dir()` (`results/`, or
+    `$LOUDFACTS_RESULTS`).
+    """
+    from loudfacts.paths import results_dir
+
+    name = editor if isinstance(editor, str) else editor.name
+    parts = (_safe_name_part("model name", model.name.replace("/", "_")),
+             _safe_name_part("split", split_label(split)))
+    root = Path(root).joinpath(*parts) if root else results_dir(*parts)
+    return root / f"{_safe_name_part('editor name', name)}.jsonl"
+
+
+def fresh_requested() -> bool:
+    """`LOUDFACTS_FRESH` is set to 1/true/yes (`make report FRESH=1`)."""
+    return os.environ.get("LOUDFACTS_FRESH", "").strip().lower() in ("1", "true", "yes")
+
+
+def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=None,
+          fresh: bool | None = None, n_neighbours: int = 10, generation: bool = True,
+          generation_records: int | None = None, n_generation: int = 1,
+          max_new_tokens: int = 30, batch_size: int = 32, seed: int = 0,
+          pool: str = "counterfact", top_up: str = "none", progress: bool = True) -> dict:
+    """Every editor on the first `n` records of `split`, reusing the committed rows.
+
+    Each editor's rows live in `store_path(...)` (`results/<model>/<split>/<editor>.jsonl`,
+    committed to git). Rows already there for these records, made under these settings, are
+    reused; only the missing ones are computed and appended as each finishes (in `workers`
+    one-thread processes that append to the same file under a lock, or in this process), so an
+    interrupted run loses nothing and a fresh clone recomputes nothing it has rows for.
+
+    A file made under other settings (another hparams digest, metric version, neighbourhood
+    or generation setting), or holding a row of one of these records made from other
+    contents, is never mixed in: the run stops with a `ResultsFileError` naming the file and
+    what differs. `fresh=True` (default: `fresh_requested()`, i.e. `make report FRESH=1`)
+    deletes these editors' files first and recomputes every row.
+
+    Returns:
+        {editor: DataFrame of the rows of these records, in their order}; each frame's attrs
+        also hold `path`, `reused` and `computed` (row counts).
+    """
+    from loudfacts.data import load_counterfact
+
+    fresh = fresh_requested() if fresh is None else bool(fresh)
+    records = load_counterfact(split, n=n, verbose=False)
+    names = [e if isinstance(e, str) else e.name for e in editors]
+    opts = dict(n_neighbours=n_neighbours, generation=generation, n_generation=n_generation,
+                max_new_tokens=max_new_tokens, generation_records=generation_records,
+                pool=pool, top_up=top_up, seed=seed)
+    paths, have = {}, {}
+    for name in names:
+        path = store_path(model, name, split, root)
+        if fresh and path.exists():
+            path.unlink()
+            print(f"study: fresh run: deleted {path}")
+        plan = _plan(model, get_editor(name, model), records, shard=None, **opts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        have[name] = set(_open_for_resume(path, plan.settings, plan.rkey, plan.digests))
+        paths[name] = path
+    missing = {name: sum(r.case_id not in have[name] for r in records) for name in names}
+    if progress:
+        print(f"study: {len(records)} records of {split}; rows to compute per editor: "
+              + ", ".join(f"{k} {v}" for k, v in missing.items()))
+    if any(missing.values()):
+        todo = [name for name in names if missing[name]]
+        if workers > 1:
+            from loudfacts.workers import run_workers
+
+            args = _worker_args(model, todo, split=split, n=n, batch_size=batch_size,
+                                **{k: v for k, v in opts.items()})
+            args += ["--store", str(Path(root) if root else paths[todo[0]].parents[2])]
+            run_workers("loudfacts.evaluate", args, workers, part_flag="--shard")
+        else:
+            for name in todo:
+                evaluate(model, name, records, out=paths[name], batch_size=batch_size,
+                         progress=progress, **opts)
+    out = {}
+    order = {r.case_id: i for i, r in enumerate(records)}
+    for name in names:
+        rows = [r for r in read_results(paths[name]) if r["case_id"] in order]
+        rows.sort(key=lambda r: order[r["case_id"]])
+        if len(rows) != len(records):
+            raise ResultsFileError(f"{paths[name]}: {len(records) - len(rows)} of the "
+                                   f"{len(records)} records have no row after the run")
+        df = to_frame(rows)
+        df.attrs.update(path=str(paths[name]), computed=missing[name],
+                        reused=len(records) - missing[name])
+        out[name] = df
+    return out
+
+
+def _worker_args(model, names, *, split, n, n_neighbours, generation, generation_records,
+                 n_generation, max_new_tokens, batch_size, seed, pool, top_up) -> list[str]:
+    """`python -m loudfacts.evaluate` arguments for these settings (workers add --shard)."""
     args = ["--editors", ",".join(names), "--model", model.name, "--split", str(split),
-            "--n", "all" if n is None else str(n), "--n-neighbours", str(n_neighbours), "--batch-size", str(batch_size),
-            "--max-new-tokens", str(max_new_tokens), "--n-generation", str(n_generation),
-            "--seed", str(seed), "--out-dir", str(out_dir), "--threads", "1", "--pool", pool]
+            "--n", "all" if n is None else str(n), "--n-neighbours", str(n_neighbours),
+            "--batch-size", str(batch_size), "--max-new-tokens", str(max_new_tokens),
+            "--n-generation", str(n_generation), "--seed", str(seed), "--threads", "1",
+            "--pool", pool, "--top-up", top_up]
     if not generation:
         args.append("--no-generation")
     if generation_records is not None:
         args += ["--generation-records", str(generation_records)]
-    run_workers("loudfacts.evaluate", args, workers, part_flag="--shard")
-    return {name: merge([shard_path(paths[name], i, workers) for i in range(workers)])
-            for name in names}
+    return args
 
 
 def shard_path(path, i: int, n: int) -> Path:
@@ -1366,7 +1634,7 @@ def headline_table(summary, results, implications=None, ladder_sum=None,
             e: f"{r['top1_post']:.2f} (of {int(r['n'])})" for e, r in tang.iterrows()})
     exclude = HEADLINE_EXCLUDED if exclude is None else exclude
     dropped = {e: exclude[e] for e in table.index if e in exclude}
-    table = table.reindex([e for e in _order(table.index) if e not in dropped])
+    table = table.reindex([e for e in editor_order(table.index) if e not in dropped])
     table.index.name = "editor"
     table = pd.DataFrame(table)
     table.attrs["excluded"] = dropped
@@ -1400,7 +1668,7 @@ def _safe_name_part(what: str, value: str) -> str:
 def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
                  generation: bool, generation_records: int | None = None,
                  max_new_tokens: int = 30, n_generation: int = 1, seed: int | None = 0,
-                 root=None, pool: str = "records") -> Path:
+                 root=None, pool: str = "records", top_up: str = "none") -> Path:
     """Cache file for `evaluate(out=...)`: one name per model, editor and its hyper-parameters,
     records and settings, so a rerun with the same settings resumes/reuses and any change
     starts a new file. The name reads `{editor}-{split}-n{n}-k{k}-{ge}-{digest}.jsonl`, where the
@@ -1420,7 +1688,8 @@ def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
     n = _check_int("n", n, 1, allow_none=True)
     settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
                             n_generation=n_generation, max_new_tokens=max_new_tokens,
-                            generation_records=generation_records, seed=seed, pool=pool)
+                            generation_records=generation_records, seed=seed, pool=pool,
+                            top_up=top_up)
     digest = _sha256({"run": run_key(settings), "split": split, "n": n})[:12]
     ge = "noge" if not generation else (
         ("ge" if generation_records is None else f"ge{int(generation_records)}")
@@ -1440,8 +1709,6 @@ def editor_order(editors) -> list[str]:
         sorted(set(editors) - set(EDITOR_ORDER))
 
 
-_order = editor_order
-
 
 def editor_palette(editors) -> dict:
     """The report's one colour per editor (`loudfacts.plotting.editor_palette`)."""
@@ -1456,7 +1723,7 @@ def plot_ns_vs_nsplus(summary, metrics=("NS", "NS+", "NS+cool")):
     import matplotlib.pyplot as plt
 
     s = summary[summary["metric"].isin(metrics)]
-    editors = _order(s["editor"].unique())
+    editors = editor_order(s["editor"].unique())
     fig, ax = plt.subplots(figsize=(1.3 * len(editors) + 2, 3.8))
     width = 0.8 / len(metrics)
     import seaborn as sns
@@ -1487,7 +1754,7 @@ def plot_ladder(ladder_sum):
     d = ladder_sum.copy()
     d["step"] = pd_categorical(d["step"], steps)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    order = _order(d["editor"].unique())
+    order = editor_order(d["editor"].unique())
     pal = editor_palette(order)
     sns.pointplot(data=d, x="step", y="p_new_post", hue="editor", hue_order=order, ax=axes[0],
                   order=steps, palette=pal)
@@ -1520,7 +1787,7 @@ def plot_nkl(df, column: str = "NKL"):
 
     d = df[df["known"].astype(bool)].copy()
     d[column] = d[column].astype(float).clip(lower=1e-9)
-    order = _order(d["editor"].unique())
+    order = editor_order(d["editor"].unique())
     fig, ax = plt.subplots(figsize=(1.3 * len(order) + 2, 3.6))
     sns.boxplot(data=d, x="editor", y=column, order=order, ax=ax, color="0.9", fliersize=0)
     sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3, hue="editor",
@@ -1539,7 +1806,7 @@ def plot_implications(summary):
     import seaborn as sns
 
     kinds = [k for k in IMPLICATION_KINDS if k in set(summary["kind"])]
-    order = _order(summary["editor"].unique())
+    order = editor_order(summary["editor"].unique())
     fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.6), sharey=True,
                              squeeze=False)
     for ax, k in zip(axes[0], kinds):

@@ -40,7 +40,7 @@ import torch
 from loudfacts.editing.base import EditError, EditRequest
 from loudfacts.editing.patching import activations_at
 from loudfacts.scoring import next_token_logprobs, target_probs
-from loudfacts.tokens import find_subject_spans
+from loudfacts.tokens import last_subject_token
 
 RESID = "blocks.{}.hook_resid_post"
 
@@ -88,13 +88,6 @@ def _probs(model, text: str, request: EditRequest, patches: Iterable = ()) -> tu
     return float(p[0]), float(p[1])
 
 
-def _subject_last(model, text: str, subject: str) -> int:
-    spans = find_subject_spans(model, text, subject)
-    if not spans:
-        raise EditError(f"subject {subject!r} not found in {text!r}")
-    return spans[-1][1] - 1
-
-
 def sweep(model, requests: Sequence[EditRequest], *, repeats: int = 2,
           layers: Sequence[int] | None = None, windows: Sequence[tuple[int, int]] | None = None,
           delta_layers: Sequence[int] | None = None, scales: Sequence[float] = (2.0, 4.0, 8.0),
@@ -133,7 +126,8 @@ def sweep(model, requests: Sequence[EditRequest], *, repeats: int = 2,
         if req.target_true is None:
             raise EditError(f"request {req!r} has no target_true: the sweep reads P(true) too")
         bare, ctx = req.text, context_text(req, repeats)
-        sb, sc = _subject_last(model, bare, req.subject), _subject_last(model, ctx, req.subject)
+        sb = last_subject_token(model, bare, req.subject)
+        sc = last_subject_token(model, ctx, req.subject)
         nb, nc = len(model.encode(bare)), len(model.encode(ctx))
         tail_b = list(range(sb, nb))
         tail_c = list(range(nc - len(tail_b), nc))
@@ -172,7 +166,7 @@ def sweep(model, requests: Sequence[EditRequest], *, repeats: int = 2,
         rows[-1]["control_gap"] = float((got - want).abs().max())
         for r in [x for x in other_repeats if x != repeats]:
             ctx_r = context_text(req, r)
-            s_r = _states(model, ctx_r, [_subject_last(model, ctx_r, req.subject)])
+            s_r = _states(model, ctx_r, [last_subject_token(model, ctx_r, req.subject)])
             add(IN_CONTEXT, _probs(model, ctx_r, req), r=r)
             add(WINDOW, _probs(model, bare, req, [(L, [sb], s_r[L]) for L in range(n)]),
                 layer=0, end=n, r=r)

@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,7 +38,7 @@ from pathlib import Path
 
 import yaml
 
-from loudfacts.paths import REPO_ROOT
+from loudfacts.paths import REPO_ROOT, git_commit
 
 KERNEL = "loudfacts"
 REMOVE_TAGS = {"remove-cell", "colab-setup"}
@@ -335,15 +334,7 @@ def render_html(executed: Path, target: Path) -> None:
 
 
 def _git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lib", "notebooks",
-                                "params", "hparams"], cwd=REPO_ROOT, capture_output=True,
-                               text=True).stdout.strip()
-        return rev + ("+uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    return git_commit.__wrapped__()  # not the per-process cache: the commit can change
 
 
 def _cpu_line() -> str:
@@ -372,6 +363,7 @@ def _fmt_seconds(s: float) -> str:
 
 HEADLINE_TABLE = "06_headline_table"
 PUBLISHED_TABLE = "06_published_comparison"
+PAIRED_EFFECTS_TABLE = "06_paired_effects"
 LIMITATIONS = [
     "One small model: SmolLM2-135M-Instruct (30 layers, d_model 576), not GPT-2 XL or GPT-J. "
     "The edit layer, the sizes of effects and what the model knows differ; it knows no "
@@ -382,10 +374,14 @@ LIMITATIONS = [
     "records of one split.",
     "Neighbourhood prompts: the flattened CounterFact layout has one per record; the rest are "
     "borrowed from other CounterFact records (both 10k splits) with the same relation and true "
-    "object, so a record whose relation and object no other record shares gets fewer than 10 "
-    "(notebook 06 prints the distribution).",
+    "object. A record whose relation and object few records share is topped up with prompts "
+    "of the same object under another template, then of the same template with another true "
+    "object (scored against that object): published CounterFact has 10 same-relation, "
+    "same-object prompts per record (notebook 06 prints the counts per tier).",
     "Paraphrases: most `rephrase_prompt`s of the flattened layout are generation-style prompts "
-    "(\"X's greatest weakness is\"), not ROME-form paraphrases; PS is computed on them as given.",
+    "(\"X's greatest weakness is\"), not ROME-form paraphrases; PS is computed on them as given. "
+    "PS_para scores the true paraphrases only (column PS_para, \"PS (true paraphrases)\" in "
+    "the headline; a record's count is n_true_paraphrases, and records with none are left out).",
     "GE is computed on lower-cased, greedily decoded 30-token generations for a few records; "
     "the published GE samples 100 tokens.",
     "Intervals are 95% percentile bootstraps over records or cases; the published "
@@ -396,9 +392,30 @@ LIMITATIONS = [
 ]
 
 
+def headline_excluded(figures: Path) -> dict[str, str]:
+    """{editor: reason} for the editors notebook 06 ran but left out of its headline table
+    (`loudfacts.evaluation.HEADLINE_EXCLUDED`). The editors that ran are read from the rows
+    of `06_paired_effects.csv` (one per edited editor, written by the same run); {} when that
+    table is missing."""
+    import csv
+
+    effects = Path(figures) / f"{PAIRED_EFFECTS_TABLE}.csv"
+    if not effects.exists():
+        return {}
+    with effects.open(newline="", encoding="utf-8") as f:
+        ran = [row.get("editor") for row in csv.DictReader(f)]
+    from loudfacts.evaluation import HEADLINE_EXCLUDED
+
+    return {e: HEADLINE_EXCLUDED[e] for e in dict.fromkeys(ran) if e in HEADLINE_EXCLUDED}
+
+
 def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str,
-                headline: str | None = None) -> None:
-    """index.md and index.html: headline table, run card, then one entry per notebook."""
+                headline: str | None = None, excluded: dict | None = None) -> None:
+    """index.md and index.html: headline table, run card, then one entry per notebook.
+
+    `excluded`: {editor: reason} for editors that ran but are not in the headline table (see
+    `headline_excluded`); a line under the table names each with its reason.
+    """
     lines = [
         "# Loud facts: locating, editing and stress-testing facts in a language model",
         "",
@@ -426,6 +443,11 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
             "",
             headline.strip(),
             "",
+        ]
+        if excluded:
+            lines += ["Left out of this table: " + "; ".join(
+                f"{e} — {why}" for e, why in excluded.items()) + ".", ""]
+        lines += [
             f"From notebook 06 (`figures/{HEADLINE_TABLE}.csv`); 95% bootstrap intervals in "
             "brackets. ES/PS: efficacy and paraphrase success; NS: neighbourhood specificity "
             "(ROME); NS+: the same with the edit statement prepended (CounterFact+); NKL: "
@@ -568,7 +590,8 @@ def build(
     headline_md = figures_dir() / f"{HEADLINE_TABLE}.md"
     headline = headline_md.read_text() if headline_md.exists() else None
     if not partial:
-        write_index(out, runs, card, figures_rel, headline)
+        excluded = headline_excluded(figures_dir()) if headline else {}
+        write_index(out, runs, card, figures_rel, headline, excluded)
     (out / ("run-partial.json" if partial else "run.json")).write_text(
         json.dumps({"card": card, "notebooks": [asdict(r) for r in runs]}, indent=2, default=str)
         + "\n"

@@ -84,7 +84,7 @@ def test_colab_setup_cell_is_inert_outside_colab():
 
 def test_params_files_name_existing_notebooks():
     stems = {p.stem for p in NOTEBOOKS} | {p.stem[:2] for p in NOTEBOOKS} | {"common"}
-    for f in ["smoke.yaml", "report.yaml", "gpu.yaml"]:
+    for f in ["smoke.yaml", "report.yaml", "gpu.yaml", "gpu-smollm2.yaml"]:
         data = yaml.safe_load((ROOT / "params" / f).read_text())
         assert set(data) <= stems, f"params/{f} has sections for no notebook: {set(data) - stems}"
 
@@ -114,7 +114,7 @@ def test_params_files_set_only_parameters_the_notebooks_declare():
         names: dict = {}
         exec(compile(cell.source, py.name, "exec"), {}, names)
         declared[py.stem] = set(names)
-    for f in ["smoke.yaml", "report.yaml", "gpu.yaml"]:
+    for f in ["smoke.yaml", "report.yaml", "gpu.yaml", "gpu-smollm2.yaml"]:
         data = yaml.safe_load((ROOT / "params" / f).read_text())
         common = set(data.get("common") or {})
         for stem, names in declared.items():

@@ -1,0 +1,113 @@
+"""What the study costs: seconds per record and editor, from the committed rows.
+
+    .venv/bin/python bench/bench_study.py [--results results] [--split edit-1k]
+
+Reads every editor's rows in `results/<model>/<split>/` (notebook 06's study; each row keeps
+the seconds its edit and its evaluation took, measured in a one-thread worker process, so they
+are CPU-seconds), and the wall time of the last `make report` from `report/run.json`. Writes
+`bench/results/study.json`: per editor, the mean edit and evaluation seconds per known record
+(evaluation with and without GE apart, since greedy generation dominates it), the CPU-hours of
+the rows, and what every editor on all 1,000 records of edit-1k and on all of CounterFact
+(21,919 records) would cost on this CPU at these rates. The rows name the machine that made
+them where they have the field (`machine`); rows made before it existed do not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "lib"))
+
+from loudfacts.evaluation import read_results  # noqa: E402
+from loudfacts.models import cpu_info  # noqa: E402
+
+COUNTERFACT_RECORDS = 21_919
+
+
+def _mean(xs) -> float | None:
+    xs = [float(x) for x in xs if x is not None and not (isinstance(x, float) and np.isnan(x))]
+    return float(np.mean(xs)) if xs else None
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", type=Path, default=ROOT / "results")
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--split", default="edit-1k")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "study.json")
+    args = ap.parse_args(argv)
+    folder = args.results / args.model / args.split
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        print(f"bench_study: no result rows in {folder}", file=sys.stderr)
+        return 2
+    editors, total_s, known_share = {}, 0.0, []
+    for path in files:
+        rows = read_results(path)
+        known = [r for r in rows if r.get("known")]
+        known_share.append(len(known) / len(rows))
+        ge = [r for r in known if (r.get("n_generation") or 0) > 0]
+        no_ge = [r for r in known if not (r.get("n_generation") or 0)]
+        edit = _mean(r.get("edit_seconds") for r in known)
+        ev_ge = _mean(r.get("eval_seconds") for r in ge)
+        ev_plain = _mean(r.get("eval_seconds") for r in no_ge)
+        secs = sum(float(r.get("edit_seconds") or 0) + float(r.get("eval_seconds") or 0)
+                   for r in known)
+        total_s += secs
+        editors[path.stem] = {
+            "records": len(rows), "known": len(known),
+            "edit_s_per_known_record": edit,
+            "eval_s_per_known_record_without_ge": ev_plain,
+            "eval_s_per_known_record_with_ge": ev_ge, "records_with_ge": len(ge),
+            "reuses_rome_v_star": bool(_mean(r.get("edit_reused") for r in known) or 0),
+            "cpu_hours_of_these_rows": secs / 3600,
+            "machines": sorted({str(r.get("machine")) for r in rows if r.get("machine")}),
+        }
+    share = float(np.mean(known_share))
+    per_record = sum((e["edit_s_per_known_record"] or 0)
+                     + (e["eval_s_per_known_record_without_ge"] or 0)
+                     for e in editors.values()) * share
+    run_card = {}
+    card_path = ROOT / "report" / "run.json"
+    if card_path.exists():
+        card = json.loads(card_path.read_text())["card"]
+        run_card = {k: card.get(k) for k in ("commit", "date", "cpu", "wall time")}
+    out = {
+        "benchmark": "study",
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu": cpu_info()},
+        "rows": str(folder.relative_to(ROOT) if folder.is_relative_to(ROOT) else folder),
+        "note": "Seconds are measured per row in one-thread worker processes (CPU-seconds); "
+                "unknown records cost only the unedited check and are not counted. "
+                "Projections use the known share of these rows and evaluation without GE.",
+        "editors": editors,
+        "cpu_hours_of_all_rows": total_s / 3600,
+        "known_share": share,
+        "projection_cpu_hours_every_editor_without_ge": {
+            "edit-1k (1,000 records)": per_record * 1000 / 3600,
+            f"all of CounterFact ({COUNTERFACT_RECORDS:,} records)":
+                per_record * COUNTERFACT_RECORDS / 3600,
+        },
+        "last_report_run": run_card,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    for name, e in editors.items():
+        print(f"{name:14s} {e['known']:4d} known: edit {e['edit_s_per_known_record'] or 0:6.1f} s, "
+              f"eval {e['eval_s_per_known_record_without_ge'] or 0:5.1f} s "
+              f"(with GE {e['eval_s_per_known_record_with_ge'] or 0:5.1f} s)")
+    print(f"-> {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
