@@ -1,0 +1,58 @@
+"""The committed study rows (`results/`) are the ones `make report` would compute.
+
+Notebook 06 reuses a row only when the file's settings and the row's digest are the ones the
+report's parameters give (`evaluation.study`). This checks that, without evaluating anything:
+for every editor notebook 06 runs under `params/report.yaml`, the committed file exists, was
+made under those settings (model weights, the editor's full hyper-parameters, the metric
+version, neighbourhood and generation settings) and holds a row with the right digest for each
+of the report's records. So a fresh clone's `make report` computes no row of the study, and a
+change to an editor's hyper-parameters or a metric that leaves the rows stale fails here, naming
+the file, rather than silently recomputing an hour of rows.
+"""
+
+from __future__ import annotations
+
+import jupytext
+import pytest
+import yaml
+
+from loudfacts import evaluation as ev
+from loudfacts.data import load_counterfact
+from loudfacts.editing.base import get_editor
+from loudfacts.paths import repo_path
+
+pytestmark = pytest.mark.integration
+
+
+def _report_params() -> dict:
+    data = yaml.safe_load(repo_path("params", "report.yaml").read_text())
+    notebook = {}
+    cell = next(c for c in jupytext.read(repo_path("notebooks", "06_specificity_plus.py")).cells
+                if "parameters" in c.metadata.get("tags", []))
+    exec(compile(cell.source, "06", "exec"), {}, notebook)
+    return {**notebook, **(data.get("common") or {}), **data["06_specificity_plus"]}
+
+
+def test_committed_rows_cover_the_report_population(model):
+    p = _report_params()
+    assert p["model_name"] == model.name
+    records = load_counterfact(p["split"], n=p["n_records"], verbose=False)
+    for name in p["editors"]:
+        path = ev.store_path(model, name, p["split"])
+        assert path.exists(), f"{path}: no committed rows for {name}"
+        plan = ev._plan(model, get_editor(name, model), records,
+                        n_neighbours=p["n_neighbours"], generation=p["generation"],
+                        n_generation=p["n_generation"], max_new_tokens=p["max_new_tokens"],
+                        generation_records=p["generation_records"], pool=p["neighbour_pool"],
+                        top_up=p["neighbour_top_up"], seed=p["seed"], shard=None)
+        f = ev._read_results_file(path)
+        assert f.torn_at is None, f"{path}: torn last line"
+        assert set(f.runs) == {plan.rkey}, (
+            f"{path} was made under other settings than params/report.yaml gives: "
+            + "; ".join(ev._settings_diff(next(iter(f.runs.values())), plan.settings)))
+        rows = {r["case_id"]: r for r in f.rows}
+        missing = [c for c in plan.digests if c not in rows]
+        stale = [c for c, d in plan.digests.items() if c in rows
+                 and rows[c]["settings_digest"] != d]
+        assert not missing, f"{path}: no row for case ids {missing[:10]}"
+        assert not stale, f"{path}: rows of case ids {stale[:10]} have other digests"
