@@ -129,14 +129,22 @@ def known_facts_table(
 
 
 def latest_known_facts_table(model) -> pd.DataFrame:
-    """The most recently written knowledge table for this model (as notebook 00 built it), or
-    a fresh default one when there is none."""
-    tables = sorted(
-        cache_dir("knowledge").glob(f"known_facts-{model.name.replace('/', '_')}-*.csv"),
-        key=lambda p: p.stat().st_mtime,
-    )
-    if tables:
-        table = pd.read_csv(tables[-1])
-        if list(table.columns) == COLUMNS:
-            return table
-    return known_facts_table(model)
+    """The largest knowledge table written for this model's weights (as notebook 00 built it;
+    the most facts, then the most recent), or a fresh default one when there is none.
+
+    Largest, not latest: a smoke run writes small tables, and a choice by modification time made
+    notebook 01 draw its facts from whichever run had written last.
+    """
+    prefix = f"known_facts-{model.name.replace('/', '_')}-{model.weight_digest()[:12]}-"
+    best, best_key = None, None
+    for path in cache_dir("knowledge").glob(prefix + "*.csv"):
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        if list(table.columns) != COLUMNS:
+            continue
+        key = (len(table), path.stat().st_mtime)
+        if best_key is None or key > best_key:
+            best, best_key = table, key
+    return best if best is not None else known_facts_table(model)

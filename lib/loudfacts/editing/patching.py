@@ -335,10 +335,20 @@ def _hook_names(model, site: str, layers) -> list[str]:
 _POOLS: dict[str, list[tuple[str, str, str]]] = {}
 
 
+# Which facts donors are drawn from (part of patch-donor's hyper-parameters, so rows made
+# from another pool are never reused). 2: data files only (the implication cases, ROME's
+# known_1000 facts, both CounterFact splits); 1 also read the most recently written knowledge
+# table of the cache, so the pool depended on which notebook had run last.
+DONOR_POOL_VERSION = 2
+
+
 def _fact_pool(model) -> list[tuple[str, str, str]]:
     """(template, subject, true object) of facts to draw donors from (cached per model name).
 
-    Sources that are missing (no data files, no cached knowledge table) are skipped.
+    From data files only, whatever the cache holds: the implication cases' edits, ROME's
+    known_1000 facts and both CounterFact splits (about 20k records). Candidates are ranked by
+    the model's P(target_new) at edit time, so facts the model does not know are kept here.
+    Sources that are missing (no data files) are skipped.
     """
     if model.name in _POOLS:
         return _POOLS[model.name]
@@ -356,15 +366,11 @@ def _fact_pool(model) -> list[tuple[str, str, str]]:
     except (OSError, ValueError, KeyError):
         pass
     try:
-        from loudfacts.knowledge import latest_known_facts_table
-        from loudfacts.paths import cache_dir
+        from loudfacts.data import DataNotFoundError, load_known_facts
 
-        if any(cache_dir("knowledge").glob(f"known_facts-{model.name.replace('/', '_')}-*.csv")):
-            df = latest_known_facts_table(model)
-            df = df[df["known"].astype(bool)]
-            pool += [(r.prompt, str(r.subject).strip(), str(r.target_true).strip())
-                     for r in df.itertuples()]
-    except (ImportError, OSError, ValueError, KeyError, AttributeError):
+        pool += [(f.prompt, f.subject.strip(), f.attribute.strip())
+                 for f in load_known_facts()]  # ROME's known_1000 facts
+    except (ImportError, OSError, ValueError, DataNotFoundError):
         pass
     try:
         from loudfacts.data import neighbour_pool
@@ -459,6 +465,8 @@ class PatchDonorEditor(_PatchingEditor):
         max_candidates: donor candidates scored when searching.
         min_donor_p: a same-template donor is preferred when the model gives target_new at
             least this probability after it; otherwise the best candidate of any template.
+        donor_pool: the version of the pool donors come from (`DONOR_POOL_VERSION`; see
+            `_fact_pool`), so results made from another pool are never reused.
     """
 
     defaults: ClassVar[dict] = {
@@ -469,6 +477,7 @@ class PatchDonorEditor(_PatchingEditor):
         "max_candidates": 24,
         "min_donor_p": 0.2,
         "variants": True,
+        "donor_pool": DONOR_POOL_VERSION,
     }
 
     def _check_hparams(self):
@@ -476,6 +485,9 @@ class PatchDonorEditor(_PatchingEditor):
         h = self.hparams
         self._check_number("max_candidates", lo=1, integer=True)
         self._check_number("min_donor_p", lo=0.0, hi=1.0)
+        if h["donor_pool"] != DONOR_POOL_VERSION:
+            raise EditError(f"{self.name}: donor_pool={h['donor_pool']!r}: only version "
+                            f"{DONOR_POOL_VERSION} (data files only) exists in this code")
         if h["positions"] not in ("last", "aligned", "auto"):
             raise EditError(f"{self.name}: positions={h['positions']!r} unknown; use 'last', "
                             "'aligned' or 'auto'")
