@@ -29,9 +29,11 @@
 #    unedited model. Does it predict which prompts, and which edits, leak?
 #
 # Everything is averaged over ROME edits of known CounterFact records, with intervals over
-# edits. `loudfacts.leak` holds the machinery; its docstring states each quantity. Editors
-# designed to stay quiet (a v* with a tangential-mention term, a gated hook edit) are not
-# built yet: this notebook measures and explains the leak they would have to remove.
+# edits. `loudfacts.leak` holds the machinery; its docstring states each quantity. The first
+# editor designed to stay quiet, `rome-quiet` (`loudfacts.editing.quiet`: v* with a KL term on
+# tangential mentions, computed on the edit's exact write from the coefficient above), is
+# registered and tested, but not yet swept here; a gated hook edit is not built yet. This
+# notebook measures and explains the leak they have to remove.
 
 # %% tags=["colab-setup", "remove-cell"]
 import sys

@@ -37,3 +37,6 @@ __all__ = [
     "register_editor",
     "validate_request",
 ]
+
+# Editors that live outside base's built-in list register themselves on import.
+from loudfacts.editing import quiet as _quiet  # noqa: E402,F401
