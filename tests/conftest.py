@@ -27,6 +27,21 @@ def tiny_llama():
     return tiny_model("llama")
 
 
+@pytest.fixture(scope="module")
+def tiny3():
+    """A 3-layer tiny random Llama, one per test module (the edit-layer tests of leak and
+    rome-quiet)."""
+    from loudfacts.models import tiny_model
+
+    return tiny_model("llama", n_layers=3)
+
+
+@pytest.fixture
+def scratch_cache(tmp_path, monkeypatch):
+    """Point `LOUDFACTS_CACHE` at the test's tmp folder (use with pytest.mark.usefixtures)."""
+    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
+
+
 @pytest.fixture(scope="session")
 def tiny_gpt2():
     from loudfacts.models import tiny_model

@@ -19,16 +19,7 @@ REQ = EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris")
 REQ2 = EditRequest("{} plays the sport of", "Michael Jordan", "tennis", "basketball")
 
 
-@pytest.fixture(autouse=True)
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
-
-
-@pytest.fixture(scope="module")
-def tiny3():
-    from loudfacts.models import tiny_model
-
-    return tiny_model("llama", n_layers=3)
+pytestmark = pytest.mark.usefixtures("scratch_cache")
 
 
 def _weights(model):
