@@ -32,8 +32,9 @@
 # edits. `loudfacts.leak` holds the machinery; its docstring states each quantity. The first
 # editor designed to stay quiet, `rome-quiet` (`loudfacts.editing.quiet`: v* with a KL term on
 # tangential mentions, computed on the edit's exact write from the coefficient above), is
-# registered and tested, but not yet swept here; a gated hook edit is not built yet. This
-# notebook measures and explains the leak they have to remove.
+# registered and tested, but not yet swept here. A gated hook edit, `hook-gated`, is scored
+# at the end against ROME on notebook 06's metrics, with its gate's hit and false-trigger
+# rates.
 
 # %% tags=["colab-setup", "remove-cell"]
 import sys
@@ -64,6 +65,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+from IPython.display import display
 from tqdm.auto import tqdm
 
 from loudfacts import claims as cl
@@ -391,6 +393,113 @@ save_table(flags, "07_edit_level_predictor")
 flags.round(3)
 
 # %% [markdown]
+# ## A gated edit: write the fact only where it is asked for
+#
+# `hook-gated` (`loudfacts.editing.gated`) adds ROME's δ at the subject's last token, as
+# `hook-delta` does, and then decides position by position whether the prediction comes from
+# the edited or the unedited forward pass. The gate opens at position t when (i) the edited
+# subject occurs at or before t with no sentence-ending token between them, and (ii) the
+# unedited residual stream after layer L at some position from the subject to t has a cosine
+# ≥ τ = 0 with the rewrite prompt's last-token residual, both centred on the mean residual of
+# generic prompts (so (ii) asks "is this query on the rewrite prompt's side of a generic
+# query?"). Neither setting is tuned. Where the gate is open the output is hook-delta's exactly,
+# where closed the unedited model's exactly (unit tests).
+#
+# First the gate itself: how often it opens at the last token of each family's prompts. It
+# should open on the rewrite prompt and its paraphrases, and on nothing else. The CounterFact+
+# and tangential prefixes end with a full stop, so (i) closes them by construction; the
+# **same-sentence** family ("{subject} is cool, and {neighbourhood prompt}") is built to defeat
+# (i), so only (ii) can keep it closed: its rate is the gate's false-trigger rate where the
+# heuristic gives it no help.
+
+# %%
+rome_hp = {"seed": seed, **rome_overrides}
+hook_delta = get_editor("hook-delta", model, rome=rome_hp)
+hook_gated = get_editor("hook-gated", model, rome=rome_hp)
+gate_rows = []
+for rec in tqdm(chosen, desc="gate"):
+    req = EditRequest.from_record(rec)
+    gated_edit = hook_gated.edit(req)
+    neigh = [p for p, _ in neighbourhoods[rec.case_id]]
+    fams = [("rewrite", req.text)] + [("paraphrase", p) for p in rec.paraphrase_prompts]
+    fams += [(f, p) for f, p in leak.leak_probes(req, neigh)]
+    fams += [("same-sentence", f"{req.subject.strip()} is cool, and {p}") for p in neigh]
+    opened = gated_edit.gate_at_last([p for _, p in fams])
+    gate_rows += [{"case_id": rec.case_id, "family": f, "open": float(o)}
+                  for (f, _), o in zip(fams, opened)]
+gates = pd.DataFrame(gate_rows)
+gate_families = ["rewrite", "paraphrase", "same-sentence", *leak.FAMILIES]
+gate_rates = pd.DataFrame([{"family": f, "should open": f in ("rewrite", "paraphrase"),
+                            **over_edits(gates[gates.family == f], "open")}
+                           for f in gate_families]).set_index("family")
+save_table(gate_rates, "07_gate_rates")
+gate_rates.round(3)
+
+# %% [markdown]
+# Then the edit's scores, notebook 06's metrics on the same records and neighbourhoods
+# (`evaluation.evaluate`, no generation): ROME's weight edit, hook-delta (the ungated write)
+# and hook-gated, all from the same v*. Paired differences against ROME per record, with 95%
+# bootstrap intervals over records. The question this notebook's issue asks is stated once:
+# **an edit is quieter at ROME's efficacy when its NS+ exceeds ROME's by at least 0.1 (mean,
+# with the interval excluding 0) while its mean ES is within 0.05 of ROME's.**
+
+# %%
+from loudfacts.evaluation import evaluate
+
+scored = pd.concat([evaluate(model, ed, chosen, n_neighbours=n_neighbours, pool=pool,
+                             top_up=neighbour_top_up, generation=False, seed=seed,
+                             progress=False)
+                    for ed in (editor, hook_delta, hook_gated)], ignore_index=True)
+metrics = ["ES", "PS", "NS", "NS+", "NS+cool", "NKL"]
+vs_rome = []
+for name in ("hook-delta", "hook-gated"):
+    for met in metrics:
+        r = cl.paired_effect(scored, name, met, baseline="rome", n_resamples=n_bootstrap,
+                             seed=seed)
+        vs_rome.append({"editor": name, "metric": met, **r})
+vs_rome = pd.DataFrame(vs_rome).set_index(["editor", "metric"])
+means = scored.groupby("editor")[metrics].mean().loc[["rome", "hook-delta", "hook-gated"]]
+save_table(means, "07_gated_scores")
+save_table(vs_rome, "07_gated_vs_rome")
+display(means.round(3))
+vs_rome.round(3)
+
+
+# %%
+def quieter_at_equal_efficacy(name):
+    """The rule above, for one editor against ROME."""
+    ns, es = vs_rome.loc[(name, "NS+")], vs_rome.loc[(name, "ES")]
+    return bool(ns["effect"] >= 0.1 and ns["ci_low"] > 0 and abs(es["effect"]) <= 0.05)
+
+
+verdicts = {name: quieter_at_equal_efficacy(name) for name in ("hook-delta", "hook-gated")}
+print(verdicts)
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+for ax, (x, y) in zip(axes, (("NS+", "ES"), ("NS+cool", "PS"))):
+    for name in means.index:
+        sub = scored[scored.editor == name]
+        mx = cl.bootstrap_mean(sub[x].to_numpy(float), n_bootstrap, seed)
+        my = cl.bootstrap_mean(sub[y].to_numpy(float), n_bootstrap, seed)
+        ax.errorbar(mx[0], my[0], xerr=[[mx[0] - mx[1]], [mx[2] - mx[0]]],
+                    yerr=[[my[0] - my[1]], [my[2] - my[0]]], fmt="o", capsize=3, label=name)
+    ax.set_xlabel(f"{x} (higher: quieter)")
+    ax.set_ylabel(f"{y} (higher: the edit took)")
+axes[0].legend(frameon=False)
+save_figure(fig, "07_gated_frontier", caption=(
+    f"Efficacy against specificity on {len(chosen)} known records, notebook 06's metrics: "
+    "ROME's weight edit, hook-delta (ROME's δ added at the subject's last token) and "
+    "hook-gated (the same write, used only where the gate opens). Means over records with 95% "
+    "bootstrap intervals. Left: ES against NS+ (CounterFact+ prompts); right: PS against "
+    "NS+cool (tangential prompts)."))
+
+# %% [markdown]
+# The gate's cost and its mechanism are both in the tables: its misses are the paraphrases it
+# leaves closed (PS), its false triggers the same-sentence prompts it opens. The CounterFact+
+# and tangential prompts it closes by the sentence rule alone, so on prompts built like those
+# families its quiet is a property of the punctuation, not of a test of what is being asked.
+
+# %% [markdown]
 # ## Claims tested here
 
 # %%
@@ -407,6 +516,12 @@ for fam, text in (("tangential", "Loud facts: after \"{subject} is cool.\", ROME
                                {"effect": r["mean"], "ci_low": r["ci_low"],
                                 "ci_high": r["ci_high"], "n": r["n"]},
                                "increase", "07_quiet_edits", reproduce))
+r = vs_rome.loc[("hook-gated", "NS+")]
+claim_rows.append(cl.claim("A gated hook edit (ROME's δ used only where its gate opens) is "
+                           "quieter on CounterFact+ prompts than ROME's weight edit",
+                           "NS+, hook-gated − ROME, same records", pop.replace(
+                               "ROME edits", "Edits"), r, "increase", "07_quiet_edits",
+                           reproduce))
 cl.save_claims("07", claim_rows)
 pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", "ci_high",
                                               "verdict"]]
@@ -446,6 +561,17 @@ parts.append(f" ROME's closed-form coefficient, computed without an edited forwa
              f"level of edits, ‖δ‖ · c̄ {'flags' if flag['flags loud edits'] else 'does not flag'}"
              f" loud edits (ρ = {flag['rho']:.2f} [{flag['ci_low']:.2f}, {flag['ci_high']:.2f}],"
              f" n = {flag['n']}).")
+g_ns, g_es = vs_rome.loc[("hook-gated", "NS+")], vs_rome.loc[("hook-gated", "ES")]
+g_ps = vs_rome.loc[("hook-gated", "PS")]
+parts.append(f" A gated hook edit (ROME's δ, used only where the edited subject is in the same "
+             f"sentence and the query resembles the rewrite prompt's) changes NS+ by "
+             f"{g_ns['effect']:+.2f} [{g_ns['ci_low']:+.2f}, {g_ns['ci_high']:+.2f}], ES by "
+             f"{g_es['effect']:+.2f} and PS by {g_ps['effect']:+.2f} against ROME (n = "
+             f"{int(g_ns['n'])}); by the rule stated in the notebook it "
+             f"{'is' if verdicts['hook-gated'] else 'is not'} quieter at ROME's efficacy. Its "
+             f"gate opens on {gate_rates.loc['paraphrase', 'mean']:.0%} of paraphrases and "
+             f"falsely on {gate_rates.loc['same-sentence', 'mean']:.0%} of same-sentence "
+             "mentions.")
 save_findings("07", "".join(parts), figure="07_head_heatmap")
 
 # %%
