@@ -40,8 +40,8 @@ h*'s side of the generic mean), so no evaluated record chose them.
 
 A forward that does not go through `model.hf.base_model` (the partial forwards of
 `loudfacts.forward`, used by ROME's v* and `leak.patch_paths`) cannot compute the gate; the
-write hook raises `EditError` there instead of writing ungated. Forwards given a KV
-cache are refused, since they may hold only the newest tokens (the gate needs every token of the sequence).
+write hook raises `EditError` there instead of writing ungated. Forwards given a KV cache are
+refused, since they may hold only the newest tokens (the gate needs the whole sequence).
 """
 
 from __future__ import annotations
@@ -255,9 +255,12 @@ class HookGatedEditor(HookDeltaEditor):
         from loudfacts.editing.quiet import QUIET_TRAIN_PROMPTS
 
         name = RESID_POST.format(gate_layer)
-        generic = torch.stack([activations_at(self.model, p, -1, [name])[name].float()
-                               for p in QUIET_TRAIN_PROMPTS])
-        centre = generic.mean(0)
+        centres = self.__dict__.setdefault("_centres", {})
+        if gate_layer not in centres:  # depends only on the layer: once per editor
+            centres[gate_layer] = torch.stack([
+                activations_at(self.model, p, -1, [name])[name].float()
+                for p in QUIET_TRAIN_PROMPTS]).mean(0)
+        centre = centres[gate_layer]
         h_ref = activations_at(self.model, request.text, -1, [name])[name].float() - centre
         return h_ref, centre
 
