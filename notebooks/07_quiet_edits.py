@@ -34,7 +34,7 @@
 # tangential mentions, computed on the edit's exact write from the coefficient above), is
 # registered and tested, but not yet swept here. A gated hook edit, `hook-gated`, is scored
 # at the end against ROME on notebook 06's metrics, with its gate's hit and false-trigger
-# rates.
+# rates, and swept over its threshold with and without its sentence rule.
 
 # %% tags=["colab-setup", "remove-cell"]
 import sys
@@ -56,6 +56,8 @@ min_leak = 0.01  # a prompt is loud when the edit raises P(new object) by at lea
 max_loud = 3  # loudest CounterFact+ / tangential prompts per edit traced by patching
 top_k = 10  # heads compared between loud prompts and the rewrite prompt
 rome_overrides = {}  # ROME hyper-parameters (smoke runs: fewer prefixes, steps, tokens)
+# hook-gated settings scored against ROME: [clause_rule, tau]; the first is the editor's default
+gate_sweep = [[True, 0.0], [True, 0.3], [True, 0.6], [False, 0.0], [False, 0.6]]
 n_bootstrap = 1000
 
 # %%
@@ -410,7 +412,9 @@ flags.round(3)
 # and tangential prefixes end with a full stop, so (i) closes them by construction; the
 # **same-sentence** family ("{subject} is cool, and {neighbourhood prompt}") is built to defeat
 # (i), so only (ii) can keep it closed: its rate is the gate's false-trigger rate where the
-# heuristic gives it no help.
+# heuristic gives it no help. `gate_scores` returns, per prompt, the threshold-free score the
+# gate compares with τ (the largest centred cosine since the subject's last mention), so the
+# rates at every τ, with the sentence rule (i) and without it, come from one pass.
 
 # %%
 rome_hp = {"seed": seed, **rome_overrides}
@@ -424,9 +428,9 @@ for rec in tqdm(chosen, desc="gate"):
     fams = [("rewrite", req.text)] + [("paraphrase", p) for p in rec.paraphrase_prompts]
     fams += [(f, p) for f, p in leak.leak_probes(req, neigh)]
     fams += [("same-sentence", f"{req.subject.strip()} is cool, and {p}") for p in neigh]
-    opened = gated_edit.gate_at_last([p for _, p in fams])
-    gate_rows += [{"case_id": rec.case_id, "family": f, "open": float(o)}
-                  for (f, _), o in zip(fams, opened)]
+    scores = gated_edit.gate_scores([p for _, p in fams])
+    gate_rows += [{"case_id": rec.case_id, "family": f, **g, "open": float(g["open"])}
+                  for (f, _), g in zip(fams, scores)]
 gates = pd.DataFrame(gate_rows)
 gate_families = ["rewrite", "paraphrase", "same-sentence", *leak.FAMILIES]
 gate_rates = pd.DataFrame([{"family": f, "should open": f in ("rewrite", "paraphrase"),
@@ -435,30 +439,101 @@ gate_rates = pd.DataFrame([{"family": f, "should open": f in ("rewrite", "paraph
 save_table(gate_rates, "07_gate_rates")
 gate_rates.round(3)
 
+
+# %%
+def gate_open(frame, clause_rule, tau):
+    """Whether hook-gated with these settings opens at each prompt's last token (from the
+    threshold-free scores; `GatedHookEdit.gate_scores`)."""
+    allowed = frame["in_clause"] if clause_rule else frame["subject_seen"]
+    return (allowed & (frame["score"] >= tau)).astype(float)
+
+
+taus = np.round(np.linspace(-0.2, 1.0, 25), 3)
+curve_rows = []
+for rule in (True, False):
+    for tau in taus:
+        g = gates.assign(open=gate_open(gates, rule, tau))
+        curve_rows += [{"clause_rule": rule, "tau": tau, "family": f,
+                        **over_edits(g[g.family == f], "open")} for f in gate_families]
+gate_curves = pd.DataFrame(curve_rows)
+save_table(gate_curves, "07_gate_curves")
+check = gate_curves[(gate_curves.clause_rule) & (gate_curves.tau == 0.0)].set_index("family")
+assert np.allclose(check.loc[gate_families, "mean"], gate_rates["mean"], equal_nan=True)
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+for ax, rule in zip(axes, (True, False)):
+    sub = gate_curves[gate_curves.clause_rule == rule]
+    for f in gate_families:
+        c = sub[sub.family == f]
+        ax.plot(c["tau"], c["mean"], label=f, lw=2 if f in ("rewrite", "paraphrase") else 1,
+                ls="-" if f in ("rewrite", "paraphrase") else "--")
+    ax.set_xlabel("τ (cosine threshold)")
+    ax.set_title("with the sentence rule" if rule else "without the sentence rule (cosine only)")
+axes[0].set_ylabel("share of prompts where the gate opens")
+axes[1].legend(frameon=False, fontsize=8)
+save_figure(fig, "07_gate_curves", caption=(
+    f"How often hook-gated's gate opens at the last token, per probe family, against its "
+    f"threshold τ, over {len(chosen)} edits (means of per-edit shares). Solid: families where "
+    "it should open. Left: the editor as defined (a sentence end closes the gate); right: the "
+    "same scores without that rule, so the relation cosine alone must keep CounterFact+ and "
+    "tangential prompts closed."))
+
+# %% [markdown]
+# Without the sentence rule the gate latches open from the first position after a mention
+# whose query passes τ, to the end of the prompt. A CounterFact+ prompt begins by stating the
+# edited fact ("{rewrite prompt} {new object}."), whose last prompt token *is* the rewrite
+# query (score 1), so the right panel can only close CounterFact+ prompts at τ near 1, where
+# the rewrite prompt itself starts to fail. The sweep below scores both versions.
+
 # %% [markdown]
 # Then the edit's scores, notebook 06's metrics on the same records and neighbourhoods
 # (`evaluation.evaluate`, no generation): ROME's weight edit, hook-delta (the ungated write)
-# and hook-gated, all from the same v*. Paired differences against ROME per record, with 95%
-# bootstrap intervals over records. The question this notebook's issue asks is stated once:
-# **an edit is quieter at ROME's efficacy when its NS+ exceeds ROME's by at least 0.1 (mean,
-# with the interval excluding 0) while its mean ES is within 0.05 of ROME's.**
+# and hook-gated at each setting of `gate_sweep` (the first is the editor's default), all from
+# the same v*. Paired differences against ROME per record, with 95% bootstrap intervals over
+# records. The question this notebook's issue asks is stated once: **an edit is quieter at
+# ROME's efficacy when its NS+ exceeds ROME's by at least 0.1 (mean, with the interval
+# excluding 0) while its mean ES is within 0.05 of ROME's.** A gate that compares queries with
+# the rewrite prompt's own opens on that prompt by construction (its score there is 1), so
+# for hook-gated the ES condition is nearly free; PS (paraphrases) is the efficacy it can lose,
+# and the tables report it next to ES.
 
 # %%
 from loudfacts.evaluation import evaluate
 
-scored = pd.concat([evaluate(model, ed, chosen, n_neighbours=n_neighbours, pool=pool,
-                             top_up=neighbour_top_up, generation=False, seed=seed,
-                             progress=False)
-                    for ed in (editor, hook_delta, hook_gated)], ignore_index=True)
+
+
+def gate_label(rule, tau):
+    return f"hook-gated ({'sentence rule' if rule else 'no rule'}, τ={tau:g})"
+
+
+gated_editors = {gate_label(r, t): get_editor("hook-gated", model, rome=rome_hp,
+                                              clause_rule=bool(r), tau=float(t))
+                 for r, t in gate_sweep}
+default_gate = gate_label(*gate_sweep[0])
+if gated_editors[default_gate].hparams != hook_gated.hparams:
+    raise ValueError(f"gate_sweep={gate_sweep!r}: its first setting must be the editor's "
+                     "default, [True, 0.0] (the claim and the gate-rate table are about it)")
+
+
+def scores_of(ed, label=None):
+    df = evaluate(model, ed, chosen, n_neighbours=n_neighbours, pool=pool,
+                  top_up=neighbour_top_up, generation=False, seed=seed, progress=False)
+    return df.assign(editor=label) if label else df
+
+
+scored = pd.concat([scores_of(editor), scores_of(hook_delta)]
+                   + [scores_of(ed, label) for label, ed in gated_editors.items()],
+                   ignore_index=True)
 metrics = ["ES", "PS", "NS", "NS+", "NS+cool", "NKL"]
+compared = ["hook-delta", *gated_editors]
 vs_rome = []
-for name in ("hook-delta", "hook-gated"):
+for name in compared:
     for met in metrics:
         r = cl.paired_effect(scored, name, met, baseline="rome", n_resamples=n_bootstrap,
                              seed=seed)
         vs_rome.append({"editor": name, "metric": met, **r})
 vs_rome = pd.DataFrame(vs_rome).set_index(["editor", "metric"])
-means = scored.groupby("editor")[metrics].mean().loc[["rome", "hook-delta", "hook-gated"]]
+means = scored.groupby("editor")[metrics].mean().loc[["rome", *compared]]
 save_table(means, "07_gated_scores")
 save_table(vs_rome, "07_gated_vs_rome")
 display(means.round(3))
@@ -472,26 +547,45 @@ def quieter_at_equal_efficacy(name):
     return bool(ns["effect"] >= 0.1 and ns["ci_low"] > 0 and abs(es["effect"]) <= 0.05)
 
 
-verdicts = {name: quieter_at_equal_efficacy(name) for name in ("hook-delta", "hook-gated")}
-print(verdicts)
+verdicts = {name: quieter_at_equal_efficacy(name) for name in compared}
+also_ps = {name: verdicts[name] and abs(vs_rome.loc[(name, "PS"), "effect"]) <= 0.05
+           for name in compared}
+yes_no = lambda d: {k: "yes" if v else "no" for k, v in d.items()}  # noqa: E731
+sweep = pd.DataFrame({"quieter at ROME's ES (the rule)": yes_no(verdicts),
+                      "and PS within 0.05": yes_no(also_ps)})
+save_table(sweep, "07_gated_verdicts")
+display(sweep)
 
-fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+
+def point(ax, sub, x, y, **kw):
+    mx = cl.bootstrap_mean(sub[x].to_numpy(float), n_bootstrap, seed)
+    my = cl.bootstrap_mean(sub[y].to_numpy(float), n_bootstrap, seed)
+    ax.errorbar(mx[0], my[0], xerr=[[mx[0] - mx[1]], [mx[2] - mx[0]]],
+                yerr=[[my[0] - my[1]], [my[2] - my[0]]], capsize=3, **kw)
+    return mx[0], my[0]
+
+
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
 for ax, (x, y) in zip(axes, (("NS+", "ES"), ("NS+cool", "PS"))):
-    for name in means.index:
-        sub = scored[scored.editor == name]
-        mx = cl.bootstrap_mean(sub[x].to_numpy(float), n_bootstrap, seed)
-        my = cl.bootstrap_mean(sub[y].to_numpy(float), n_bootstrap, seed)
-        ax.errorbar(mx[0], my[0], xerr=[[mx[0] - mx[1]], [mx[2] - mx[0]]],
-                    yerr=[[my[0] - my[1]], [my[2] - my[0]]], fmt="o", capsize=3, label=name)
+    for name, marker in (("rome", "s"), ("hook-delta", "D")):
+        point(ax, scored[scored.editor == name], x, y, fmt=marker, label=name)
+    for rule, colour in ((True, "C2"), (False, "C3")):
+        xy = [point(ax, scored[scored.editor == gate_label(r, t)], x, y, fmt="o", color=colour,
+                    alpha=0.8) for r, t in gate_sweep if bool(r) == rule]
+        if xy:
+            xs, ys = zip(*xy)
+            ax.plot(xs, ys, color=colour, lw=1, label="hook-gated, " + (
+                "sentence rule" if rule else "no rule") + " (τ " + ", ".join(
+                f"{t:g}" for r, t in gate_sweep if bool(r) == rule) + ")")
     ax.set_xlabel(f"{x} (higher: quieter)")
     ax.set_ylabel(f"{y} (higher: the edit took)")
-axes[0].legend(frameon=False)
+axes[0].legend(frameon=False, fontsize=8)
 save_figure(fig, "07_gated_frontier", caption=(
     f"Efficacy against specificity on {len(chosen)} known records, notebook 06's metrics: "
     "ROME's weight edit, hook-delta (ROME's δ added at the subject's last token) and "
-    "hook-gated (the same write, used only where the gate opens). Means over records with 95% "
-    "bootstrap intervals. Left: ES against NS+ (CounterFact+ prompts); right: PS against "
-    "NS+cool (tangential prompts)."))
+    "hook-gated (the same write, used only where the gate opens) at each swept setting, joined "
+    "in order of τ for each rule. Means over records with 95% bootstrap intervals. Left: ES "
+    "against NS+ (CounterFact+ prompts); right: PS against NS+cool (tangential prompts)."))
 
 # %% [markdown]
 # The gate's cost and its mechanism are both in the tables: its misses are the paraphrases it
@@ -516,7 +610,7 @@ for fam, text in (("tangential", "Loud facts: after \"{subject} is cool.\", ROME
                                {"effect": r["mean"], "ci_low": r["ci_low"],
                                 "ci_high": r["ci_high"], "n": r["n"]},
                                "increase", "07_quiet_edits", reproduce))
-r = vs_rome.loc[("hook-gated", "NS+")]
+r = vs_rome.loc[(default_gate, "NS+")]
 claim_rows.append(cl.claim("A gated hook edit (ROME's δ used only where its gate opens) is "
                            "quieter on CounterFact+ prompts than ROME's weight edit",
                            "NS+, hook-gated − ROME, same records", pop.replace(
@@ -561,17 +655,29 @@ parts.append(f" ROME's closed-form coefficient, computed without an edited forwa
              f"level of edits, ‖δ‖ · c̄ {'flags' if flag['flags loud edits'] else 'does not flag'}"
              f" loud edits (ρ = {flag['rho']:.2f} [{flag['ci_low']:.2f}, {flag['ci_high']:.2f}],"
              f" n = {flag['n']}).")
-g_ns, g_es = vs_rome.loc[("hook-gated", "NS+")], vs_rome.loc[("hook-gated", "ES")]
-g_ps = vs_rome.loc[("hook-gated", "PS")]
+g_ns, g_es = vs_rome.loc[(default_gate, "NS+")], vs_rome.loc[(default_gate, "ES")]
+g_ps = vs_rome.loc[(default_gate, "PS")]
 parts.append(f" A gated hook edit (ROME's δ, used only where the edited subject is in the same "
              f"sentence and the query resembles the rewrite prompt's) changes NS+ by "
              f"{g_ns['effect']:+.2f} [{g_ns['ci_low']:+.2f}, {g_ns['ci_high']:+.2f}], ES by "
              f"{g_es['effect']:+.2f} and PS by {g_ps['effect']:+.2f} against ROME (n = "
              f"{int(g_ns['n'])}); by the rule stated in the notebook it "
-             f"{'is' if verdicts['hook-gated'] else 'is not'} quieter at ROME's efficacy. Its "
+             f"{'is' if verdicts[default_gate] else 'is not'} quieter at ROME's efficacy. Its "
              f"gate opens on {gate_rates.loc['paraphrase', 'mean']:.0%} of paraphrases and "
              f"falsely on {gate_rates.loc['same-sentence', 'mean']:.0%} of same-sentence "
              "mentions.")
+no_rule = [gate_label(r, t) for r, t in gate_sweep if not r]
+if no_rule:
+    best = max(no_rule, key=lambda n: vs_rome.loc[(n, "NS+"), "effect"])
+    b_ns, b_ps = vs_rome.loc[(best, "NS+")], vs_rome.loc[(best, "PS")]
+    parts.append(f" Without the sentence rule the relation cosine alone must keep the "
+                 f"CounterFact+ prompts closed: the best swept setting, {best}, changes NS+ by "
+                 f"{b_ns['effect']:+.2f} [{b_ns['ci_low']:+.2f}, {b_ns['ci_high']:+.2f}] and "
+                 f"PS by {b_ps['effect']:+.2f}, and "
+                 f"{'meets' if verdicts[best] else 'does not meet'} the rule.")
+passing = [n for n in compared if also_ps[n]]
+parts.append(" Settings quieter at ROME's ES and PS: " + (", ".join(passing) if passing
+                                                          else "none") + ".")
 save_findings("07", "".join(parts), figure="07_head_heatmap")
 
 # %%

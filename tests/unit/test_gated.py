@@ -120,8 +120,51 @@ def test_generate_runs_gated(tiny3, edits):
     assert isinstance(text, str)
 
 
+def test_gate_scores_give_the_gate_for_every_threshold(tiny3):
+    """One call's threshold-free scores decide the gate of an edit at any tau, with and without
+    the sentence rule; batched rows score as when run alone."""
+    comp = get_editor("hook-delta", tiny3, rome=ROME).rome_editor().components(REQ)
+    prompts = ["The Louvre is located in the city of", "The Louvre, like Big Ben, is in",
+               "The Louvre is cool. The Eiffel Tower is in", "Big Ben is in",
+               "I saw the Louvre and then the river", "The Louvre. Rome is the capital of"]
+    ref = None
+    for rule in (True, False):
+        for tau in (-1.0, -0.2, 0.0, 0.3, 0.9):
+            ed = get_editor("hook-gated", tiny3, rome=ROME, tau=tau, clause_rule=rule)
+            got = ed.edit_from_components(REQ, comp).gate_scores(prompts, batch_size=4)
+            if ref is None:
+                ref = got
+                alone = [ed.edit_from_components(REQ, comp).gate_scores([p])[0] for p in prompts]
+                for a, b in zip(got, alone):
+                    assert a["open"] == b["open"] and a["in_clause"] == b["in_clause"]
+                    assert a["score"] == pytest.approx(b["score"], abs=1e-5, nan_ok=True)
+            for r, r0 in zip(got, ref):
+                assert r["score"] == pytest.approx(r0["score"], abs=1e-6, nan_ok=True)
+                allowed = r["in_clause"] if rule else r["subject_seen"]
+                assert r["open"] == bool(allowed and r["score"] >= tau)
+    seen = [r["subject_seen"] for r in ref]
+    clause = [r["in_clause"] for r in ref]
+    assert seen == [True, True, True, False, True, True]
+    assert clause == [True, True, False, False, True, False]
+    assert ref[0]["score"] == pytest.approx(1.0, abs=1e-5)  # the rewrite prompt is h* itself
+
+
+def test_without_the_clause_rule_an_earlier_sentence_opens(tiny3, edits):
+    hook_delta, _, _ = edits
+    comp = get_editor("hook-delta", tiny3, rome=ROME).rome_editor().components(REQ)
+    no_rule = get_editor("hook-gated", tiny3, rome=ROME, tau=-1.0, clause_rule=False)
+    edit = no_rule.edit_from_components(REQ, comp)
+    assert edit.info["clause_rule"] is False
+    texts = ["The Louvre is cool. The Eiffel Tower is in", "Big Ben is in"]
+    pre = next_token_logprobs(tiny3, texts)
+    torch.testing.assert_close(_logits(tiny3, edit, texts)[0],
+                               _logits(tiny3, hook_delta, texts)[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(_logits(tiny3, edit, texts)[1], pre[1], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("bad", [{"tau": 1.5}, {"tau": "high"}, {"gate_layer": 99},
-                                 {"gate_layer": -1}, {"gate_layer": 1.5}])
+                                 {"gate_layer": -1}, {"gate_layer": 1.5},
+                                 {"clause_rule": "yes"}])
 def test_bad_settings_are_named(tiny3, bad):
     with pytest.raises((EditError, ValueError), match=next(iter(bad))):
         get_editor("hook-gated", tiny3, rome=ROME, **bad)

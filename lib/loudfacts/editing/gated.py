@@ -36,7 +36,10 @@ subject in the *same* sentence as a mention of the edited subject ("The Louvre i
 Eiffel Tower is in") opens it whenever the query resembles the rewrite prompt's, and a
 paraphrase whose query does not resemble it stays closed. Notebook 07 measures both rates.
 Neither setting is tuned: `gate_layer` is ROME's edit layer and `tau` is 0 (the query is on
-h*'s side of the generic mean), so no evaluated record chose them.
+h*'s side of the generic mean), so no evaluated record chose them. `clause_rule=False` drops
+the sentence test (in_clause_t becomes "the subject occurs at or before t"), so the cosine alone
+decides; notebook 07 sweeps `tau` under both and reads the gate's rates for every `tau` from
+`GatedHookEdit.gate_scores`, which returns the threshold-free score at each prompt's last token.
 
 A forward that does not go through `model.hf.base_model` (the partial forwards of
 `loudfacts.forward`, used by ROME's v* and `leak.patch_paths`) cannot compute the gate; the
@@ -91,18 +94,24 @@ class _GateState:
         self.inner = False  # True while this edit's unedited pass runs
         self.h = None  # unedited residual after gate_layer (set by the inner pass)
         self.final0 = None  # unedited output of the last block (set by the inner pass)
-        self.stack: list[dict] = []  # {"open": (b, pos) bool | None, "final0": tensor}
-        self.last_open = None  # the last finished forward's gate (cpu), for diagnostics
+        self.stack: list[dict] = []  # {"open": (b, pos) bool | None, "final0": tensor, ...}
+        self.last = None  # the last finished forward's entry (cpu tensors), for diagnostics
+
+    @property
+    def last_open(self):
+        """The last finished forward's gate, (b, pos) bool on the CPU (None: no ids)."""
+        return None if self.last is None else self.last["open"]
 
 
 class GatedHookEdit(HookEdit):
     """ROME's δ at the subject's last token, with the per-position gate of the module docstring."""
 
     def __init__(self, model, request: EditRequest, editor: str, *, layer: int, delta, patterns,
-                 gate_layer: int, h_ref, centre, tau: float, info: dict):
+                 gate_layer: int, h_ref, centre, tau: float, info: dict,
+                 clause_rule: bool = True):
         super().__init__(model, self._make_hooks, request, editor, info)
         self.layer, self.delta, self.patterns = layer, delta, patterns
-        self.gate_layer, self.tau = gate_layer, float(tau)
+        self.gate_layer, self.tau, self.clause_rule = gate_layer, float(tau), bool(clause_rule)
         self.h_ref, self.centre = h_ref, centre
         self.boundary = _boundary_table(model.tokenizer)
         self.state: _GateState | None = None
@@ -181,8 +190,10 @@ class GatedHookEdit(HookEdit):
         h = st.h.float() - self.centre.to(st.h.device)
         cos = torch.nn.functional.cosine_similarity(h, self.h_ref.to(h.device)[None, None], dim=-1)
         boundary = self.boundary.to(ids.device)[ids.clamp(0, len(self.boundary) - 1)]
-        st.stack.append({"open": gate_mask(subj.to(ids.device), boundary, cos >= self.tau),
-                         "final0": st.final0})
+        subj = subj.to(ids.device)
+        cut = boundary if self.clause_rule else torch.zeros_like(boundary)
+        st.stack.append({"open": gate_mask(subj, cut, cos >= self.tau), "final0": st.final0,
+                         "cos": cos, "subject": subj, "boundary": boundary})
         st.h = st.final0 = None
         return None
 
@@ -191,7 +202,9 @@ class GatedHookEdit(HookEdit):
         st = self.state
         if not st.inner and st.stack:
             top = st.stack.pop()
-            st.last_open = None if top["open"] is None else top["open"].cpu()
+            top.pop("final0", None)
+            st.last = {k: (v.cpu() if isinstance(v, torch.Tensor) else v)
+                       for k, v in top.items()}
         return None
 
     # -- apply / restore ---------------------------------------------------------------------
@@ -220,16 +233,48 @@ class GatedHookEdit(HookEdit):
 
     # -- diagnostics ---------------------------------------------------------------------------
     @torch.no_grad()
-    def gate_at_last(self, prompts) -> list[bool]:
-        """Whether the gate is open at the last token of each prompt (one forward each; the
-        edit is applied for the call and restored after)."""
+    def gate_scores(self, prompts, batch_size: int = 32) -> list[dict]:
+        """The gate at the last token of each prompt, with what it was decided from.
+
+        Returns one dict per prompt: `open` (this edit's gate), `subject_seen` (the edited
+        subject occurs in the prompt), `in_clause` (its last mention is in the last token's
+        sentence, whatever `clause_rule` is) and `score`, the largest centred cosine from that
+        mention to the last token (NaN without a mention). For any threshold, the gate would be
+        open exactly where `score >= tau` and `in_clause` (`clause_rule=False`: `subject_seen`)
+        hold, so one call gives the gate's rates for every `tau`. Prompts run in right-padded
+        batches (each row gated as if alone); the edit is applied for the call and restored.
+        """
+        m = self.model
+        enc = [m.encode(p) for p in prompts]
+        for p, e in zip(prompts, enc):
+            if not e:
+                raise ValueError(f"gate_scores: prompt {p!r} is empty")
+        pad = m.tokenizer.pad_token_id or 0
         out = []
         with self.applied():
-            for p in prompts:
-                ids = torch.tensor([self.model.encode(p)], device=self.model.device)
-                self.model.hf.base_model(ids)
-                out.append(bool(self.state.last_open[0, -1]))
+            for i in range(0, len(enc), batch_size):
+                seqs = enc[i:i + batch_size]
+                width = max(len(s) for s in seqs)
+                ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for j, s in enumerate(seqs):
+                    ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
+                    mask[j, :len(s)] = 1
+                m.hf.base_model(ids.to(m.device), attention_mask=mask.to(m.device))
+                last = self.state.last
+                s_idx = _last_index(last["subject"])
+                cut = _last_index(last["boundary"])
+                for j, s in enumerate(seqs):
+                    t, st = len(s) - 1, int(s_idx[j, len(s) - 1])
+                    seen = st >= 0
+                    score = float(last["cos"][j, st:t + 1].max()) if seen else float("nan")
+                    out.append({"open": bool(last["open"][j, t]), "subject_seen": seen,
+                                "in_clause": seen and int(cut[j, t]) <= st, "score": score})
         return out
+
+    def gate_at_last(self, prompts) -> list[bool]:
+        """Whether the gate is open at the last token of each prompt (`gate_scores`)."""
+        return [r["open"] for r in self.gate_scores(prompts)]
 
 
 @register_editor("hook-gated")
@@ -239,9 +284,12 @@ class HookGatedEditor(HookDeltaEditor):
     Hyper-parameters: hook-delta's (`rome`, `scale`, `variants`), plus
         gate_layer: the layer after which h_t is read (None: ROME's edit layer).
         tau: the cosine threshold, in [-1, 1] (0: closer to h* than the generic mean is).
+        clause_rule: True (default): the gate closes at a sentence end; False: a mention of
+            the subject anywhere earlier counts, and the cosine alone decides.
     """
 
-    defaults: ClassVar[dict] = {**HookDeltaEditor.defaults, "gate_layer": None, "tau": 0.0}
+    defaults: ClassVar[dict] = {**HookDeltaEditor.defaults, "gate_layer": None, "tau": 0.0,
+                                "clause_rule": True}
 
     def _check_hparams(self):
         super()._check_hparams()
@@ -271,7 +319,10 @@ class HookGatedEditor(HookDeltaEditor):
         gl = self.hparams["gate_layer"]
         gl = int(comp["layer"]) if gl is None else int(gl)
         h_ref, centre = self._reference(request, gl)
-        info = {**base.info, "gate_layer": gl, "tau": float(self.hparams["tau"])}
+        rule = bool(self.hparams["clause_rule"])
+        info = {**base.info, "gate_layer": gl, "tau": float(self.hparams["tau"]),
+                "clause_rule": rule}
         return GatedHookEdit(self.model, request, self.name, layer=int(comp["layer"]), delta=d,
                              patterns=base.info["patterns"], gate_layer=gl, h_ref=h_ref,
-                             centre=centre, tau=float(self.hparams["tau"]), info=info)
+                             centre=centre, tau=float(self.hparams["tau"]), info=info,
+                             clause_rule=rule)
