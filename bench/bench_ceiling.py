@@ -1,6 +1,6 @@
 """The machine's own limit, and how close each hot path gets to it, in one run.
 
-    python bench/bench_ceiling.py [--quick]
+    python bench/bench_ceiling.py [--quick] [--out PATH]
 
 Ceiling: a large float32 matmul (2048 x 2048 x 2048, the process's torch threads), in GFLOP/s,
 and bf16 where the CPU has native bf16 (`loudfacts.models.cpu_info`). Then, for each hot path,
@@ -13,7 +13,9 @@ of the ceiling the benchmark profiles the path and lists its five most expensive
 Hot paths: ROME's k* + v* for one request (the reference recipe, SmolLM2 hparams), one FT
 step, one FT-L step, scoring one CounterFact record (the unedited model's probes), one
 causal-trace grid per fact (MLP kind, fast and reference paths, 10 noise draws), and key
-statistics over 8k tokens. Writes bench/results/ceiling.json, naming the CPU.
+statistics over 8k tokens. Writes bench/results/ceiling.json (or --out), naming the CPU; a
+second CPU kind's run goes to its own file (`--out bench/results/ceiling-<kind>.json`), so that
+each kind's ratios stay those of one run.
 """
 
 from __future__ import annotations
@@ -105,7 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer noise draws and tokens")
     ap.add_argument("--skip", nargs="*", default=[], choices=["trace-reference", "trace-fast"],
                     help="leave out these paths (the reference trace takes minutes)")
+    ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT})")
     args = ap.parse_args(argv)
+    out_path = args.out
     torch.manual_seed(0)
     cpu = cpu_info()
     ceiling = matmul_ceiling()
@@ -134,8 +138,8 @@ def main(argv=None) -> int:
                     "shows a low fraction and its top operators say so.",
             "paths": rows,
         }
-        OUT.parent.mkdir(parents=True, exist_ok=True)
-        OUT.write_text(json.dumps(out, indent=1) + "\n")
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text(json.dumps(out, indent=1) + "\n")
 
     rome = get_editor("rome", model)
     rome.second_moment()
@@ -196,7 +200,7 @@ def main(argv=None) -> int:
         ceiling, units=n_tok, unit="token"))
 
     save(rows, done=True)
-    print(f"wrote {OUT}")
+    print(f"wrote {out_path}")
     return 0
 
 

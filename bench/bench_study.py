@@ -9,7 +9,9 @@ are CPU-seconds), and the wall time of the last `make report` from `report/run.j
 (evaluation with and without GE apart, since greedy generation dominates it), the CPU-hours of
 the rows, and what every editor on all 1,000 records of edit-1k and on all of CounterFact
 (21,919 records) would cost on this CPU at these rates. The rows name the machine that made
-them where they have the field (`machine`); rows made before it existed do not.
+them where they have the field (`machine`); rows made before it existed do not. Rows come from
+several CPU kinds, whose speeds differ by several times, so each editor's seconds are also given
+per machine (`by_machine`), with the projection for every machine whose rows cover every editor.
 """
 
 from __future__ import annotations
@@ -37,6 +39,37 @@ def _mean(xs) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
+def _rates(known) -> dict:
+    """Mean seconds per known record of these rows (edit, evaluation without and with GE)."""
+    ge = [r for r in known if (r.get("n_generation") or 0) > 0]
+    no_ge = [r for r in known if not (r.get("n_generation") or 0)]
+    return {"known": len(known),
+            "edit_s_per_known_record": _mean(r.get("edit_seconds") for r in known),
+            "eval_s_per_known_record_without_ge": _mean(r.get("eval_seconds") for r in no_ge),
+            "eval_s_per_known_record_with_ge": _mean(r.get("eval_seconds") for r in ge),
+            "records_with_ge": len(ge)}
+
+
+def _projection(editors: dict, share: float) -> dict | None:
+    """CPU-hours of every editor (evaluation without GE) on edit-1k and all of CounterFact, from
+    per-editor rates {name: {edit_s..., eval_s..., reuses_rome_v_star}}; None if any editor has
+    no rate."""
+    if any(e["edit_s_per_known_record"] is None or e["eval_s_per_known_record_without_ge"] is None
+           for e in editors.values()):
+        return None
+    rome_edit = (editors.get("rome") or {}).get("edit_s_per_known_record") or 0.0
+
+    def own_edit(e):  # an editor that reuses ROME's v* counts its seconds in its rows too
+        s = e["edit_s_per_known_record"] or 0.0
+        return max(s - rome_edit, 0.0) if e["reuses_rome_v_star"] and "rome" in editors else s
+
+    per_record = sum(own_edit(e) + (e["eval_s_per_known_record_without_ge"] or 0)
+                     for e in editors.values()) * share
+    return {"edit-1k (1,000 records)": per_record * 1000 / 3600,
+            f"all of CounterFact ({COUNTERFACT_RECORDS:,} records)":
+                per_record * COUNTERFACT_RECORDS / 3600}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -55,32 +88,29 @@ def main(argv=None) -> int:
         rows = read_results(path)
         known = [r for r in rows if r.get("known")]
         known_share.append(len(known) / len(rows))
-        ge = [r for r in known if (r.get("n_generation") or 0) > 0]
-        no_ge = [r for r in known if not (r.get("n_generation") or 0)]
-        edit = _mean(r.get("edit_seconds") for r in known)
-        ev_ge = _mean(r.get("eval_seconds") for r in ge)
-        ev_plain = _mean(r.get("eval_seconds") for r in no_ge)
         secs = sum(float(r.get("edit_seconds") or 0) + float(r.get("eval_seconds") or 0)
                    for r in known)
         total_s += secs
+        by_machine = {}
+        for r in known:
+            by_machine.setdefault(str(r.get("machine") or "not recorded"), []).append(r)
+        reuses = bool(_mean(r.get("edit_reused") for r in known) or 0)
         editors[path.stem] = {
-            "records": len(rows), "known": len(known),
-            "edit_s_per_known_record": edit,
-            "eval_s_per_known_record_without_ge": ev_plain,
-            "eval_s_per_known_record_with_ge": ev_ge, "records_with_ge": len(ge),
-            "reuses_rome_v_star": bool(_mean(r.get("edit_reused") for r in known) or 0),
+            "records": len(rows), **_rates(known),
+            "reuses_rome_v_star": reuses,
             "cpu_hours_of_these_rows": secs / 3600,
             "machines": sorted({str(r.get("machine")) for r in rows if r.get("machine")}),
+            "by_machine": {m: {**_rates(rs), "reuses_rome_v_star": reuses}
+                           for m, rs in sorted(by_machine.items())},
         }
     share = float(np.mean(known_share))
-    rome_edit = (editors.get("rome") or {}).get("edit_s_per_known_record") or 0.0
-
-    def own_edit(e):  # an editor that reuses ROME's v* counts its seconds in its rows too
-        s = e["edit_s_per_known_record"] or 0.0
-        return max(s - rome_edit, 0.0) if e["reuses_rome_v_star"] and "rome" in editors else s
-
-    per_record = sum(own_edit(e) + (e["eval_s_per_known_record_without_ge"] or 0)
-                     for e in editors.values()) * share
+    machines = sorted({m for e in editors.values() for m in e["by_machine"]})
+    per_machine = {}
+    for m in machines:
+        if all(m in e["by_machine"] for e in editors.values()):
+            got = _projection({n: e["by_machine"][m] for n, e in editors.items()}, share)
+            if got is not None:
+                per_machine[m] = got
     run_card = {}
     card_path = ROOT / "report" / "run.json"
     if card_path.exists():
@@ -95,15 +125,13 @@ def main(argv=None) -> int:
                 "unknown records cost only the unedited check and are not counted. "
                 "Projections use the known share of these rows and evaluation without GE; "
                 "an editor that reuses ROME's v* (hook-delta) has ROME's seconds in its rows, "
-                "and they are counted once (with ROME).",
+                "and they are counted once (with ROME). The pooled rates mix the machines that "
+                "made the rows; by_machine gives each machine's own.",
         "editors": editors,
         "cpu_hours_of_all_rows": total_s / 3600,
         "known_share": share,
-        "projection_cpu_hours_every_editor_without_ge": {
-            "edit-1k (1,000 records)": per_record * 1000 / 3600,
-            f"all of CounterFact ({COUNTERFACT_RECORDS:,} records)":
-                per_record * COUNTERFACT_RECORDS / 3600,
-        },
+        "projection_cpu_hours_every_editor_without_ge": _projection(editors, share),
+        "projection_cpu_hours_by_machine": per_machine,
         "last_report_run": run_card,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
