@@ -109,7 +109,6 @@ def main(argv=None) -> int:
                     help="leave out these paths (the reference trace takes minutes)")
     ap.add_argument("--out", type=Path, default=OUT, help=f"results file (default {OUT})")
     args = ap.parse_args(argv)
-    out_path = args.out
     torch.manual_seed(0)
     cpu = cpu_info()
     ceiling = matmul_ceiling()
@@ -138,8 +137,8 @@ def main(argv=None) -> int:
                     "shows a low fraction and its top operators say so.",
             "paths": rows,
         }
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(out, indent=1) + "\n")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
 
     rome = get_editor("rome", model)
     rome.second_moment()
@@ -200,7 +199,7 @@ def main(argv=None) -> int:
         ceiling, units=n_tok, unit="token"))
 
     save(rows, done=True)
-    print(f"wrote {out_path}")
+    print(f"wrote {args.out}")
     return 0
 
 
