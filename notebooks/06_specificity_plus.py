@@ -34,7 +34,8 @@ if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref 
 # %% tags=["parameters"]
 model_name = "smollm2-135m"
 seed = 0
-editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
+editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta",
+           "hook-gated"]
 split = "edit-1k"
 n_records = 24  # first CounterFact records tried; the unknown ones are excluded and counted
 n_neighbours = 5  # neighbourhood prompts per record (own + borrowed, same relation and object)
@@ -208,6 +209,9 @@ def edit_layers(name: str) -> str:
     h = ed.hparams
     if name == "hook-delta":
         return f"MLP output of layer {ed.rome_editor().layer} (ROME's δ)"
+    if name == "hook-gated":
+        return (f"MLP output of layer {ed.rome_editor().layer} (ROME's δ), used only where "
+                "its gate opens")
     if "site" in h:
         return f"{h['site']} of layer(s) {h['layers']}"
     if "module" in h:
@@ -219,7 +223,8 @@ where = pd.DataFrame({"writes at": {e: edit_layers(e) for e in run_editors}})
 display(where)
 ns = known.pivot_table(index="case_id", columns="editor", values="NS")
 if "unedited" in ns.columns:
-    for name in [e for e in ("patch-donor", "patch-context", "hook-delta") if e in ns.columns]:
+    for name in [e for e in ("patch-donor", "patch-context", "hook-delta", "hook-gated")
+                 if e in ns.columns]:
         gap = (ns[name] - ns["unedited"]).abs().max()
         print(f"{name}: largest |NS - unedited NS| over {ns[name].notna().sum()} records: "
               f"{gap:.1e}")

@@ -58,6 +58,11 @@ top_k = 10  # heads compared between loud prompts and the rewrite prompt
 rome_overrides = {}  # ROME hyper-parameters (smoke runs: fewer prefixes, steps, tokens)
 # hook-gated settings scored against ROME: [clause_rule, tau]; the first is the editor's default
 gate_sweep = [[True, 0.0], [True, 0.3], [True, 0.6], [False, 0.0], [False, 0.6]]
+# The rule again on notebook 06's committed rows (results/) of its first this many records,
+# read and never computed here (None: skip). They must exist under notebook 06's settings:
+study_records = None
+study_n_neighbours = 10  # notebook 06's n_neighbours ...
+study_generation_records = 8  # ... and generation_records (part of the rows' settings)
 n_bootstrap = 1000
 
 # %%
@@ -594,6 +599,45 @@ save_figure(fig, "07_gated_frontier", caption=(
 # families its quiet is a property of the punctuation, not of a test of what is being asked.
 
 # %% [markdown]
+# ## The same rule on the study's rows
+#
+# Thirty edits give wide intervals. Notebook 06 scores ROME, hook-delta and hook-gated (its
+# default gate) on many more records, and keeps every row in `results/`. Here those rows are
+# read, not recomputed: `study(compute=False)` stops with the runner command that would make
+# any missing row. The rule and the paired bootstrap are the same as above. The rows' ROME has
+# the reference's default hyper-parameters, so this section needs `rome_overrides` empty.
+
+# %%
+from loudfacts import evaluation as ev
+
+study_vs_rome = None
+if study_records:
+    if rome_overrides:
+        raise ValueError(f"study_records={study_records} reads the study's rows, made with "
+                         f"ROME's defaults; rome_overrides={rome_overrides!r} would compare "
+                         "them with other edits (set study_records: null)")
+    stored = ev.study(model, ["rome", "hook-delta", "hook-gated"], split=split,
+                      n=study_records, fresh=False, compute=False,
+                      n_neighbours=study_n_neighbours, top_up=neighbour_top_up,
+                      pool="counterfact", generation=True,
+                      generation_records=study_generation_records, seed=seed, progress=False)
+    study_rows = pd.concat(stored.values(), ignore_index=True)
+    study_vs_rome = pd.DataFrame([
+        {"editor": name, "metric": met,
+         **cl.paired_effect(study_rows, name, met, baseline="rome", n_resamples=n_bootstrap,
+                            seed=seed)}
+        for name in ("hook-delta", "hook-gated") for met in metrics
+    ]).set_index(["editor", "metric"])
+    ns_s, es_s = study_vs_rome.loc[("hook-gated", "NS+")], study_vs_rome.loc[("hook-gated", "ES")]
+    study_verdict = bool(ns_s["effect"] >= 0.1 and ns_s["ci_low"] > 0
+                         and abs(es_s["effect"]) <= 0.05)
+    print(f"{study_rows[study_rows.known].case_id.nunique()} known of the first "
+          f"{study_records} records of {split} (notebook 06's rows); hook-gated "
+          f"{'is' if study_verdict else 'is not'} quieter at ROME's ES by the rule")
+    save_table(study_vs_rome, "07_gated_vs_rome_study")
+    display(study_vs_rome.round(3))
+
+# %% [markdown]
 # ## Claims tested here
 
 # %%
@@ -610,12 +654,16 @@ for fam, text in (("tangential", "Loud facts: after \"{subject} is cool.\", ROME
                                {"effect": r["mean"], "ci_low": r["ci_low"],
                                 "ci_high": r["ci_high"], "n": r["n"]},
                                "increase", "07_quiet_edits", reproduce))
-r = vs_rome.loc[(default_gate, "NS+")]
+if study_vs_rome is None:  # the 30 edits above
+    r, gated_pop = vs_rome.loc[(default_gate, "NS+")], pop.replace("ROME edits", "Edits")
+else:  # the study's rows: the same rule on more records
+    r = study_vs_rome.loc[("hook-gated", "NS+")]
+    gated_pop = (f"Edits of known CounterFact records ({split}, first {study_records}; "
+                 "notebook 06's rows)")
 claim_rows.append(cl.claim("A gated hook edit (ROME's δ used only where its gate opens) is "
                            "quieter on CounterFact+ prompts than ROME's weight edit",
-                           "NS+, hook-gated − ROME, same records", pop.replace(
-                               "ROME edits", "Edits"), r, "increase", "07_quiet_edits",
-                           reproduce))
+                           "NS+, hook-gated − ROME, same records", gated_pop, r, "increase",
+                           "07_quiet_edits", reproduce))
 cl.save_claims("07", claim_rows)
 pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", "ci_high",
                                               "verdict"]]
@@ -666,6 +714,15 @@ parts.append(f" A gated hook edit (ROME's δ, used only where the edited subject
              f"gate opens on {gate_rates.loc['paraphrase', 'mean']:.0%} of paraphrases and "
              f"falsely on {gate_rates.loc['same-sentence', 'mean']:.0%} of same-sentence "
              "mentions.")
+if study_vs_rome is not None:
+    s_ns, s_es = study_vs_rome.loc[("hook-gated", "NS+")], study_vs_rome.loc[("hook-gated", "ES")]
+    s_ps = study_vs_rome.loc[("hook-gated", "PS")]
+    parts.append(f" On notebook 06's rows ({int(s_ns['n'])} known of the first {study_records} "
+                 f"records) the same gate changes NS+ by {s_ns['effect']:+.2f} "
+                 f"[{s_ns['ci_low']:+.2f}, {s_ns['ci_high']:+.2f}], ES by "
+                 f"{s_es['effect']:+.3f} [{s_es['ci_low']:+.3f}, {s_es['ci_high']:+.3f}] and PS "
+                 f"by {s_ps['effect']:+.3f} [{s_ps['ci_low']:+.3f}, {s_ps['ci_high']:+.3f}]; it "
+                 f"{'meets' if study_verdict else 'does not meet'} the rule there.")
 no_rule = [gate_label(r, t) for r, t in gate_sweep if not r]
 if no_rule:
     best = max(no_rule, key=lambda n: vs_rome.loc[(n, "NS+"), "effect"])

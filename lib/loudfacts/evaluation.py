@@ -1153,7 +1153,8 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
           fresh: bool | None = None, n_neighbours: int = 10, generation: bool = True,
           generation_records: int | None = None, n_generation: int = 1,
           max_new_tokens: int = 30, batch_size: int = 32, seed: int = 0,
-          pool: str = "counterfact", top_up: str = "none", progress: bool = True) -> dict:
+          pool: str = "counterfact", top_up: str = "none", progress: bool = True,
+          compute: bool = True) -> dict:
     """Every editor on the first `n` records of `split`, reusing the committed rows.
 
     Each editor's rows live in `store_path(...)` (`results/<model>/<split>/<editor>.jsonl`,
@@ -1168,6 +1169,10 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
     what differs. `fresh=True` (default: `fresh_requested()`, i.e. `make report FRESH=1`)
     deletes these editors' files first and recomputes every row.
 
+    `compute=False` only reads: a record with no row under these settings raises a
+    `ResultsFileError` naming the files and the runner command that would compute them
+    (a notebook that reads another notebook's rows must not silently start hours of edits).
+
     Returns:
         {editor: DataFrame of the rows of these records, in their order}; each frame's attrs
         also hold `path`, `reused` and `computed` (row counts).
@@ -1175,6 +1180,9 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
     from loudfacts.data import load_counterfact
 
     fresh = fresh_requested() if fresh is None else bool(fresh)
+    if fresh and not compute:
+        raise ValueError("study(fresh=True, compute=False): a fresh run deletes the rows it "
+                         "would then need to compute; pass fresh=False to read the stored rows")
     records = load_counterfact(split, n=n, verbose=False)
     names = [e if isinstance(e, str) else e.name for e in editors]
     opts = dict(n_neighbours=n_neighbours, generation=generation, n_generation=n_generation,
@@ -1187,13 +1195,25 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
             path.unlink()
             print(f"study: fresh run: deleted {path}")
         plan = _plan(model, get_editor(name, model), records, shard=None, **opts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        have[name] = set(_open_for_resume(path, plan.settings, plan.rkey, plan.digests))
+        if not compute and not path.exists():  # reading only: create nothing
+            have[name] = set()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            have[name] = set(_open_for_resume(path, plan.settings, plan.rkey, plan.digests))
         paths[name] = path
     missing = {name: sum(r.case_id not in have[name] for r in records) for name in names}
     if progress:
         print(f"study: {len(records)} records of {split}; rows to compute per editor: "
               + ", ".join(f"{k} {v}" for k, v in missing.items()))
+    if any(missing.values()) and not compute:
+        todo = [name for name in names if missing[name]]
+        args = _worker_args(model, todo, split=split, n=n, batch_size=batch_size, **opts)
+        raise ResultsFileError(
+            f"study(compute=False): {len(records)} records of {split} asked for, but rows are "
+            "missing under these settings: " + ", ".join(
+                f"{name} {missing[name]} ({paths[name]})" for name in todo)
+            + ". Compute them first: python -m loudfacts.evaluate " + " ".join(args)
+            + " --store " + str(Path(root) if root else paths[todo[0]].parents[2]))
     if any(missing.values()):
         todo = [name for name in names if missing[name]]
         if workers > 1:

@@ -30,7 +30,8 @@ from loudfacts.paths import figures_dir
 
 CAPTIONS = "captions.json"
 
-EDITOR_ORDER = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
+EDITOR_ORDER = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta",
+                "hook-gated"]
 # One colour per editor in every figure of the report (seaborn's colour-blind palette, in
 # EDITOR_ORDER; the unedited model is grey). Editors not listed get the next free colours.
 _COLORBLIND = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4",
@@ -38,7 +39,8 @@ _COLORBLIND = ["#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161",
 EDITOR_COLORS = {"unedited": "#949494", "rome": _COLORBLIND[0], "ft": _COLORBLIND[1],
                  "ft-l": _COLORBLIND[2], "patch-donor": _COLORBLIND[3],
                  "patch-context": _COLORBLIND[4], "hook-delta": _COLORBLIND[5],
-                 "r-rome": _COLORBLIND[9], "rome-quiet": _COLORBLIND[8]}
+                 "hook-gated": _COLORBLIND[6], "r-rome": _COLORBLIND[9],
+                 "rome-quiet": _COLORBLIND[8]}
 
 
 def editor_palette(editors) -> dict:

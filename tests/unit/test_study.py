@@ -247,3 +247,23 @@ def test_launcher_needs_shards_and_editors(tmp_path, capsys):
         main(["--editors", "unedited", "--store", str(tmp_path), "--launcher", "local",
               "--shards", "2", "--shard", "0/2"])
     assert "not --shard" in capsys.readouterr().err
+
+
+def test_study_without_compute_reads_rows_and_names_what_is_missing(tiny_llama, tmp_path):
+    made = study(tiny_llama, ["unedited"], n=3, root=tmp_path, fresh=False, **KW)["unedited"]
+    path = store_path(tiny_llama, "unedited", "edit-1k", tmp_path)
+    text = path.read_text()
+    got = study(tiny_llama, ["unedited"], n=3, root=tmp_path, fresh=False, compute=False,
+                **KW)["unedited"]
+    assert got.attrs["computed"] == 0 and got["case_id"].tolist() == made["case_id"].tolist()
+    with pytest.raises(ResultsFileError) as e:  # one record more than the file holds
+        study(tiny_llama, ["unedited"], n=4, root=tmp_path, fresh=False, compute=False, **KW)
+    assert str(path) in str(e.value) and "unedited 1" in str(e.value)
+    assert "python -m loudfacts.evaluate --editors unedited" in str(e.value)
+    assert path.read_text() == text  # nothing computed or appended
+    with pytest.raises(ResultsFileError, match="ft 3"):  # no file at all: none is created
+        study(tiny_llama, ["ft"], n=3, root=tmp_path, fresh=False, compute=False, **KW)
+    assert not store_path(tiny_llama, "ft", "edit-1k", tmp_path).exists()
+    with pytest.raises(ValueError, match="fresh=True, compute=False"):
+        study(tiny_llama, ["unedited"], n=3, root=tmp_path, fresh=True, compute=False, **KW)
+    assert path.read_text() == text
