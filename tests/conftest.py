@@ -21,6 +21,23 @@ def model():
 
 
 @pytest.fixture(scope="session")
+def report_params_06() -> dict:
+    """Notebook 06's parameters as `make report` runs it: the notebook's parameters cell, then
+    params/report.yaml's `common` and `06_specificity_plus` sections over it."""
+    import jupytext
+    import yaml
+
+    from loudfacts.paths import repo_path
+
+    data = yaml.safe_load(repo_path("params", "report.yaml").read_text())
+    notebook: dict = {}
+    cell = next(c for c in jupytext.read(repo_path("notebooks", "06_specificity_plus.py")).cells
+                if "parameters" in c.metadata.get("tags", []))
+    exec(compile(cell.source, "06", "exec"), {}, notebook)
+    return {**notebook, **(data.get("common") or {}), **data["06_specificity_plus"]}
+
+
+@pytest.fixture(scope="session")
 def tiny_llama():
     from loudfacts.models import tiny_model
 

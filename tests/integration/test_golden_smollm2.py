@@ -28,9 +28,7 @@ import json
 import math
 import os
 
-import jupytext
 import pytest
-import yaml
 
 from loudfacts import evaluation as ev
 from loudfacts.data import load_counterfact
@@ -51,16 +49,6 @@ WRITE = os.environ.get("LOUDFACTS_WRITE_GOLDEN") == "1"
 LADDER_CASE = 3196  # the first known edit-1k record
 
 
-def _report_params() -> dict:
-    """Notebook 06's parameters as `make report` runs it (defaults, then params/report.yaml)."""
-    data = yaml.safe_load(repo_path("params", "report.yaml").read_text())
-    notebook: dict = {}
-    cell = next(c for c in jupytext.read(repo_path("notebooks", "06_specificity_plus.py")).cells
-                if "parameters" in c.metadata.get("tags", []))
-    exec(compile(cell.source, "06", "exec"), {}, notebook)
-    return {**notebook, **(data.get("common") or {}), **data["06_specificity_plus"]}
-
-
 def _missing(v) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
@@ -71,8 +59,8 @@ def records():
 
 
 @pytest.mark.parametrize("name", ROW_EDITORS)
-def test_rows_reproduce_the_committed_study_rows(model, records, name):
-    p = _report_params()
+def test_rows_reproduce_the_committed_study_rows(model, records, name, report_params_06):
+    p = report_params_06
     committed = {r["case_id"]: r for r in ev.read_results(ev.store_path(model, name, p["split"]))}
     df = ev.evaluate(model, name, records, n_neighbours=p["n_neighbours"],
                      pool=p["neighbour_pool"], top_up=p["neighbour_top_up"],

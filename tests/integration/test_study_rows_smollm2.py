@@ -12,29 +12,17 @@ the file, rather than silently recomputing an hour of rows.
 
 from __future__ import annotations
 
-import jupytext
 import pytest
-import yaml
 
 from loudfacts import evaluation as ev
 from loudfacts.data import load_counterfact
 from loudfacts.editing.base import get_editor
-from loudfacts.paths import repo_path
 
 pytestmark = pytest.mark.integration
 
 
-def _report_params() -> dict:
-    data = yaml.safe_load(repo_path("params", "report.yaml").read_text())
-    notebook = {}
-    cell = next(c for c in jupytext.read(repo_path("notebooks", "06_specificity_plus.py")).cells
-                if "parameters" in c.metadata.get("tags", []))
-    exec(compile(cell.source, "06", "exec"), {}, notebook)
-    return {**notebook, **(data.get("common") or {}), **data["06_specificity_plus"]}
-
-
-def test_committed_rows_cover_the_report_population(model):
-    p = _report_params()
+def test_committed_rows_cover_the_report_population(model, report_params_06):
+    p = report_params_06
     assert p["model_name"] == model.name
     records = load_counterfact(p["split"], n=p["n_records"], verbose=False)
     for name in p["editors"]:
