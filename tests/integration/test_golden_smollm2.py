@@ -134,14 +134,24 @@ def _compare(got, gold, where: str):
 
 
 @pytest.fixture(scope="module")
-def golden(model):
+def implication_values(model) -> dict:
+    return _implication_values(model)
+
+
+@pytest.fixture(scope="module")
+def ladder_values(model) -> list[dict]:
+    return _ladder_values(model)
+
+
+@pytest.fixture(scope="module")
+def golden(model, implication_values, ladder_values):
     if WRITE:
         GOLDEN.parent.mkdir(parents=True, exist_ok=True)
         GOLDEN.write_text(json.dumps({
             "note": "written by LOUDFACTS_WRITE_GOLDEN=1 pytest tests/integration/"
                     "test_golden_smollm2.py; see that module's docstring",
             "model": model.name, "weights": model.weights_fingerprint(),
-            "implications": _implication_values(model), "ladder": _ladder_values(model),
+            "implications": implication_values, "ladder": ladder_values,
         }, indent=1) + "\n")
     assert GOLDEN.exists(), f"{GOLDEN} is missing: write it with LOUDFACTS_WRITE_GOLDEN=1"
     data = json.loads(GOLDEN.read_text())
@@ -151,8 +161,8 @@ def golden(model):
     return data
 
 
-def test_implication_scores_match_the_golden_file(model, golden):
-    got = _implication_values(model)
+def test_implication_scores_match_the_golden_file(implication_values, golden):
+    got = implication_values
     assert set(got) == set(golden["implications"])
     for name, rows in golden["implications"].items():
         if name.endswith("(could not edit)"):
@@ -161,5 +171,5 @@ def test_implication_scores_match_the_golden_file(model, golden):
             _compare(got[name], rows, f"implications, {name}")
 
 
-def test_ladder_matches_the_golden_file(model, golden):
-    _compare(_ladder_values(model), golden["ladder"], f"ladder, rome, case {LADDER_CASE}")
+def test_ladder_matches_the_golden_file(ladder_values, golden):
+    _compare(ladder_values, golden["ladder"], f"ladder, rome, case {LADDER_CASE}")
