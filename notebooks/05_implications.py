@@ -35,7 +35,8 @@ if "google.colab" in sys.modules:  # Colab only: fetch the repo at a pinned ref 
 model_name = "smollm2-135m"
 seed = 0
 editors = ["unedited", "rome", "ft", "ft-l", "patch-donor", "patch-context", "hook-delta"]
-cases_per_kind = 2  # known cases scored per kind (symmetric / transitive / inverse)
+cases_per_family = 2  # known cases scored per family (symmetric, transitive subject-side,
+#                       transitive object-side, inverse)
 n_generations = 2  # cases per editor whose first probe also gets a greedy generation
 max_new_tokens = 12
 
@@ -59,23 +60,38 @@ all_cases = ev.load_implications(known_only=False)
 checks = ev.verify_implications(model, all_cases)
 known_ids = set(checks.groupby("id")["known"].all().loc[lambda s: s].index)
 known_cases = [c for c in all_cases if c["id"] in known_ids]
+FAMILIES = ("symmetric", "transitive, subject-side", "transitive, object-side", "inverse")
+
+
+def family(case_id: str, kind: str) -> str:
+    """Implication family from the case id (data/probes/implications.jsonl). The two transitive
+    families behave differently (see below), so cases are chosen and reported per family."""
+    if kind == "transitive":
+        return ("transitive, subject-side" if case_id.startswith("transitive-landmark-")
+                else "transitive, object-side")
+    return kind
+
+
 chosen = []
-for kind in ev.IMPLICATION_KINDS:
-    of_kind = [c for c in known_cases if c["kind"] == kind]
-    # interleave the sub-families (landmark/city, capital/founder) so a few cases cover both
-    fam = {}
-    for c in of_kind:
-        fam.setdefault(c["id"].rsplit("-", 1)[0].split("-")[1], []).append(c)
-    mixed = [c for group in zip(*fam.values()) for c in group] + \
-        [c for g in fam.values() for c in g[min(map(len, fam.values())):]]
-    chosen += mixed[:cases_per_kind]
+for fam_name in FAMILIES:
+    of_family = [c for c in known_cases if family(c["id"], c["kind"]) == fam_name]
+    # interleave the sub-families (inverse: capital/founder) so a few cases cover each
+    subs = {}
+    for c in of_family:
+        subs.setdefault(c["id"].rsplit("-", 1)[0].split("-")[1], []).append(c)
+    if not subs:
+        print(f"note: no known {fam_name} case on {model_name}")
+        continue
+    mixed = [c for group in zip(*subs.values()) for c in group] + \
+        [c for g in subs.values() for c in g[min(map(len, subs.values())):]]
+    chosen += mixed[:cases_per_family]
 have = set(available_editors())
 run_editors = [e for e in editors if e in have]
 for e in editors:
     if e not in have:
         print(f"note: editor {e!r} is not available in this checkout; skipped")
 print({"model": model.name, "device": str(model.device), "seed": seed,
-       "cases": len(chosen), "cases_per_kind": cases_per_kind, "editors": run_editors,
+       "cases": len(chosen), "cases_per_family": cases_per_family, "editors": run_editors,
        "known cases in file": f"{len(known_cases)} of {len(all_cases)}"})
 
 # %% [markdown]
@@ -170,15 +186,6 @@ by_phrasing
 # %%
 from loudfacts import claims as cl
 
-
-def family(case_id: str, kind: str) -> str:
-    """Implication family from the case id (data/probes/implications.jsonl)."""
-    if kind == "transitive":
-        return ("transitive, subject-side" if case_id.startswith("transitive-landmark-")
-                else "transitive, object-side")
-    return kind
-
-
 scores["family"] = [family(i, k) for i, k in zip(scores["id"], scores["kind"])]
 per_case = (scores.groupby(["editor", "family", "id"], sort=False)
             .agg(follow=("implied", "mean"), follow_pre=("implied_pre", "mean"),
@@ -193,7 +200,7 @@ by_family
 reproduce = "python -m loudfacts.report --only 05"
 claim_rows = []
 rome_cases = per_case[per_case["editor"] == "rome"]
-for fam in ("symmetric", "transitive, subject-side", "transitive, object-side", "inverse"):
+for fam in FAMILIES:
     g = rome_cases[rome_cases["family"] == fam]
     if g.empty:
         continue

@@ -1388,14 +1388,36 @@ def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B")):
 
 
 # -- loud-fact ladder --------------------------------------------------------------------------
+def _ladder_texts(request: EditRequest, unrelated_prompts: Sequence[str]):
+    """(step, prefix, prefix + prompt, prompt) for every rung and unrelated prompt whose answer
+    is not target_new (that would not be a leak)."""
+    new = request.target_new
+    prompts = [p for p in unrelated_prompts if new.lower() not in p.lower()]
+    return [(step, pre, pre + p, p) for step, pre in ladder_prefixes(request).items()
+            for p in prompts]
+
+
+def _ladder_pass(model, full: Sequence[str], new: str, batch_size: int):
+    """(P(new | text), whether new's first token is the greedy next token) for every text, from
+    one next-token pass (`pair_probs`; a multi-token target adds its teacher-forced pass)."""
+    first = target_ids(model, new)[0]
+    probs, rows = pair_probs(model, [(t, new) for t in full], batch_size, extra_prompts=full)
+    top = (torch.stack([rows[t] for t in full]).argmax(-1) == first) if full else \
+        torch.zeros(0, dtype=torch.bool)
+    return probs, top
+
+
 def loud_fact_ladder(model, edit, request: EditRequest | None = None,
                      unrelated_prompts: Sequence[str] = UNRELATED_PROMPTS,
-                     batch_size: int = 32):
+                     batch_size: int = 32, pre=None):
     """Does mentioning the edited subject make the new object leak into unrelated prompts?
 
     Each rung prepends a prefix to every unrelated prompt: none, the edit statement itself
     ("The Louvre is located in the city of Rome. "), a bare mention ("The Louvre. "), a
     tangential sentence ("The Louvre is cool. "), an unrelated sentence (no subject).
+
+    `pre`: the unedited model's (probabilities, top-1 flags) on the same texts, as
+    `ladder_for_editors` computes once per record and shares between editors; None computes it.
 
     Returns:
         DataFrame, one row per rung and prompt: step, prefix, prompt, p_new_pre, p_new_post,
@@ -1406,42 +1428,45 @@ def loud_fact_ladder(model, edit, request: EditRequest | None = None,
 
     request = request or edit.request
     new = request.target_new
-    first = target_ids(model, new)[0]
-    prompts = [p for p in unrelated_prompts if new.lower() not in p.lower()]
-    rungs = ladder_prefixes(request)
-    texts = [(step, pre, pre + p, p) for step, pre in rungs.items() for p in prompts]
+    texts = _ladder_texts(request, unrelated_prompts)
     full = [t[2] for t in texts]
-    p_pre = target_probs(model, full, [new] * len(full), batch_size=batch_size)
-    top_pre = next_token_logprobs(model, full, batch_size=batch_size).argmax(-1) == first
+    p_pre, top_pre = pre if pre is not None else _ladder_pass(model, full, new, batch_size)
+    if len(p_pre) != len(full):
+        raise ValueError(f"pre holds {len(p_pre)} values for {len(full)} ladder texts of "
+                         f"case {request.subject!r} -> {new!r}")
     with edit.applied():
-        p_post = target_probs(model, full, [new] * len(full), batch_size=batch_size)
-        top_post = next_token_logprobs(model, full, batch_size=batch_size).argmax(-1) == first
+        p_post, top_post = _ladder_pass(model, full, new, batch_size)
     return pd.DataFrame([
-        {"step": s, "prefix": pre, "prompt": p, "p_new_pre": float(a), "p_new_post": float(b),
+        {"step": s, "prefix": pre_, "prompt": p, "p_new_pre": float(a), "p_new_post": float(b),
          "top1_pre": bool(c), "top1_post": bool(d)}
-        for (s, pre, _, p), a, b, c, d in zip(texts, p_pre, p_post, top_pre, top_post)
+        for (s, pre_, _, p), a, b, c, d in zip(texts, p_pre, p_post, top_pre, top_post)
     ])
 
 
 def ladder_for_editors(model, editors, records, unrelated_prompts=UNRELATED_PROMPTS,
                        progress: bool = True):
     """`loud_fact_ladder` for every editor (name or Editor) and record; one long DataFrame
-    with an `editor` and `case_id` column. Editors that fail on a record are skipped, counted."""
+    with an `editor` and `case_id` column. The unedited model's pass is made once per record
+    and shared by every editor. Editors that fail on a record are skipped, counted."""
     import pandas as pd
     from tqdm.auto import tqdm
 
-    frames, failed = [], 0
+    frames, failed, pre = [], 0, {}
     for ed in editors:
         ed = get_editor(ed, model) if isinstance(ed, str) else ed
         for rec in tqdm(records, desc=f"ladder {ed.name}", disable=not progress, leave=False):
             req = EditRequest.from_record(rec)
+            key = (req.subject, req.target_new, req.statement)
+            if key not in pre:  # before any edit is made: the unedited model's pass
+                full = [t[2] for t in _ladder_texts(req, unrelated_prompts)]
+                pre[key] = _ladder_pass(model, full, req.target_new, 32)
             try:
                 edit = ed.edit(req)
             except ValueError as e:
                 failed += 1
                 print(f"ladder: {ed.name} could not edit case {rec.case_id}: {e}")
                 continue
-            f = loud_fact_ladder(model, edit, req, unrelated_prompts)
+            f = loud_fact_ladder(model, edit, req, unrelated_prompts, pre=pre[key])
             f.insert(0, "case_id", rec.case_id)
             f.insert(0, "editor", ed.name)
             frames.append(f)

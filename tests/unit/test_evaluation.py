@@ -361,6 +361,43 @@ def test_ladder_leaks_only_with_subject(tiny, records):
         assert s.loc[step, "p_new_post"] == pytest.approx(s.loc[step, "p_new_pre"], rel=1e-5)
 
 
+def test_ladder_single_pass_equals_separate_scorers(tiny, records):
+    """One next-token pass per rung gives what `target_probs` and `top1_matches` give apart,
+    before and after the edit; and `ladder_for_editors`, which shares the unedited pass
+    between editors, equals `loud_fact_ladder` run per editor."""
+    from loudfacts.editing.base import EditRequest
+    from loudfacts.editing.base import get_editor
+    from loudfacts.evaluation import ladder_for_editors
+    from loudfacts.scoring import target_probs, top1_matches
+
+    prompts = ["Zulu lives near the", "The sky is"]
+    for rec in records[:2]:
+        req = EditRequest.from_record(rec)
+        ed = LoudEditor(tiny)
+        edit = ed.edit(req)
+        lad = loud_fact_ladder(tiny, edit, req, prompts)
+        full = [pre + p for pre, p in zip(lad["prefix"], lad["prompt"])]
+        new = [req.target_new] * len(full)
+        assert lad["p_new_pre"].to_numpy() == pytest.approx(
+            target_probs(tiny, full, new).numpy(), rel=1e-5, abs=1e-9)
+        assert lad["top1_pre"].tolist() == top1_matches(tiny, full, new).tolist()
+        with edit.applied():
+            assert lad["p_new_post"].to_numpy() == pytest.approx(
+                target_probs(tiny, full, new).numpy(), rel=1e-5, abs=1e-9)
+            assert lad["top1_post"].tolist() == top1_matches(tiny, full, new).tolist()
+    both = ladder_for_editors(tiny, [LoudEditor(tiny), "unedited"], records[:2], prompts,
+                              progress=False)
+    for (name, case), g in both.groupby(["editor", "case_id"], sort=False):
+        rec = next(r for r in records if r.case_id == case)
+        req = EditRequest.from_record(rec)
+        ed = LoudEditor(tiny) if name == LoudEditor(tiny).name else get_editor(name, tiny)
+        alone = loud_fact_ladder(tiny, ed.edit(req), req, prompts)
+        for col in ("p_new_pre", "p_new_post"):
+            assert g[col].to_numpy() == pytest.approx(alone[col].to_numpy(), rel=1e-6, abs=1e-12)
+        assert g["top1_post"].tolist() == alone["top1_post"].tolist()
+    assert set(both["editor"]) == {LoudEditor(tiny).name, "unedited"}
+
+
 # -- implications ------------------------------------------------------------------------------
 def test_implications_file_schema():
     cases = load_implications(known_only=False)
