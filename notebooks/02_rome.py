@@ -79,6 +79,11 @@ deviation_split = "edit-1k"  # CounterFact records for the reference-vs-deviatio
 deviation_records = 6  # ... this many known ones (each costs one edit per variant)
 deviation_neighbours = 5
 convergence = True  # add C from half and from all of the text to the sweep (a full pass)
+study_records = None  # read notebook 06's rows for this many records (None: skip); ...
+study_split = "edit-1k"  # ... and the settings those rows were made with (06's parameters)
+study_n_neighbours = 10
+study_generation_records = 8
+study_top_up = "object-then-relation"
 
 # %%
 import time
@@ -478,7 +483,34 @@ with pd.option_context("display.max_colwidth", 60, "display.width", 200):
 # option makes on these records; with this few records an interval that includes 0 does not
 # show that the option is harmless. The seconds each option costs are measured in
 # `bench/bench_rome.py` (bench/results/rome.json), together with how far it moves δ.
+
+# %% [markdown]
+# ## ROME on the study's records
 #
+# The cases above are a handful of illustrations. Notebook 06 evaluates ROME with
+# the reference's default hyper-parameters on the first `study_records` records of
+# CounterFact's `study_split` and keeps every row in `results/`. Here those rows are read, never
+# recomputed (`ev.study_effects`; a missing or stale row stops the run with the command that
+# makes it). Each cell is the editor minus the unedited model on the same known records, with
+# a 95% paired bootstrap interval; n counts those records, and a metric scored on fewer
+# records (PS_para: only records with a true paraphrase) gives its own n. `rome_overrides`
+# change the edits above, not these rows.
+
+# %%
+study_effects = None
+if study_records:
+    from loudfacts.plotting import save_table
+
+    study_effects = ev.study_effects(
+        model, ["rome"], split=study_split, n=study_records, seed=seed,
+        n_neighbours=study_n_neighbours, generation_records=study_generation_records,
+        top_up=study_top_up, pool="counterfact")
+    print(f"{study_effects.attrs['n_known']} known of the first {study_records} records of "
+          f"{study_split}")
+    save_table(study_effects, "02_study_effects")
+    display(study_effects)
+
+# %% [markdown]
 # ## What this shows
 #
 # The tables above say, for this run, whether each known fact flipped, whether paraphrases
@@ -541,6 +573,8 @@ if len(deviation_table) > 1:  # the deviations from the reference code, paired
         f" On {int(deviation_table.iloc[0]['n'])} known CounterFact records, "
         f"{len(moved)} of the {len(deviation_table) - 1} deviations from the reference recipe "
         f"changed a mean of ES, PS, NS or NS+ ({', '.join(moved) if moved else 'none'}).")
+if study_effects is not None:
+    findings += ev.study_effects_sentence(study_effects, study_split)
 save_findings("02", findings, figure="02_rome_probabilities")
 
 # %%

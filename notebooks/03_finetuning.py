@@ -52,6 +52,11 @@ n_generation_prompts = 3
 generation_tokens = 30
 perplexity_tokens = 256
 ft_steps = None  # None: the step limit in hparams/ft/<model>.json; smoke runs cap it
+study_records = None  # read notebook 06's rows for this many records (None: skip); ...
+study_split = "edit-1k"  # ... and the settings those rows were made with (06's parameters)
+study_n_neighbours = 10
+study_generation_records = 8
+study_top_up = "object-then-relation"
 
 # %%
 import contextlib
@@ -425,7 +430,34 @@ summary.round(3)
 # GE columns say whether any target breaks the model here; on this small model the targets the
 # report named may or may not be the worst ones — the bricking table above says which are.
 # These are a handful of facts on a 135M-parameter model, not a benchmark: notebook 06 scores
-# every editor on CounterFact.
+# every editor on CounterFact, and the next section reads its rows.
+
+# %% [markdown]
+# ## The three editors on the study's records
+#
+# The cases above are a handful of illustrations. Notebook 06 evaluates these editors with
+# the default hyper-parameters on the first `study_records` records of CounterFact's
+# `study_split` and keeps every row in `results/`. Here those rows are read, never recomputed
+# (`ev.study_effects`; a missing or stale row stops the run with the command that makes it).
+# Each cell is the editor minus the unedited model on the same known records, with a 95% paired
+# bootstrap interval; n counts those records, and a metric scored on fewer records (PS_para:
+# only records with a true paraphrase) gives its own n. The editors edit different layers
+# (`hparams/`), so this compares recipes, not one layer.
+
+# %%
+study_effects = None
+if study_records:
+    from loudfacts import evaluation as ev
+    from loudfacts.plotting import save_table
+
+    study_effects = ev.study_effects(
+        model, editors, split=study_split, n=study_records, seed=seed,
+        n_neighbours=study_n_neighbours, generation_records=study_generation_records,
+        top_up=study_top_up, pool="counterfact")
+    print(f"{study_effects.attrs['n_known']} known of the first {study_records} records of "
+          f"{study_split}")
+    save_table(study_effects, "03_study_effects")
+    display(study_effects)
 
 # %% [markdown]
 # ## Findings
@@ -481,4 +513,6 @@ else:
         f"on the template-sharing prompt and for {italy[other]} on the other phrasing, and P(Rome) "
         f"on the loud-fact prompt 'The Louvre is cool. Barack Obama is from' was multiplied by "
         f"{loud_factors} (unedited: {base['cool · Rome']:.4f}). {bricking}")
+if study_effects is not None:
+    findings += ev.study_effects_sentence(study_effects, study_split)
 save_findings("03", findings, figure="03_cases_side_by_side")

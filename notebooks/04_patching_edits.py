@@ -43,6 +43,11 @@ n_unrelated = 3  # unrelated prompts behind "{subject} is cool. " (loud-fact pro
 max_new_tokens = 12  # greedy generation for the seed case
 n_context_records = 20  # known CounterFact records in the patch-context sweep
 context_repeats = 2  # times the new fact is stated before the prompt in the context run
+study_records = None  # read notebook 06's rows for this many records (None: skip); ...
+study_split = "edit-1k"  # ... and the settings those rows were made with (06's parameters)
+study_n_neighbours = 10
+study_generation_records = 8
+study_top_up = "object-then-relation"
 
 # %%
 import time
@@ -55,7 +60,7 @@ from loudfacts import evaluation as ev
 from loudfacts.editing import EditError, EditRequest, available_editors, get_editor
 from loudfacts.editing import patching
 from loudfacts.models import load_model
-from loudfacts.plotting import save_figure, save_findings, set_theme
+from loudfacts.plotting import save_figure, save_findings, save_table, set_theme
 
 t_start = time.time()
 torch.manual_seed(seed)
@@ -420,7 +425,33 @@ print(f"verdict ({model.name}, {len(cases)} cases): {verdict}")
 # new fact"; the sweep above measures whether the stated fact reaches the subject's state at
 # all. `hook-delta` against ROME (the table before the verdict) shows how much of ROME's behaviour, loud-fact leak included, comes from the
 # subject's position alone. A handful of cases on a 135M-parameter model is a first look, not a
-# measurement with confidence intervals.
+# measurement with confidence intervals: the next section gives the same editors on the
+# study's records.
+
+# %% [markdown]
+# ## The same editors on the study's records
+#
+# The cases above are a handful of illustrations. Notebook 06 evaluates these editors with
+# the default hyper-parameters on the first `study_records` records of CounterFact's
+# `study_split` and keeps every row in `results/`. Here those rows are read, never recomputed
+# (`ev.study_effects`; a missing or stale row stops the run with the command that makes it).
+# Each cell is the editor minus the unedited model on the same known records, with a 95% paired
+# bootstrap interval; n counts those records, and a metric scored on fewer records (PS_para:
+# only records with a true paraphrase) gives its own n. Implications on more cases are
+# notebook 05's. The hook editors leave every prompt without the subject alone by
+# construction, so their ΔNS is 0 exactly.
+
+# %%
+study_effects = None
+if study_records:
+    study_effects = ev.study_effects(
+        model, editors, split=study_split, n=study_records, seed=seed,
+        n_neighbours=study_n_neighbours, generation_records=study_generation_records,
+        top_up=study_top_up, pool="counterfact")
+    print(f"{study_effects.attrs['n_known']} known of the first {study_records} records of "
+          f"{study_split}")
+    save_table(study_effects, "04_study_effects")
+    display(study_effects)
 
 # %% [markdown]
 # ## Findings
@@ -458,6 +489,8 @@ findings = (
     f"for the bare prompt. The answer position holds the fact from layer {read_layer} on. "
     f"{coverage['any_template']} of {coverage['records']} edit-1k records have a donor subject "
     f"in CounterFact ({coverage['same_template']} under the same template).")
+if study_effects is not None:
+    findings += ev.study_effects_sentence(study_effects, study_split)
 save_findings("04", findings, figure="04_patching_vs_weight_edits")
 
 # %%

@@ -60,21 +60,15 @@ all_cases = ev.load_implications(known_only=False)
 checks = ev.verify_implications(model, all_cases)
 known_ids = set(checks.groupby("id")["known"].all().loc[lambda s: s].index)
 known_cases = [c for c in all_cases if c["id"] in known_ids]
-FAMILIES = ("symmetric", "transitive, subject-side", "transitive, object-side", "inverse")
-
-
-def family(case_id: str, kind: str) -> str:
-    """Implication family from the case id (data/probes/implications.jsonl). The two transitive
-    families behave differently (see below), so cases are chosen and reported per family."""
-    if kind == "transitive":
-        return ("transitive, subject-side" if case_id.startswith("transitive-landmark-")
-                else "transitive, object-side")
-    return kind
-
+# The two transitive families behave differently (see below), so cases are chosen and reported
+# per family: `ev.implication_family` (subject-side: Louvre→Rome ⇒ Italy; object-side:
+# Paris→Russia ⇒ the Louvre in Russia).
+FAMILIES = ev.IMPLICATION_FAMILIES
+family_of = {c["id"]: ev.implication_family(c) for c in all_cases}
 
 chosen = []
 for fam_name in FAMILIES:
-    of_family = [c for c in known_cases if family(c["id"], c["kind"]) == fam_name]
+    of_family = [c for c in known_cases if family_of[c["id"]] == fam_name]
     # interleave the sub-families (inverse: capital/founder) so a few cases cover each
     subs = {}
     for c in of_family:
@@ -186,7 +180,7 @@ by_phrasing
 # %%
 from loudfacts import claims as cl
 
-scores["family"] = [family(i, k) for i, k in zip(scores["id"], scores["kind"])]
+scores["family"] = scores["id"].map(family_of)
 per_case = (scores.groupby(["editor", "family", "id"], sort=False)
             .agg(follow=("implied", "mean"), follow_pre=("implied_pre", "mean"),
                  efficacy=("efficacy", "first"), probes=("prompt", "size")).reset_index())

@@ -391,12 +391,17 @@ if "rome" in run_editors and "unedited" in run_editors:
         "decrease", "06_specificity_plus", reproduce))
     lad = ladder[(ladder.editor == "rome") & (ladder.step == "tangential")]
     if len(lad):
-        diff = lad["top1_post"].astype(float) - lad["top1_pre"].astype(float)
+        # the unit is the record (its edit), not the prompt: prompts of one edit share it, so
+        # each record's rate over its unrelated prompts is one value and records are resampled
+        diff = (lad["top1_post"].astype(float) - lad["top1_pre"].astype(float)) \
+            .groupby(lad["case_id"], sort=False).mean()
         mean, lo, hi, n = cl.bootstrap_mean(diff.to_numpy(), n_bootstrap, seed)
+        sizes = sorted(set(lad.groupby("case_id").size()))
+        n_prompts = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
         claim_rows.append(cl.claim(
             "Loud facts, greedy: after \"{subject} is cool.\" the new object becomes the top-1 "
-            "answer to unrelated prompts", "top-1 rate of the new object, after − before ROME",
-            f"unrelated prompts × {lad['case_id'].nunique()} ladder records", {
+            "answer to unrelated prompts", f"top-1 rate of the new object over a record's "
+            f"{n_prompts} unrelated prompts, after − before ROME", f"ROME edits of {n} known ladder records ({split})", {
                 "effect": mean, "ci_low": lo, "ci_high": hi, "n": n},
             "increase", "06_specificity_plus", reproduce))
 cl.save_claims("06", claim_rows)

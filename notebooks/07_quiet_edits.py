@@ -647,8 +647,10 @@ pop = f"ROME edits of known CounterFact records ({split}, first {n_tried})"
 claim_rows = []
 for fam, text in (("tangential", "Loud facts: after \"{subject} is cool.\", ROME's edit raises "
                    "P(new object) on prompts about other things"),
-                  ("unrelated", "Without a mention of the subject, ROME's edit leaves unrelated "
-                   "prompts' P(new object) unchanged")):
+                  # the control: the same claim without the mention; expected to fail the
+                  # rule (an edit that leaked everywhere would be broken, not loud)
+                  ("unrelated", "Control: without a mention of the subject, ROME's edit raises "
+                   "P(new object) on the same unrelated prompts")):
     r = over_edits(prompts_df[prompts_df.family == fam], "dp")
     claim_rows.append(cl.claim(text, f"ΔP(new), edited − unedited, {fam} prompts", pop,
                                {"effect": r["mean"], "ci_low": r["ci_low"],

@@ -20,10 +20,9 @@ def model():
     return load_model()
 
 
-@pytest.fixture(scope="session")
-def report_params_06() -> dict:
-    """Notebook 06's parameters as `make report` runs it: the notebook's parameters cell, then
-    params/report.yaml's `common` and `06_specificity_plus` sections over it."""
+def report_params(stem: str) -> dict:
+    """A notebook's parameters as `make report` runs it: the notebook's parameters cell, then
+    params/report.yaml's `common` section and the notebook's own section over it."""
     import jupytext
     import yaml
 
@@ -31,10 +30,22 @@ def report_params_06() -> dict:
 
     data = yaml.safe_load(repo_path("params", "report.yaml").read_text())
     notebook: dict = {}
-    cell = next(c for c in jupytext.read(repo_path("notebooks", "06_specificity_plus.py")).cells
+    cell = next(c for c in jupytext.read(repo_path("notebooks", f"{stem}.py")).cells
                 if "parameters" in c.metadata.get("tags", []))
-    exec(compile(cell.source, "06", "exec"), {}, notebook)
-    return {**notebook, **(data.get("common") or {}), **data["06_specificity_plus"]}
+    exec(compile(cell.source, stem, "exec"), {}, notebook)
+    return {**notebook, **(data.get("common") or {}), **(data.get(stem) or {})}
+
+
+@pytest.fixture(scope="session")
+def report_params_of():
+    """`report_params`, for tests of several notebooks' parameters."""
+    return report_params
+
+
+@pytest.fixture(scope="session")
+def report_params_06() -> dict:
+    """Notebook 06's parameters as `make report` runs it (`report_params`)."""
+    return report_params("06_specificity_plus")
 
 
 @pytest.fixture(scope="session")

@@ -111,7 +111,9 @@ def paired_effect(results, editor: str, metric: str, baseline: str = "unedited",
 def paired_effects_table(results, metrics: Sequence[str] = ("ES", "PS", "NS", "NS+", "NS+cool"),
                          baseline: str = "unedited", n_resamples: int = 1000, seed: int = 0):
     """Every editor's paired effect on every metric: rows editor, columns 'metric' as
-    'effect [low, high]', plus n (records paired)."""
+    'effect [low, high]', plus n (records paired on the first metric). A metric paired on
+    another number of records (PS_para: only records with a true paraphrase) says its own n
+    in its cell."""
     import pandas as pd
 
     editors = [e for e in dict.fromkeys(results["editor"]) if e != baseline]
@@ -120,9 +122,13 @@ def paired_effects_table(results, metrics: Sequence[str] = ("ES", "PS", "NS", "N
         row = {}
         for m in metrics:
             r = paired_effect(results, e, m, baseline, n_resamples, seed)
-            row[f"Δ{m}"] = (f"{r['effect']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
-                            if not math.isnan(r["ci_low"]) else f"{r['effect']:+.3f}")
-            row["n"] = r["n"]
+            cell = (f"{r['effect']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+                    if not math.isnan(r["ci_low"]) else f"{r['effect']:+.3f}")
+            if "n" not in row:
+                row["n"] = r["n"]
+            elif r["n"] != row["n"]:
+                cell += f" (n={r['n']})"
+            row[f"Δ{m}"] = cell
         rows[e] = row
     table = pd.DataFrame(rows).T
     table.index.name = "editor"

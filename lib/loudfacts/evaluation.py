@@ -1242,6 +1242,50 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
     return out
 
 
+def read_study(model, editors, *, split: str, n: int, **settings):
+    """The stored rows of `editors` on the first `n` records of `split`, as one DataFrame.
+
+    `study(..., fresh=False, compute=False)`: rows are read, never computed, and a missing or
+    stale row stops with the runner command that would make it. `settings` are the study's
+    own (n_neighbours, generation_records, top_up, pool, seed, ...): they are part of every
+    row's settings, so they must be the ones the rows were made with (notebook 06's).
+    """
+    import pandas as pd
+
+    stored = study(model, editors, split=split, n=n, fresh=False, compute=False,
+                   progress=False, **settings)
+    return pd.concat(stored.values(), ignore_index=True)
+
+
+STUDY_EFFECT_METRICS = ("ES", "PS", "PS_para", "NS", "NS+", "NS+cool", "NKL")
+
+
+def study_effects(model, editors, *, split: str, n: int, metrics=STUDY_EFFECT_METRICS,
+                  n_resamples: int = 1000, seed: int = 0, **settings):
+    """Each editor minus the unedited model on the study's stored rows (`read_study`): the
+    paired effect on every metric over the known records both scored, with a 95% bootstrap
+    interval (`claims.paired_effects_table`). For notebooks whose own cases are a handful of
+    illustrations: the same editors on the study's hundreds of records, read, not recomputed.
+    `seed` is also the rows' seed (part of their settings)."""
+    from loudfacts import claims as cl
+
+    names = ["unedited"] + [e for e in editors if e != "unedited"]
+    rows = read_study(model, names, split=split, n=n, seed=seed, **settings)
+    table = cl.paired_effects_table(rows, metrics=metrics, n_resamples=n_resamples, seed=seed)
+    table.attrs["n_records"] = n
+    table.attrs["n_known"] = int(rows.loc[rows["editor"] == "unedited", "known"].sum())
+    return table
+
+
+def study_effects_sentence(table, split: str, metrics=("ES", "PS", "NS", "NS+")) -> str:
+    """One sentence of a notebook's findings from a `study_effects` table."""
+    parts = "; ".join(f"{e}: " + ", ".join(f"{m} {table.loc[e, 'Δ' + m]}" for m in metrics)
+                      for e in table.index)
+    return (f" On the study's {int(table['n'].max())} known records of {split} (notebook 06's "
+            f"rows; first {table.attrs['n_records']}), edited minus unedited with 95% "
+            f"intervals: {parts}.")
+
+
 def _worker_args(model, names, *, split, n, n_neighbours, generation, generation_records,
                  n_generation, max_new_tokens, batch_size, seed, pool, top_up) -> list[str]:
     """`python -m loudfacts.evaluate` arguments for these settings (workers add --shard)."""
@@ -1519,6 +1563,28 @@ def load_implications(path=None, known_only: bool = True, kinds=None) -> list[di
     return cases
 
 
+IMPLICATION_FAMILIES = ("symmetric", "transitive, subject-side", "transitive, object-side",
+                        "inverse")
+
+
+def implication_family(case: dict) -> str:
+    """The family of an implication case (a line of `data/probes/implications.jsonl`).
+
+    Transitive cases split by which side of the edited fact the implied fact hangs on:
+    subject-side (the Louvre is in Rome => the Louvre is in Italy; ids `transitive-landmark-*`)
+    and object-side (Paris is in Russia => the Louvre is in Russia). The two behave
+    differently, so cases are chosen and reported per family (`IMPLICATION_FAMILIES`).
+    """
+    kind, case_id = case.get("kind"), case.get("id")
+    if kind not in IMPLICATION_KINDS:
+        raise ValueError(f"implication case {case_id!r}: kind={kind!r} must be one of "
+                         f"{IMPLICATION_KINDS}")
+    if kind != "transitive":
+        return kind
+    return ("transitive, subject-side" if str(case_id).startswith("transitive-landmark-")
+            else "transitive, object-side")
+
+
 def implication_checks(case: dict) -> list[tuple[str, str, str]]:
     """Every fact a case relies on, as (prompt, true, false): the edited fact (true beats new),
     each probe's old implied object (old beats new), and the case's extra checks."""
@@ -1676,7 +1742,7 @@ def headline_table(summary, results, implications=None, ladder_sum=None,
     if ladder_sum is not None and len(ladder_sum):
         tang = ladder_sum[ladder_sum["step"] == "tangential"].set_index("editor")
         table["loud top-1 (tangential)"] = pd.Series({
-            e: f"{r['top1_post']:.2f} (of {int(r['n'])})" for e, r in tang.iterrows()})
+            e: f"{r['top1_post']:.2f} (of {int(r['n'])} prompts)" for e, r in tang.iterrows()})
     exclude = HEADLINE_EXCLUDED if exclude is None else exclude
     dropped = {e: exclude[e] for e in table.index if e in exclude}
     table = table.reindex([e for e in editor_order(table.index) if e not in dropped])

@@ -451,7 +451,11 @@ def write_index(out: Path, runs: list[NotebookRun], card: dict, figures_rel: str
             f"From notebook 06 (`figures/{HEADLINE_TABLE}.csv`); 95% bootstrap intervals in "
             "brackets. ES/PS: efficacy and paraphrase success; NS: neighbourhood specificity "
             "(ROME); NS+: the same with the edit statement prepended (CounterFact+); NKL: "
-            "KL(P_unedited || P_edited) on CounterFact+ prompts.",
+            "KL(P_unedited || P_edited) on CounterFact+ prompts. The hook editors "
+            "(patch-donor, hook-delta, hook-gated) change the model only at the edited "
+            "subject's positions, so on neighbourhood prompts, which never mention it, their NS "
+            "equals the unedited model's by construction; their NS+ and NS+cool, whose prompts "
+            "do mention it, are the test.",
             "",
         ]
     published = figures_dir() / f"{PUBLISHED_TABLE}.md"

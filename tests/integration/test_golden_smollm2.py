@@ -89,16 +89,11 @@ def _golden_cases() -> list[dict]:
     """The first known case of each implication family."""
     cases = ev.load_implications(known_only=True)
 
-    def family(c):
-        if c["kind"] != "transitive":
-            return c["kind"]
-        return "subject-side" if c["id"].startswith("transitive-landmark-") else "object-side"
-
     chosen = {}
     for c in cases:
-        chosen.setdefault(family(c), c)
-    assert set(chosen) == {"symmetric", "subject-side", "object-side", "inverse"}, set(chosen)
-    return [chosen[f] for f in ("symmetric", "subject-side", "object-side", "inverse")]
+        chosen.setdefault(ev.implication_family(c), c)
+    assert set(chosen) == set(ev.IMPLICATION_FAMILIES), set(chosen)
+    return [chosen[f] for f in ev.IMPLICATION_FAMILIES]
 
 
 def _implication_values(model) -> dict:

@@ -44,3 +44,46 @@ def test_committed_rows_cover_the_report_population(model, report_params_06):
                  and rows[c]["settings_digest"] != d]
         assert not missing, f"{path}: no row for case ids {missing[:10]}"
         assert not stale, f"{path}: rows of case ids {stale[:10]} have other digests"
+
+
+def test_study_effects_read_the_committed_rows_paired_with_the_unedited_model(model,
+                                                                             report_params_06):
+    """Notebooks 02-04 show their editors on these rows (`study_effects`): read, never
+    computed, each cell the editor minus the unedited model on the same known records."""
+    from loudfacts import claims as cl
+
+    p = report_params_06
+    settings = dict(n_neighbours=p["n_neighbours"], generation=p["generation"],
+                    n_generation=p["n_generation"], max_new_tokens=p["max_new_tokens"],
+                    generation_records=p["generation_records"], pool=p["neighbour_pool"],
+                    top_up=p["neighbour_top_up"])
+    n = min(200, p["n_records"])
+    table = ev.study_effects(model, ["rome"], split=p["split"], n=n, seed=p["seed"],
+                             n_resamples=200, **settings)
+    rows = ev.read_study(model, ["unedited", "rome"], split=p["split"], n=n, seed=p["seed"],
+                         **settings)
+    assert list(table.index) == ["rome"]
+    assert table.attrs["n_known"] == table.loc["rome", "n"] == int(
+        rows.loc[rows.editor == "unedited", "known"].sum())
+    for m in ("ES", "NS+"):
+        r = cl.paired_effect(rows, "rome", m, n_resamples=200, seed=p["seed"])
+        assert table.loc["rome", f"Δ{m}"] == (f"{r['effect']:+.3f} [{r['ci_low']:+.3f}, "
+                                              f"{r['ci_high']:+.3f}]")
+    assert float(table.loc["rome", "ΔES"].split()[0]) > 0.5  # ROME writes the facts
+    n_para = int(rows.loc[rows.editor == "rome"].query("known")["PS_para"].notna().sum())
+    assert table.loc["rome", "ΔPS_para"].endswith(f"(n={n_para})")
+
+
+@pytest.mark.parametrize("stem", ["02_rome", "03_finetuning", "04_patching_edits",
+                                  "07_quiet_edits"])
+def test_notebooks_that_read_the_study_ask_for_notebook_06s_rows(stem, report_params_of,
+                                                               report_params_06):
+    """A notebook that reads 06's rows must name the same settings, or `make report` stops."""
+    p, six = report_params_of(stem), report_params_06
+    assert p["study_records"], f"{stem}: params/report.yaml does not have it read the study"
+    assert p["study_records"] <= six["n_records"]
+    assert p.get("study_split", p.get("split")) == six["split"]
+    assert p["study_n_neighbours"] == six["n_neighbours"]
+    assert p["study_generation_records"] == six["generation_records"]
+    assert p.get("study_top_up", p.get("neighbour_top_up")) == six["neighbour_top_up"]
+    assert p["seed"] == six["seed"]

@@ -74,6 +74,15 @@ def test_paired_effects_table_has_every_editor_and_n():
     assert t.loc["rome", "ΔNS+"].startswith("-0.2")
 
 
+def test_paired_effects_table_states_a_metrics_own_n_when_it_differs():
+    df = _results()
+    df["PS_para"] = [0.5 if i < 6 else None for i in range(len(df) // 2) for _ in (0, 1)] + [None]
+    t = cl.paired_effects_table(df, metrics=("NS", "PS_para", "NS+"))
+    assert t.loc["rome", "n"] == 12
+    assert t.loc["rome", "ΔPS_para"].endswith("(n=6)")
+    assert "(n=" not in t.loc["rome", "ΔNS"] and "(n=" not in t.loc["rome", "ΔNS+"]
+
+
 def test_wilson_interval():
     lo, hi = cl.wilson(0, 10)
     assert lo == 0 and 0.25 < hi < 0.32  # 0.278

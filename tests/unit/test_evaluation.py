@@ -14,6 +14,7 @@ import torch
 from loudfacts.data import CounterFactRecord
 from loudfacts.editing.base import Editor, HookEdit, WeightEdit
 from loudfacts.evaluation import (
+    IMPLICATION_FAMILIES,
     METRICS,
     bootstrap_ci,
     build_neighbourhoods,
@@ -21,6 +22,7 @@ from loudfacts.evaluation import (
     harmonic_mean,
     kl_divergences,
     ladder_summary,
+    implication_family,
     load_implications,
     loud_fact_ladder,
     merge,
@@ -409,6 +411,18 @@ def test_implications_file_schema():
         assert c["probes"] and all({"prompt", "old", "new"} <= set(p) for p in c["probes"])
 
 
+def test_implication_family_splits_transitive_cases_by_side():
+    fam = {c["id"]: implication_family(c) for c in load_implications(known_only=False)}
+    assert set(fam.values()) == set(IMPLICATION_FAMILIES)
+    for case_id, f in fam.items():
+        if case_id.startswith("transitive-landmark-"):
+            assert f == "transitive, subject-side"
+    assert implication_family({"id": "x", "kind": "inverse"}) == "inverse"
+    assert implication_family({"id": "x", "kind": "transitive"}) == "transitive, object-side"
+    with pytest.raises(ValueError, match="'x'.*'spouse'"):
+        implication_family({"id": "x", "kind": "spouse"})
+
+
 def test_score_implications_tiny(tiny, records):
     case = {"id": "t", "kind": "symmetric",
             "edit": {"prompt": TEMPLATE, "subject": "Alpha",
@@ -480,7 +494,7 @@ def test_headline_table_has_one_row_per_editor_with_cis_and_implications():
                            "top1_post": [0.0, 0.5], "n": [6, 6]})
     with_ladder = headline_table(summarize(results, n_resamples=200), results, implications,
                                  ladder)
-    assert with_ladder.loc["rome", "loud top-1 (tangential)"] == "0.50 (of 6)"
+    assert with_ladder.loc["rome", "loud top-1 (tangential)"] == "0.50 (of 6 prompts)"
     assert "NS+cool" in with_ladder.columns
     assert table.loc["rome", "s / edit"] == "2.0" and table.loc["rome", "known records"] == 6
     # an edit that borrowed ROME's optimisation says so instead of looking free
