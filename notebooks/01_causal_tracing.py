@@ -64,6 +64,8 @@ kinds_average = ["hidden", "mlp", "attn"]
 single_layer_mlp_average = True  # also average single-MLP restoration (window 1) for the layer choice
 n_facts_single_layer = 100  # facts for the window-1 average (the first of the drawn facts)
 workers_average = 1  # processes tracing the averages (2 on a 2-core CPU: ~1.3x faster)
+averages_store = "results"  # per-fact average records: "results" (results/<model>/tracing/,
+# committed, so a fresh clone's report reuses them) or None (data/cache/tracing/)
 
 # %%
 import json
@@ -74,7 +76,7 @@ import pandas as pd
 import torch
 
 from loudfacts.models import load_model
-from loudfacts.paths import repo_path
+from loudfacts.paths import repo_path, results_dir
 from loudfacts.plotting import save_figure, save_findings, set_theme
 from loudfacts.tracing import (
     TOKEN_CLASSES,
@@ -238,9 +240,10 @@ print(sev_table.iloc[model.n_layers // 2:].mean().round(3).to_string())
 # would keep only the facts whose subject sits mid-sentence, so instead such a prompt is traced
 # after the model's document separator (which then holds position 0, as a document boundary
 # does in training), and the fact is kept only if the object is still the greedy next token.
-# The number of facts and of noise draws is set by the CPU report's time budget (run card):
-# one noise draw per fact, so single-fact grids are noisy but the average over facts also
-# averages over noise.
+# Each fact is traced with `samples_average` noise draws (the report: 3 draws on 200 facts).
+# The per-fact records are kept as data in `results/<model>/tracing/` (one file per model,
+# weights and settings, committed), so a rerun or a fresh clone traces only the facts it has no
+# record for.
 
 # %%
 facts = select_known_facts(model, n_facts_average, seed=seed)
@@ -248,11 +251,16 @@ n_prefixed = sum(bool(f.get("sink_prefix")) for f in facts)
 print(f"{len(facts)} known facts drawn (asked for {n_facts_average}); {n_prefixed} of them start "
       "with their subject and are traced after the document separator")
 t0 = time.perf_counter()
+if averages_store not in ("results", None):
+    raise ValueError(f"averages_store={averages_store!r} must be 'results' or None")
+store = (results_dir(model.name.replace("/", "_"), "tracing") if averages_store == "results"
+         else None)
 avg = average_effects(model, facts, kinds=kinds_average, samples=samples_average, window=window,
-                      seed=seed, workers=workers_average)
+                      seed=seed, workers=workers_average, store=store)
 avg_seconds = time.perf_counter() - t0
 print(f"averages took {avg_seconds:.0f} s, {avg_seconds / max(1, len(facts)):.1f} s per fact for "
-      f"{len(kinds_average)} kinds (cached per fact in data/cache/tracing)")
+      f"{len(kinds_average)} kinds (per-fact records in "
+      f"{'results/' + model.name + '/tracing' if store else 'data/cache/tracing'})")
 assert avg.n_facts == len(facts) and avg.effects[kinds_average[0]].shape[1] == model.n_layers
 fig = plot_average_effects(avg)
 save_figure(fig, "01_average_effects", caption=(
@@ -321,7 +329,7 @@ avg1 = None
 if single_layer_mlp_average and "mlp" in avg.effects:
     avg1 = average_effects(model, facts[:n_facts_single_layer], kinds=["mlp"],
                            samples=samples_average, window=1, seed=seed,
-                           workers=workers_average)
+                           workers=workers_average, store=store)
     layer1, effect1 = choose_edit_layer(avg1, "mlp", "last subject token")
     row1 = avg1.effects["mlp"][TOKEN_CLASSES.index("last subject token")]
     print(f"single-layer MLP restoration: largest average effect at layer {layer1} "

@@ -65,7 +65,6 @@ of an interrupted run of ours (every other line valid) is dropped before appendi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
@@ -77,15 +76,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Linux/macOS
-    fcntl = None
-
 import numpy as np
 import torch
 
 from loudfacts.editing.base import EditError, Editor, EditRequest, get_editor
+from loudfacts.jsonlines import append_line, locked
 from loudfacts.scoring import next_token_logprobs, target_probs
 from loudfacts.tokens import fill, target_ids
 
@@ -671,26 +666,8 @@ def _write_new(path: Path, runs: dict, rows=()) -> None:
     os.replace(tmp, path)
 
 
-@contextlib.contextmanager
-def _locked(fh):
-    """An exclusive advisory lock on an open results file, for the processes that append to
-    one file together (`study` with workers: every shard's rows go to the same file)."""
-    if fcntl is None:  # no flock (Windows): one writer per file
-        yield fh
-        return
-    fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-    try:
-        yield fh
-    finally:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _append(path: Path, row: dict) -> None:
-    line = (json.dumps(row, default=float) + "\n").encode()
-    with open(path, "ab") as f, _locked(f):
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+_locked = locked  # the results files' writers and readers share one lock
+_append = append_line
 
 
 def _create_new(path: Path, runs: dict) -> bool:

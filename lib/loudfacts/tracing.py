@@ -73,6 +73,7 @@ from loudfacts.forward import (
     supports_kv_prefix,
     unembed,
 )
+from loudfacts.jsonlines import append_line
 from loudfacts.paths import cache_dir
 from loudfacts.tokens import (
     PLACEHOLDER,
@@ -1006,6 +1007,7 @@ def average_effects(
     workers: int = 1,
     first_token: bool = True,
     occurrence: int | None = None,
+    store=None,
 ) -> AverageEffects:
     """Average indirect effect by token class and layer over `facts`, for each kind.
 
@@ -1013,8 +1015,11 @@ def average_effects(
     traced on the greedy prediction). Every fact is checked (subject in the prompt, target
     tokenisable, fits the context) before anything is traced; an error names the fact.
 
-    Per-fact class effects are appended to a JSON-lines file in data/cache/tracing/ keyed by
-    the model, its weights and the settings, so an interrupted run resumes where it stopped.
+    Per-fact class effects are appended to a JSON-lines file in `store` (default
+    data/cache/tracing/) named by the model, its weights and the settings, so an interrupted
+    run resumes where it stopped and records made under other settings go to another file.
+    Notebook 01 keeps them in `results/<model>/tracing/`, committed with the code, so a fresh
+    clone's report reuses them.
     Each record is keyed by a digest of the fact's content (prompt, subject, target, source
     kind), the kind and every setting; on read, a record is used only if its stored fact and
     kind are the ones asked for.
@@ -1033,6 +1038,8 @@ def average_effects(
             prediction). With False, a multi-token object raises before anything is traced.
             `settings["multi_token_targets"]` counts the facts scored by their first token.
         occurrence: passed to `trace` (None: each subject must occur once in its prompt).
+        store: the folder of the per-fact records file (created if missing); default
+            `data/cache/tracing/`. Used only with `cache`.
 
     Returns:
         AverageEffects.
@@ -1067,7 +1074,9 @@ def average_effects(
     settings = _average_settings(model, samples, scale, window, seed, first_token, occurrence)
     weights = weights_fingerprint(model)
     key = _file_key(settings, weights)
-    path = cache_dir("tracing") / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
+    folder = cache_dir("tracing") if store is None else Path(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
     todo = [(content, label, k, _record_key(content, k, settings, weights))
             for content, label in items for k in kinds]
     done = _matching_records(_read_average_records(path), todo, path) if cache else {}
@@ -1086,8 +1095,7 @@ def average_effects(
             rec = _average_record(res, content, label, kind, rkey)
             done[rkey] = rec
             if cache:
-                with open(path, "a") as fh:
-                    fh.write(json.dumps(rec) + "\n")
+                append_line(path, rec)
         records.append(rec)
 
     effects, counts, clean_p, corrupt_p = {}, {}, {}, {}
@@ -1107,7 +1115,9 @@ def average_effects(
 
 
 def _read_average_records(path: Path) -> dict:
-    """record key -> per-fact record, from the cache file and its workers' parts."""
+    """record key -> per-fact record, from the records file (and the per-worker part files
+    that earlier versions wrote beside it). Lines that do not parse (a torn line from an
+    interrupted write) are skipped; their records are recomputed."""
     done: dict = {}
     for part in [path, *sorted(path.parent.glob(f"{path.stem}.part*.jsonl"))]:
         if not part.exists():
@@ -1147,7 +1157,7 @@ def _average_in_workers(model, items, settings, key, path, workers):
 
     todo = [{"fact": content, "id": label, "kind": kind, "key": rkey}
             for content, label, kind, rkey in items]
-    job = path.with_name(f"{path.stem}.todo.json")
+    job = cache_dir("tracing") / f"{path.stem}.todo.json"  # transient: not beside the records
     job.write_text(json.dumps(todo))
     args = ["--model", model.name, "--todo", job, "--samples", settings["samples"],
             "--noise", repr(settings["noise"]), "--window", settings["window"],
@@ -1175,7 +1185,7 @@ def _worker_main(argv=None) -> int:
     ap.add_argument("--first-token", action="store_true")
     ap.add_argument("--occurrence", type=int, default=None)
     ap.add_argument("--key", required=True, help="cache key the parent computed")
-    ap.add_argument("--out", required=True, type=Path, help="the averages cache file")
+    ap.add_argument("--out", required=True, type=Path, help="the per-fact records file")
     ap.add_argument("--part", required=True, help="i/n: this worker takes items i, i+n, ...")
     args = ap.parse_args(argv)
     i, n = (int(x) for x in args.part.split("/"))
@@ -1191,7 +1201,6 @@ def _worker_main(argv=None) -> int:
               "caller's model (cache key differs); refusing to trace", flush=True)
         return 2
     items = json.loads(args.todo.read_text())[i::n]
-    part = args.out.with_name(f"{args.out.stem}.part{i}of{n}.jsonl")
     for k, item in enumerate(items, 1):
         t0 = time.perf_counter()
         content = item["fact"]
@@ -1204,8 +1213,7 @@ def _worker_main(argv=None) -> int:
                     window=args.window, seed=args.seed, cache=False,
                     occurrence=args.occurrence, first_token=args.first_token)
         rec = _average_record(res, content, item["id"], item["kind"], item["key"])
-        with open(part, "a") as fh:
-            fh.write(json.dumps(rec) + "\n")
+        append_line(args.out, rec)  # every worker appends to the one file, under its lock
         print(f"[trace worker {i}/{n}] {k}/{len(items)} {content['subject']!r} {item['kind']}: "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
     return 0

@@ -87,3 +87,32 @@ def test_notebooks_that_read_the_study_ask_for_notebook_06s_rows(stem, report_pa
     assert p["study_generation_records"] == six["generation_records"]
     assert p.get("study_top_up", p.get("neighbour_top_up")) == six["neighbour_top_up"]
     assert p["seed"] == six["seed"]
+
+
+def test_committed_tracing_records_cover_the_report_averages(model, report_params_of,
+                                                             monkeypatch):
+    """Notebook 01's averages read their per-fact records from results/<model>/tracing/: under
+    the report's parameters every (fact, kind) record is committed, so a fresh clone's report
+    traces nothing (a trace here fails the test)."""
+    from loudfacts import tracing
+    from loudfacts.paths import results_dir
+
+    p = report_params_of("01_causal_tracing")
+    assert p["averages_store"] == "results"
+    assert p["n_facts_average"] >= 200 and p["samples_average"] >= 3  # the study's floor
+
+    def no_trace(*args, **kwargs):
+        raise AssertionError("a record the report needs is not committed in "
+                             f"{results_dir(model.name, 'tracing')}")
+
+    facts = tracing.select_known_facts(model, p["n_facts_average"], seed=p["seed"])
+    monkeypatch.setattr(tracing, "trace", no_trace)
+    store = results_dir(model.name, "tracing")
+    avg = tracing.average_effects(model, facts, kinds=p["kinds_average"],
+                                  samples=p["samples_average"], window=p["window"],
+                                  seed=p["seed"], store=store, progress=False)
+    assert avg.n_facts == len(facts) >= 200
+    if p["single_layer_mlp_average"]:
+        tracing.average_effects(model, facts[:p["n_facts_single_layer"]], kinds=["mlp"],
+                                samples=p["samples_average"], window=1, seed=p["seed"],
+                                store=store, progress=False)

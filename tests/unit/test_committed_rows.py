@@ -14,7 +14,10 @@ import pytest
 from loudfacts import evaluation as ev
 from loudfacts.paths import repo_path
 
-FILES = sorted(repo_path("results").glob("*/*/*.jsonl"))
+# results/<model>/<split>/<editor>.jsonl; results/<model>/tracing/ holds notebook 01's
+# per-fact trace records instead (checked below)
+FILES = sorted(p for p in repo_path("results").glob("*/*/*.jsonl") if p.parent.name != "tracing")
+TRACING = sorted(repo_path("results").glob("*/tracing/averages-*.jsonl"))
 
 
 def test_there_are_committed_rows():
@@ -54,3 +57,17 @@ def test_every_editor_agrees_on_which_records_are_known():
                         f"({path.stem})")
                 checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("path", TRACING, ids=[p.name[:40] for p in TRACING])
+def test_a_committed_tracing_file_is_whole_with_one_record_per_fact_and_kind(path):
+    import json
+
+    raw = path.read_bytes()
+    assert raw.endswith(b"\n"), f"{path}: its last line is torn (an interrupted write)"
+    seen = set()
+    for i, line in enumerate(raw.decode().splitlines(), 1):
+        rec = json.loads(line)  # a torn line in the middle fails here, naming nothing else
+        assert {"key", "fact", "kind", "classes"} <= set(rec), f"{path}:{i}: not a trace record"
+        assert rec["key"] not in seen, f"{path}:{i}: record {rec['key'][:12]} twice"
+        seen.add(rec["key"])

@@ -206,7 +206,7 @@ def test_token_classes():
     assert single["further tokens"] == []
 
 
-def test_average_effects_resume_and_layer_choice(tiny_llama, tmp_path):
+def test_average_effects_resume_and_layer_choice(tiny_llama, tmp_path, monkeypatch):
     facts = [
         {"text": PROMPT, "subject": SUBJECT, "target_true": "Paris", "id": 1, "source": "t"},
         {"text": "The Colosseum is located in the city of", "subject": "Colosseum",
@@ -225,6 +225,19 @@ def test_average_effects_resume_and_layer_choice(tiny_llama, tmp_path):
     again = average_effects(tiny_llama, facts, kinds=("hidden", "mlp"), samples=2, noise=0.5,
                             window=2, progress=False)
     assert np.allclose(again.effects["mlp"], avg.effects["mlp"])
+    # the recomputed record went on a line of its own (not glued to the torn one): a third run
+    # traces nothing
+    assert len(cache[0].read_text().splitlines()) == 5
+
+    def no_trace(*a, **k):
+        raise AssertionError("every record is stored: nothing should be traced")
+
+    import loudfacts.tracing as tracing_module
+
+    monkeypatch.setattr(tracing_module, "trace", no_trace)
+    third = average_effects(tiny_llama, facts, kinds=("hidden", "mlp"), samples=2, noise=0.5,
+                            window=2, progress=False)
+    assert np.allclose(third.effects["mlp"], avg.effects["mlp"])
     layer, effect = choose_edit_layer(avg)
     row = avg.effects["mlp"][TOKEN_CLASSES.index("last subject token")]
     assert 0 <= layer < tiny_llama.n_layers and effect == pytest.approx(row.max())
@@ -328,6 +341,33 @@ def test_average_cache_key_changes_with_settings(tiny_llama, tmp_path):
     b = average_effects(tiny_llama, [fact], **{**AVG_KW, "seed": 1})
     assert a.per_fact[0]["key"] != b.per_fact[0]["key"]
     assert len(list((tmp_path / "cache" / "tracing").glob("averages-*.jsonl"))) == 2
+
+
+def test_average_records_go_to_the_store_given(tiny_llama, tmp_path, monkeypatch):
+    """Notebook 01 keeps the per-fact records in results/ (committed): they are written there,
+    not in the cache, and a second run reads them back without tracing."""
+    fact = {"text": PROMPT, "subject": SUBJECT, "target_true": "Paris", "id": 1, "source": "t"}
+    store = tmp_path / "results" / "tiny" / "tracing"
+    a = average_effects(tiny_llama, [fact], store=store, **AVG_KW)
+    [path] = store.glob("averages-*.jsonl")
+    assert len(path.read_text().splitlines()) == 1
+    assert not list((tmp_path / "cache" / "tracing").glob("averages-*.jsonl"))
+    import loudfacts.tracing as tracing_module
+
+    monkeypatch.setattr(tracing_module, "trace", lambda *a, **k: 1 / 0)
+    b = average_effects(tiny_llama, [fact], store=store, **AVG_KW)
+    assert np.array_equal(a.effects["hidden"], b.effects["hidden"], equal_nan=True)
+
+
+def test_append_line_keeps_a_new_line_whole_after_a_torn_one(tmp_path):
+    from loudfacts.jsonlines import append_line
+
+    path = tmp_path / "rows.jsonl"
+    append_line(path, {"a": 1})
+    path.write_bytes(path.read_bytes() + b'{"b": ')  # a writer killed mid-line
+    append_line(path, {"c": 3})
+    lines = path.read_text().splitlines()
+    assert lines == ['{"a": 1}', '{"b": ', '{"c": 3}']
 
 
 TWICE = "The Louvre is big. The Louvre is located in the city of"
