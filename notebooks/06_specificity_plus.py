@@ -293,11 +293,17 @@ save_figure(fig, "06_nkl", caption=(
 # How loud must a mention of the edited subject be for the new object to leak into prompts
 # that have nothing to do with it ("Barack Obama is from", "The capital of Japan is", ...)?
 # Rungs: no prefix; the edit statement itself; a bare mention ("The Louvre."); a tangential
-# sentence ("The Louvre is cool."); an unrelated sentence without the subject.
+# sentence ("The Louvre is cool."); an unrelated sentence without the subject. Each editor's
+# ladder rows are kept as data beside its study rows (`results/<model>/<split>/ladder/`, one
+# line per record with its rungs), reused when their settings match, like the study's.
 
 # %%
 ladder_recs = [r for r in records if r.case_id in set(known["case_id"])][:ladder_records]
-ladder = ev.ladder_for_editors(model, [get_editor(e, model) for e in run_editors], ladder_recs)
+ladder = ev.ladder_for_editors(model, [get_editor(e, model) for e in run_editors], ladder_recs,
+                              split=split, root=store)
+print(f"ladder: {ladder.attrs['reused']} editor x record rows reused from "
+      f"{os.path.relpath(ev.ladder_store_path(model, run_editors[0], split, store).parent, repo_path())}"
+      f", the rest computed; {ladder.attrs['n_failed']} edits failed")
 ladder_sum = ev.ladder_summary(ladder)
 assert ladder_sum["p_new_post"].between(0, 1).all()
 ladder_sum.pivot(index="editor", columns="step", values="p_new_post")

@@ -1464,35 +1464,101 @@ def loud_fact_ladder(model, edit, request: EditRequest | None = None,
     ])
 
 
+LADDER_VERSION = 1  # what a stored ladder row means: the rungs of `_ladder_texts`, `_ladder_pass`
+
+
+def ladder_settings(model, editor, unrelated_prompts=UNRELATED_PROMPTS) -> dict:
+    """Everything besides the record that determines a record's ladder rows: the model and its
+    weights, the editor and its full hyper-parameters, `LADDER_VERSION` and the unrelated
+    prompts (canonical JSON data, as the header of a stored ladder file holds it)."""
+    if isinstance(editor, str):
+        editor = get_editor(editor, model)
+    return json.loads(_canonical({
+        "model": model.name, "weights": model.weights_fingerprint(), "editor": editor.name,
+        "hparams": editor.hparams, "ladder_version": LADDER_VERSION,
+        "unrelated_prompts": list(unrelated_prompts)}))
+
+
+def ladder_row_digest(key: str, rec) -> str:
+    """A stored ladder row's `settings_digest`: sha256 of its run key and the record's content."""
+    return _sha256({"run": key, "record": _record_content(rec)})
+
+
+def ladder_store_path(model, editor, split: str, root=None) -> Path:
+    """Where the ladder rows of one editor live: `results/<model>/<split>/ladder/<editor>.jsonl`
+    (beside the study's rows, `store_path`)."""
+    path = store_path(model, editor, split, root)
+    return path.parent / "ladder" / path.name
+
+
 def ladder_for_editors(model, editors, records, unrelated_prompts=UNRELATED_PROMPTS,
-                       progress: bool = True):
+                       progress: bool = True, *, split: str | None = None, root=None,
+                       fresh: bool | None = None):
     """`loud_fact_ladder` for every editor (name or Editor) and record; one long DataFrame
     with an `editor` and `case_id` column. The unedited model's pass is made once per record
-    and shared by every editor. Editors that fail on a record are skipped, counted."""
+    and shared by every editor. Editors that fail on a record are skipped, counted.
+
+    With `split`, each editor's rows are kept as data in `ladder_store_path(...)` (under
+    `root`, default `results/`): one line per record holding its rungs, in the study's file
+    format (a header with `ladder_settings`, a digest per row), so rows already there are
+    reused, the missing ones appended as each record finishes, and a file made under other
+    settings stops the run with a `ResultsFileError` naming it. `fresh` (default:
+    `fresh_requested()`, `make report FRESH=1`) deletes these editors' files first.
+    """
+    import time
+
     import pandas as pd
     from tqdm.auto import tqdm
 
-    frames, failed, pre = [], 0, {}
+    fresh = fresh_requested() if fresh is None else bool(fresh)
+    frames, failed, pre, reused = [], 0, {}, 0
     for ed in editors:
         ed = get_editor(ed, model) if isinstance(ed, str) else ed
+        done, path = {}, None
+        if split is not None:
+            settings = ladder_settings(model, ed, unrelated_prompts)
+            key = run_key(settings)
+            digests = {r.case_id: ladder_row_digest(key, r) for r in records}
+            path = ladder_store_path(model, ed.name, split, root)
+            if fresh and path.exists():
+                path.unlink()
+                print(f"ladder: fresh run: deleted {path}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            done = _open_for_resume(path, settings, key, digests)
         for rec in tqdm(records, desc=f"ladder {ed.name}", disable=not progress, leave=False):
-            req = EditRequest.from_record(rec)
-            key = (req.subject, req.target_new, req.statement)
-            if key not in pre:  # before any edit is made: the unedited model's pass
-                full = [t[2] for t in _ladder_texts(req, unrelated_prompts)]
-                pre[key] = _ladder_pass(model, full, req.target_new, 32)
-            try:
-                edit = ed.edit(req)
-            except ValueError as e:
+            row = done.get(rec.case_id)
+            if row is None:
+                t0 = time.perf_counter()
+                row = {"case_id": rec.case_id, "editor": ed.name, "model": model.name}
+                req = EditRequest.from_record(rec)
+                k = (req.subject, req.target_new, req.statement)
+                if k not in pre:  # before any edit is made: the unedited model's pass
+                    full = [t[2] for t in _ladder_texts(req, unrelated_prompts)]
+                    pre[k] = _ladder_pass(model, full, req.target_new, 32)
+                try:
+                    edit = ed.edit(req)
+                except ValueError as e:
+                    print(f"ladder: {ed.name} could not edit case {rec.case_id}: {e}")
+                    row["edit_error"] = str(e)
+                else:
+                    f = loud_fact_ladder(model, edit, req, unrelated_prompts, pre=pre[k])
+                    row["rungs"] = f.to_dict("records")
+                row["seconds"] = time.perf_counter() - t0
+                if path is not None:
+                    _append(path, {**row, "run_key": key,
+                                   "settings_digest": digests[rec.case_id]})
+            else:
+                reused += 1
+            if row.get("edit_error") is not None:
                 failed += 1
-                print(f"ladder: {ed.name} could not edit case {rec.case_id}: {e}")
                 continue
-            f = loud_fact_ladder(model, edit, req, unrelated_prompts, pre=pre[key])
+            f = pd.DataFrame(row["rungs"])
             f.insert(0, "case_id", rec.case_id)
             f.insert(0, "editor", ed.name)
             frames.append(f)
     df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     df.attrs["n_failed"] = failed
+    df.attrs["reused"] = reused
     return df
 
 

@@ -116,3 +116,31 @@ def test_committed_tracing_records_cover_the_report_averages(model, report_param
         tracing.average_effects(model, facts[:p["n_facts_single_layer"]], kinds=["mlp"],
                                 samples=p["samples_average"], window=1, seed=p["seed"],
                                 store=store, progress=False)
+
+
+def test_committed_ladder_rows_cover_the_report_ladder(model, report_params_06):
+    """Notebook 06's loud-fact ladder reads its rows from results/<model>/<split>/ladder/: every
+    editor has a row, made under the current settings, for each of the report's ladder records
+    (the first `ladder_records` known records), so a fresh clone's report edits none."""
+    p = report_params_06
+    records = load_counterfact(p["split"], n=p["n_records"], verbose=False)
+    unedited = ev.read_results(ev.store_path(model, "unedited", p["split"]))
+    known = {r["case_id"] for r in unedited if r["known"]}
+    ladder_recs = [r for r in records if r.case_id in known][:p["ladder_records"]]
+    assert len(ladder_recs) == p["ladder_records"]
+    for name in p["editors"]:
+        path = ev.ladder_store_path(model, name, p["split"])
+        assert path.exists(), f"{path}: no committed ladder rows for {name}"
+        settings = ev.ladder_settings(model, name)
+        key = ev.run_key(settings)
+        f = ev._read_results_file(path)
+        assert f.torn_at is None, f"{path}: torn last line"
+        assert set(f.runs) == {key}, (
+            f"{path} was made under other settings: "
+            + "; ".join(ev._settings_diff(next(iter(f.runs.values())), settings)))
+        rows = {r["case_id"]: r for r in f.rows}
+        missing = [r.case_id for r in ladder_recs if r.case_id not in rows]
+        stale = [r.case_id for r in ladder_recs if r.case_id in rows
+                 and rows[r.case_id]["settings_digest"] != ev.ladder_row_digest(key, r)]
+        assert not missing, f"{path}: no row for case ids {missing[:10]}"
+        assert not stale, f"{path}: rows of case ids {stale[:10]} have other digests"

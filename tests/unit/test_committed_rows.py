@@ -18,6 +18,7 @@ from loudfacts.paths import repo_path
 # per-fact trace records instead (checked below)
 FILES = sorted(p for p in repo_path("results").glob("*/*/*.jsonl") if p.parent.name != "tracing")
 TRACING = sorted(repo_path("results").glob("*/tracing/averages-*.jsonl"))
+LADDER = sorted(repo_path("results").glob("*/*/ladder/*.jsonl"))
 
 
 def test_there_are_committed_rows():
@@ -71,3 +72,15 @@ def test_a_committed_tracing_file_is_whole_with_one_record_per_fact_and_kind(pat
         assert {"key", "fact", "kind", "classes"} <= set(rec), f"{path}:{i}: not a trace record"
         assert rec["key"] not in seen, f"{path}:{i}: record {rec['key'][:12]} twice"
         seen.add(rec["key"])
+
+
+@pytest.mark.parametrize("path", LADDER, ids=[f"{p.parents[2].name}/{p.parents[1].name}/{p.stem}"
+                                              for p in LADDER])
+def test_a_committed_ladder_file_is_whole_and_made_under_one_setting(path):
+    f = ev._read_results_file(path)
+    assert f.torn_at is None, f"{path}: its last line is torn (an interrupted write)"
+    assert len(f.runs) == 1, f"{path}: rows of {len(f.runs)} settings in one file"
+    assert {r["editor"] for r in f.rows} == {path.stem}, f"{path}: rows of another editor"
+    for r in f.rows:
+        assert (r.get("edit_error") is None) == bool(r.get("rungs")), (
+            f"{path}: case {r['case_id']} has neither rungs nor an edit error")

@@ -400,6 +400,35 @@ def test_ladder_single_pass_equals_separate_scorers(tiny, records):
     assert set(both["editor"]) == {LoudEditor(tiny).name, "unedited"}
 
 
+def test_ladder_rows_are_kept_reused_and_refused_under_other_settings(tiny, records, tmp_path,
+                                                                    monkeypatch):
+    """With a split, each editor's ladder rows go to results/<model>/<split>/ladder/: a second
+    run edits nothing and returns the same frame, a torn last line costs only its record, and a
+    file made with other unrelated prompts stops the run, naming the file."""
+    from loudfacts.evaluation import ResultsFileError, ladder_for_editors, ladder_store_path
+
+    prompts = ["Zulu lives near the", "The sky is"]
+    kw = dict(progress=False, split="edit-1k", root=tmp_path, fresh=False)
+    first = ladder_for_editors(tiny, [LoudEditor(tiny), "unedited"], records[:2], prompts, **kw)
+    path = ladder_store_path(tiny, LoudEditor.name, "edit-1k", tmp_path)
+    assert path.parent.name == "ladder" and len(read_results(path)) == 2
+    assert first.attrs["reused"] == 0
+    stored = ladder_for_editors(tiny, [LoudEditor(tiny), "unedited"], records[:2], prompts, **kw)
+    pd.testing.assert_frame_equal(first, stored, check_exact=True)
+    assert stored.attrs["reused"] == 4
+    path.write_bytes(path.read_bytes()[:-20])  # the last record's line torn mid-write
+    calls = []
+    real_edit = LoudEditor.edit
+    monkeypatch.setattr(LoudEditor, "edit", lambda self, r: calls.append(r) or real_edit(self, r))
+    again = ladder_for_editors(tiny, [LoudEditor(tiny)], records[:2], prompts, **kw)
+    assert len(calls) == 1 and again.attrs["reused"] == 1
+    pd.testing.assert_frame_equal(again, first[first.editor == LoudEditor.name],
+                                  check_exact=True)
+    with pytest.raises(ResultsFileError, match="other settings") as e:
+        ladder_for_editors(tiny, [LoudEditor(tiny)], records[:2], prompts[:1], **kw)
+    assert str(path) in str(e.value) and "unrelated_prompts" in str(e.value)
+
+
 # -- implications ------------------------------------------------------------------------------
 def test_implications_file_schema():
     cases = load_implications(known_only=False)
