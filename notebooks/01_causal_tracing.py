@@ -454,8 +454,8 @@ for c in checks:
 # %% [markdown]
 # Where these printed checks agree with GPT-2 XL, the small model shows ROME's picture,
 # compressed into fewer layers; where they do not, the printed line says so. Two caveats
-# hold for every run: one noise draw per fact (the average over facts averages the noise too),
-# and a window of 10 layers smooths the MLP curve, which is why the layer choice above also
+# hold for every run: few noise draws per fact (`samples_average`; the average over facts
+# averages the noise too), and a window of 10 layers smooths the MLP curve, which is why the layer choice above also
 # reports the plateau within one standard error and the single-MLP (window 1) average.
 
 # %%
