@@ -39,7 +39,7 @@ report: setup
 
 # Every notebook with tiny parameters, into a scratch folder (figures too).
 smoke: setup
-	LOUDFACTS_FIGURES=report/.smoke/figures $(PY) -m loudfacts.report --params params/smoke.yaml --out report/.smoke
+	LOUDFACTS_FIGURES=$(CURDIR)/report/.smoke/figures $(PY) -m loudfacts.report --params params/smoke.yaml --out report/.smoke
 
 # Benchmarks; causal-tracer is only a point of comparison for bench_tracing.py.
 bench: setup

@@ -55,7 +55,7 @@ def main(n: int = 5):
     old_s = new_s = 0.0
     max_dp, top_mismatch, n_texts = 0.0, 0, 0
     for req, edit in edits:
-        full = [t[2] for t in ev._ladder_texts(req, ev.UNRELATED_PROMPTS)]
+        full = [t[2] for t in ev.ladder_texts(req, ev.UNRELATED_PROMPTS)]
         n_texts += len(full)
         t = time.perf_counter()
         old_pre = _two_scorers(model, full, req.target_new)
@@ -63,9 +63,9 @@ def main(n: int = 5):
             old_post = _two_scorers(model, full, req.target_new)
         old_s += time.perf_counter() - t
         t = time.perf_counter()
-        new_pre = ev._ladder_pass(model, full, req.target_new, 32)
+        new_pre = ev.ladder_pass(model, full, req.target_new, 32)
         with edit.applied():
-            new_post = ev._ladder_pass(model, full, req.target_new, 32)
+            new_post = ev.ladder_pass(model, full, req.target_new, 32)
         new_s += time.perf_counter() - t
         for (po, to), (pn, tn) in ((old_pre, new_pre), (old_post, new_post)):
             max_dp = max(max_dp, float((po.double() - pn.double()).abs().max()))

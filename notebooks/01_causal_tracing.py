@@ -77,19 +77,18 @@ import torch
 
 from loudfacts.models import load_model
 from loudfacts.paths import repo_path, results_dir
-from loudfacts.plotting import save_figure, save_findings, set_theme
-from loudfacts.tracing import (
-    TOKEN_CLASSES,
-    average_effects,
-    choose_edit_layer,
-    noise_scale,
+from loudfacts.averages import average_effects, choose_edit_layer
+from loudfacts.knowledge import select_known_facts
+from loudfacts.plotting import (
     plot_average_effects,
     plot_average_lines,
     plot_severed,
     plot_traces,
-    select_known_facts,
-    trace,
+    save_figure,
+    save_findings,
+    set_theme,
 )
+from loudfacts.tracing import TOKEN_CLASSES, noise_scale, trace
 
 t_start = time.perf_counter()
 torch.manual_seed(seed)

@@ -499,15 +499,10 @@ with pd.option_context("display.max_colwidth", 60, "display.width", 200):
 # %%
 study_effects = None
 if study_records:
-    from loudfacts.plotting import save_table
-
     study_effects = ev.study_effects(
         model, ["rome"], split=study_split, n=study_records, seed=seed,
         n_neighbours=study_n_neighbours, generation_records=study_generation_records,
-        top_up=study_top_up, pool="counterfact")
-    print(f"{study_effects.attrs['n_known']} known of the first {study_records} records of "
-          f"{study_split}")
-    save_table(study_effects, "02_study_effects")
+        top_up=study_top_up, pool="counterfact", save_as="02_study_effects")
     display(study_effects)
 
 # %% [markdown]

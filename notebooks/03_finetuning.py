@@ -138,7 +138,7 @@ pd.Series(card, dtype=object).to_frame("run card")
 # %%
 from loudfacts.editing import finetune
 
-print(inspect.getsource(finetune._FineTuneEditor._compute))
+print(inspect.getsource(finetune.finetune_weights))
 
 # %% [markdown]
 # ## 1 · The cases of notebook 02, three editors side by side
@@ -448,15 +448,11 @@ summary.round(3)
 study_effects = None
 if study_records:
     from loudfacts import evaluation as ev
-    from loudfacts.plotting import save_table
 
     study_effects = ev.study_effects(
         model, editors, split=study_split, n=study_records, seed=seed,
         n_neighbours=study_n_neighbours, generation_records=study_generation_records,
-        top_up=study_top_up, pool="counterfact")
-    print(f"{study_effects.attrs['n_known']} known of the first {study_records} records of "
-          f"{study_split}")
-    save_table(study_effects, "03_study_effects")
+        top_up=study_top_up, pool="counterfact", save_as="03_study_effects")
     display(study_effects)
 
 # %% [markdown]

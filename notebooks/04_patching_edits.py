@@ -60,7 +60,7 @@ from loudfacts import evaluation as ev
 from loudfacts.editing import EditError, EditRequest, available_editors, get_editor
 from loudfacts.editing import patching
 from loudfacts.models import load_model
-from loudfacts.plotting import save_figure, save_findings, save_table, set_theme
+from loudfacts.plotting import save_figure, save_findings, set_theme
 
 t_start = time.time()
 torch.manual_seed(seed)
@@ -447,10 +447,7 @@ if study_records:
     study_effects = ev.study_effects(
         model, editors, split=study_split, n=study_records, seed=seed,
         n_neighbours=study_n_neighbours, generation_records=study_generation_records,
-        top_up=study_top_up, pool="counterfact")
-    print(f"{study_effects.attrs['n_known']} known of the first {study_records} records of "
-          f"{study_split}")
-    save_table(study_effects, "04_study_effects")
+        top_up=study_top_up, pool="counterfact", save_as="04_study_effects")
     display(study_effects)
 
 # %% [markdown]

@@ -399,16 +399,18 @@ if "rome" in run_editors and "unedited" in run_editors:
     if len(lad):
         # the unit is the record (its edit), not the prompt: prompts of one edit share it, so
         # each record's rate over its unrelated prompts is one value and records are resampled
-        diff = (lad["top1_post"].astype(float) - lad["top1_pre"].astype(float)) \
-            .groupby(lad["case_id"], sort=False).mean()
-        mean, lo, hi, n = cl.bootstrap_mean(diff.to_numpy(), n_bootstrap, seed)
-        sizes = sorted(set(lad.groupby("case_id").size()))
+        by_record = (lad["top1_post"].astype(float) - lad["top1_pre"].astype(float)) \
+            .groupby(lad["case_id"], sort=False).agg(["mean", "size"])
+        mean, lo, hi, n = cl.bootstrap_mean(by_record["mean"].to_numpy(), n_bootstrap, seed)
+        sizes = sorted(set(by_record["size"]))
         n_prompts = str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
         claim_rows.append(cl.claim(
             "Loud facts, greedy: after \"{subject} is cool.\" the new object becomes the top-1 "
-            "answer to unrelated prompts", f"top-1 rate of the new object over a record's "
-            f"{n_prompts} unrelated prompts, after − before ROME", f"ROME edits of {n} known ladder records ({split})", {
-                "effect": mean, "ci_low": lo, "ci_high": hi, "n": n},
+            "answer to unrelated prompts",
+            f"top-1 rate of the new object over a record's {n_prompts} unrelated prompts, "
+            "after − before ROME",
+            f"ROME edits of {n} known ladder records ({split})",
+            {"effect": mean, "ci_low": lo, "ci_high": hi, "n": n},
             "increase", "06_specificity_plus", reproduce))
 cl.save_claims("06", claim_rows)
 pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", "ci_high", "verdict"]]

@@ -1,9 +1,19 @@
 """loudfacts: locate, edit and stress-test facts stored in language models.
 
-Modules: `models` (loading), `data` (CounterFact, known facts, text), `tokens` (subject spans),
-`tracing` (causal tracing), `stats` (MLP key statistics), `editing` (ROME, fine-tuning,
-path-patching edits under one contract), `evaluation` (CounterFact, Specificity+, loud facts,
-implications), `plotting` and `report`.
+Modules, one concept each:
+
+* `models` (loading), `data` (CounterFact, known facts, text), `tokens` (subject spans),
+  `scoring` (teacher-forced probabilities), `knowledge` (which facts the model knows; fact
+  selection);
+* `tracing` (the causal trace of one fact), `averages` (traces averaged over many facts, kept
+  as data), `trace_worker` (their worker processes);
+* `stats` (MLP key statistics), `editing` (ROME, fine-tuning, path-patching edits under one
+  contract);
+* `metrics` (CounterFact and Specificity+ metrics and their summaries), `probes` (a record's
+  prompts and scoring them), `runner` (evaluation rows, resume, shards, the study's committed
+  files), `ladder` (the loud-fact ladder), `implications` (logical implications), `evaluation`
+  (those five in one namespace for notebooks), `leak` (where a leak travels, notebook 07);
+* `plotting` (figures), `claims` (paired effects and verdicts) and `report`.
 """
 
 import os as _os

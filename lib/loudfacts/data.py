@@ -35,6 +35,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loudfacts.atomic import atomic_path
 from loudfacts.paths import REPO_ROOT, cache_dir
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -99,10 +100,8 @@ def _download(rel: str) -> Path:
     target = cache_dir("downloads") / rel
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    urllib.request.urlretrieve(CANONICAL_URLS[rel], tmp)
-    os.replace(tmp, target)
+    with atomic_path(target, suffix=".part") as tmp:
+        urllib.request.urlretrieve(CANONICAL_URLS[rel], tmp)
     return target
 
 

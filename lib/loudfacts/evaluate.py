@@ -1,4 +1,4 @@
-"""Command line runner for `loudfacts.evaluation.evaluate`.
+"""Command line runner for `loudfacts.runner.evaluate`.
 
     python -m loudfacts.evaluate --editor rome --model smollm2-135m --n 200 \
         --out runs/rome-smollm2.jsonl [--shard 0/4] [--split edit-1k] [--no-generation]
@@ -92,7 +92,7 @@ def parse_args(argv):
     ap.add_argument("--top-up", choices=["none", "object-then-relation"], default="none",
                     help="top up records with few neighbourhood prompts: same true object "
                          "under another template, then the same template with another true "
-                         "object (loudfacts.evaluation.build_neighbourhoods)")
+                         "object (loudfacts.probes.build_neighbourhoods)")
     ap.add_argument("--store", default=None, metavar="DIR",
                     help="with --editors: append to the study's files "
                          "DIR/<model>/<split>/<editor>.jsonl (e.g. results/), shared by all "
@@ -132,7 +132,7 @@ def parse_args(argv):
     if args.launcher and (not args.editors or args.shard is not None):
         ap.error("--launcher runs shard jobs of an --editors run: give --editors, not --shard")
     if args.shard is not None and not args.merge:
-        from loudfacts.evaluation import parse_shard
+        from loudfacts.runner import parse_shard
 
         try:
             parse_shard(args.shard)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
 
     from loudfacts.data import DataNotFoundError, RecordsFileError
-    from loudfacts.evaluation import ResultsFileError
+    from loudfacts.runner import ResultsFileError
     from loudfacts.launch import LaunchError
 
     try:
@@ -162,7 +162,8 @@ def main(argv=None) -> int:
 
 
 def _run(args) -> int:
-    from loudfacts.evaluation import merge_rows, summarize, to_frame, write_results
+    from loudfacts.metrics import summarize
+    from loudfacts.runner import merge_rows, to_frame, write_results
 
     out = Path(args.out)
     if args.merge:
@@ -175,7 +176,7 @@ def _run(args) -> int:
         import torch
 
         from loudfacts.data import load_counterfact
-        from loudfacts.evaluation import evaluate
+        from loudfacts.runner import evaluate
         from loudfacts.models import load_model
 
         torch.manual_seed(args.seed)
@@ -234,7 +235,7 @@ def run_editors(args, merged_root=None) -> dict:
     import torch
 
     from loudfacts.data import load_counterfact
-    from loudfacts.evaluation import (
+    from loudfacts.runner import (
         evaluate,
         parse_shard,
         results_path,

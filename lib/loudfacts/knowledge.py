@@ -14,11 +14,11 @@ the data split and its size.
 
 from __future__ import annotations
 
-import os
 
 import pandas as pd
 import torch
 
+from loudfacts.atomic import atomic_path
 from loudfacts.data import (
     COUNTERFACT_SPLITS,
     data_path,
@@ -122,9 +122,8 @@ def known_facts_table(
         ignore_index=True,
     )[COLUMNS]
     if cache:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False)
     return table
 
 
@@ -148,3 +147,63 @@ def latest_known_facts_table(model) -> pd.DataFrame:
         if best_key is None or key > best_key:
             best, best_key = table, key
     return best if best is not None else known_facts_table(model)
+
+
+def select_known_facts(model, n: int, seed: int = 0, table=None, source: str | None = "known_1000",
+                       sink_prefix: bool = True):
+    """`n` facts the model knows, drawn at random (seeded) from the knowledge table.
+
+    Uses `loudfacts.knowledge.latest_known_facts_table(model)` unless `table` is given, keeps
+    rows with `known` and `top1` true (the model predicts the object, as ROME's known_1000
+    facts were chosen for GPT-2 XL) and takes `source` rows first, then the others.
+
+    Most known_1000 prompts start with their subject, and token 0 is the attention sink of a
+    model without a BOS token: noising it there perturbs everything after it. Dropping those
+    prompts would keep only facts whose subject sits mid-sentence (a biased third of them).
+    With `sink_prefix`, such a prompt is traced after the model's document separator
+    (`tokens.document_separator`, e.g. "<|endoftext|>"), which then holds position 0 as a
+    document boundary does in training; the fact is kept if the object is still the greedy
+    next token. Without a separator (or `sink_prefix=False`) they are dropped.
+
+    Returns:
+        list of dicts with text, subject, target_true, id, source, and sink_prefix (the text
+        put in front, "" for none); `len` < n when the table holds fewer.
+    """
+    from loudfacts.tokens import SubjectNotFoundError, document_separator, subject_span
+
+    if table is None:
+        table = latest_known_facts_table(model)
+    rows = table[table["known"].astype(bool) & table["top1"].astype(bool)]
+    rows = rows.sample(frac=1.0, random_state=seed)
+    if source is not None:  # the preferred source first, then the others
+        rows = rows.assign(_other=(rows["source"] != source)).sort_values("_other", kind="stable")
+    sep = document_separator(model) if sink_prefix else ""
+    out, pending = [], []
+
+    def flush():
+        # keep prefixed facts whose object is still the greedy next token
+        if not pending:
+            return
+        _, top1 = score_targets(model, [f["text"] for f in pending],
+                                [f["target_true"] for f in pending])
+        out.extend(f for f, ok in zip(pending, top1.tolist()) if ok)
+        pending.clear()
+
+    for _, r in rows.iterrows():
+        if len(out) + len(pending) >= n:
+            flush()
+            if len(out) >= n:
+                break
+        fact = {"text": r["text"], "subject": r["subject"], "target_true": r["target_true"],
+                "id": r["id"], "source": r["source"], "sink_prefix": ""}
+        try:
+            span = subject_span(model, r["text"], r["subject"])
+        except (SubjectNotFoundError, ValueError):
+            continue
+        if span[0] != 0:
+            out.append(fact)
+        elif sep:
+            fact.update(text=sep + r["text"], sink_prefix=sep)
+            pending.append(fact)
+    flush()
+    return out[:n]

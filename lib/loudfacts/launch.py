@@ -119,18 +119,18 @@ def merge_into(target: Path, shard_files: list[Path]) -> tuple[int, int]:
         ResultsFileError: the shards or `target` were made under other settings, or a case id
             has different rows in `target` and in a shard.
     """
-    from loudfacts.evaluation import (
+    from loudfacts.runner import (
         ResultsFileError,
-        _case_key,
-        _read_results_file,
-        _settings_diff,
+        case_key,
+        read_results_file,
+        settings_diff,
         merge_rows,
         write_results,
     )
 
     runs, rows = merge_rows(shard_files)
     if target.exists():
-        old = _read_results_file(target)
+        old = read_results_file(target)
         if old.torn_at is not None:
             raise ResultsFileError(f"{target}: its last line is torn (an interrupted write): "
                                    "resume the run that wrote it before merging into it")
@@ -138,7 +138,7 @@ def merge_into(target: Path, shard_files: list[Path]) -> tuple[int, int]:
             diffs = []
             for a in old.runs.values():
                 for b in runs.values():
-                    diffs = _settings_diff(a, b) or diffs
+                    diffs = settings_diff(a, b) or diffs
             raise ResultsFileError(
                 f"{target} holds rows made under other settings than the shards' "
                 f"({'; '.join(diffs) or 'other runs'}); merge into another file, or delete it")
@@ -154,6 +154,6 @@ def merge_into(target: Path, shard_files: list[Path]) -> tuple[int, int]:
                     "than the shards' row (settings_digest differs); delete one of them")
             continue
         added.append(r)
-    merged = sorted(list(have.values()) + added, key=lambda r: _case_key(r["case_id"]))
+    merged = sorted(list(have.values()) + added, key=lambda r: case_key(r["case_id"]))
     write_results(target, runs, merged)
     return len(have), len(added)

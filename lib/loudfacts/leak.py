@@ -10,7 +10,7 @@ The families (`leak_probes`):
 - **neighbourhood**: CounterFact's neighbourhood prompts (other subjects, same relation);
 - **counterfact+**: the same prompts after the edit statement (Specificity+'s prefix);
 - **tangential**: "{subject} is cool. " before the neighbourhood prompts and before unrelated
-  prompts (`evaluation.UNRELATED_PROMPTS`);
+  prompts (`probes.UNRELATED_PROMPTS`);
 - **unrelated**: the unrelated prompts alone (no mention of the subject).
 
 The leak of a prompt is ΔP = P_edited(new) − P_unedited(new), where P is the next-token
@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from loudfacts.evaluation import UNRELATED_PROMPTS, cool_prefix, statement_prefix
+from loudfacts.probes import UNRELATED_PROMPTS, cool_prefix, statement_prefix
 from loudfacts.scoring import logits_at, next_token_logprobs
 from loudfacts.tokens import check_context, find_subject_spans, target_ids
 
@@ -75,7 +75,7 @@ def leak_probes(request, neighbour_prompts: Sequence[str],
         neighbour_prompts: prompts about other subjects of the same relation (CounterFact's
             neighbourhood; plain strings or (prompt, object) pairs).
         unrelated_prompts: prompts with nothing to do with the edit (default
-            `evaluation.UNRELATED_PROMPTS`).
+            `probes.UNRELATED_PROMPTS`).
     """
     unrelated = list(UNRELATED_PROMPTS if unrelated_prompts is None else unrelated_prompts)
     neigh = [p[0] if isinstance(p, (tuple, list)) else p for p in neighbour_prompts]
@@ -112,7 +112,7 @@ def measure_leak(model, edit, probes: Sequence[tuple[str, str]], batch_size: int
         dp (= post − pre), kl (KL(P_pre ‖ P_post) of the next-token distribution, nats),
         top1_pre, top1_post (whether the new object's first token is the greedy answer).
     """
-    from loudfacts.evaluation import kl_divergences
+    from loudfacts.metrics import kl_divergences
 
     probes = list(probes)
     if not probes:

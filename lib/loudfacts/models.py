@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from loudfacts.atomic import write_text
 from loudfacts.paths import cache_dir
 
 EMBEDDED = "smollm2-135m"
@@ -446,21 +447,6 @@ def _cache_files(directory: Path) -> list[Path]:
     )
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and os.replace (never half a file)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def write_manifest(directory: Path, source: dict | None = None) -> dict:
     """Hash every file of `directory` into its manifest (`MANIFEST_NAME`), atomically."""
     directory = Path(directory)
@@ -469,7 +455,7 @@ def write_manifest(directory: Path, source: dict | None = None) -> dict:
         for p in _cache_files(directory)
     }
     doc = {"version": _MANIFEST_VERSION, "source": source or {}, "files": files}
-    _atomic_write_text(directory / MANIFEST_NAME, json.dumps(doc, indent=1, sort_keys=True))
+    write_text(directory / MANIFEST_NAME, json.dumps(doc, indent=1, sort_keys=True), fsync=True)
     return doc
 
 

@@ -1,4 +1,6 @@
-"""Figure helpers: one seaborn theme for the whole report, and `save_figure` with stable names.
+"""Figure helpers: one seaborn theme for the whole report, `save_figure` with stable names, and
+the report's figures: causal traces and their averages, and the evaluation's (NS vs NS+, the
+ladder, NKL, implications).
 
 Builders in this module (and in the topic modules) return a matplotlib Figure; notebooks show
 it and call `save_figure(fig, "01_trace_louvre_hidden", caption="...")`, which writes
@@ -22,11 +24,18 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
         matplotlib.use("Agg")
 
 import json
-import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
+import numpy as np
 
+from loudfacts.atomic import write_json
 from loudfacts.paths import figures_dir
+
+if TYPE_CHECKING:
+    from loudfacts.averages import AverageEffects
+    from loudfacts.tracing import TraceResult
 
 CAPTIONS = "captions.json"
 
@@ -151,9 +160,7 @@ def read_findings(prefix: str) -> dict | None:
 
 
 def _write_json(path, data) -> None:
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json(path, data, indent=1, ensure_ascii=False)
 
 
 def _show_markdown(text: str) -> None:
@@ -174,3 +181,258 @@ def save_table(df, name: str, floatfmt: str = ".3f") -> None:
     md_path = figures_dir() / f"{name}.md"
     df.to_csv(csv_path)
     md_path.write_text(df.to_markdown(floatfmt=floatfmt) + "\n", encoding="utf-8")
+
+
+# -- evaluation figures (re-exported by `loudfacts.evaluation`) ---------------------------
+def editor_order(editors) -> list[str]:
+    """`editors` in the report's order (`EDITOR_ORDER`), others after, sorted."""
+    return [e for e in EDITOR_ORDER if e in set(editors)] + \
+        sorted(set(editors) - set(EDITOR_ORDER))
+
+
+
+def plot_ns_vs_nsplus(summary, metrics=("NS", "NS+", "NS+cool")):
+    """Bar chart: neighbourhood success without / with the prefixes, per editor, with the
+    bootstrap 95% CIs of `summarize` as error bars."""
+    import matplotlib.pyplot as plt
+
+    s = summary[summary["metric"].isin(metrics)]
+    editors = editor_order(s["editor"].unique())
+    fig, ax = plt.subplots(figsize=(1.3 * len(editors) + 2, 3.8))
+    width = 0.8 / len(metrics)
+    import seaborn as sns
+
+    colors = sns.color_palette(n_colors=len(metrics))
+    for j, m in enumerate(metrics):
+        g = s[s["metric"] == m].set_index("editor").reindex(editors)
+        x = np.arange(len(editors)) + (j - (len(metrics) - 1) / 2) * width
+        err = np.stack([g["mean"] - g["ci_low"], g["ci_high"] - g["mean"]]).clip(min=0)
+        ax.bar(x, g["mean"], width, yerr=np.nan_to_num(err), capsize=3, label=m,
+               color=colors[j])
+    ax.set_xticks(np.arange(len(editors)), editors, rotation=20)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("neighbourhood success")
+    ax.legend(title="prompts", ncol=len(metrics), loc="upper center", fontsize=8,
+              bbox_to_anchor=(0.5, -0.22), frameon=False)
+    ax.set_title("NS (CounterFact) vs NS+ (CounterFact+: edit statement prefixed)")
+    return fig
+
+
+def plot_ladder(ladder_sum):
+    """Line plot: mean P(target_new) on unrelated prompts for each rung of the loud-fact
+    ladder, one line per editor (left), and the fraction where it becomes top-1 (right)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    steps = ["none", "statement", "mention", "tangential", "unrelated"]
+    d = ladder_sum.copy()
+    d["step"] = pd_categorical(d["step"], steps)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    order = editor_order(d["editor"].unique())
+    pal = editor_palette(order)
+    sns.pointplot(data=d, x="step", y="p_new_post", hue="editor", hue_order=order, ax=axes[0],
+                  order=steps, palette=pal)
+    axes[0].set_ylabel("P(target_new) after the edit")
+    axes[0].set_yscale("log")
+    sns.pointplot(data=d, x="step", y="top1_post", hue="editor", hue_order=order, ax=axes[1],
+                  order=steps, legend=False, palette=pal)
+    axes[1].set_ylabel("fraction target_new is top-1")
+    axes[1].set_ylim(-0.03, 1.03)
+    for ax in axes:
+        ax.set_xlabel("prefix before the unrelated prompt")
+        ax.tick_params(axis="x", rotation=20)
+    # outside the axes, so it covers no data
+    axes[0].legend(fontsize=7, ncol=len(order), loc="upper center", frameon=False,
+                   bbox_to_anchor=(1.1, -0.3))
+    fig.suptitle("Loud-fact ladder: leak of the new object into unrelated prompts", y=1.03)
+    return fig
+
+
+def pd_categorical(values, categories):
+    import pandas as pd
+
+    return pd.Categorical(values, categories=categories, ordered=True)
+
+
+def plot_nkl(df, column: str = "NKL"):
+    """Strip + box plot of per-record NKL (nats, log scale) per editor (known records)."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    d = df[df["known"].astype(bool)].copy()
+    d[column] = d[column].astype(float).clip(lower=1e-9)
+    order = editor_order(d["editor"].unique())
+    fig, ax = plt.subplots(figsize=(1.3 * len(order) + 2, 3.6))
+    sns.boxplot(data=d, x="editor", y=column, order=order, ax=ax, color="0.9", fliersize=0)
+    sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3, hue="editor",
+                  palette=editor_palette(order), legend=False)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"{column}: KL(P_unedited || P_edited), nats" if column == "NKL" else column)
+    ax.tick_params(axis="x", rotation=20)
+    ax.set_title("Change of the next-token distribution on CounterFact+ prompts")
+    return fig
+
+
+def plot_implications(summary):
+    """Fraction of probes where the new implied object beats the old one, before (grey) and
+    after each editor's edit, per kind of implication."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    from loudfacts.implications import IMPLICATION_KINDS
+
+    kinds = [k for k in IMPLICATION_KINDS if k in set(summary["kind"])]
+    order = editor_order(summary["editor"].unique())
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.6), sharey=True,
+                             squeeze=False)
+    for ax, k in zip(axes[0], kinds):
+        g = summary[summary["kind"] == k]
+        sns.barplot(data=g, x="editor", y="implied_post", order=order, ax=ax, hue="editor",
+                    palette=editor_palette(order), legend=False)
+        ax.axhline(g["implied_pre"].mean(), color="0.4", ls="--", lw=1, label="before edit")
+        ax.scatter(range(len(order)), g.set_index("editor").reindex(order)["efficacy"],
+                   marker="x", color="k", zorder=3, label="edit efficacy")
+        ax.set_title(k)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("")
+        ax.tick_params(axis="x", rotation=35)
+    axes[0][0].set_ylabel("P(new implied) > P(old implied)")
+    axes[0][0].legend(fontsize=7, loc="upper left")
+    fig.suptitle("Does the edit carry over to facts it implies?", y=1.04)
+    return fig
+
+
+# -- causal-tracing figures ----------------------------------------------------------------
+_CMAP = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
+_KIND_LABEL = {"hidden": "single restored layer (hidden state)", "mlp": "restored MLP",
+               "attn": "restored attention"}
+
+
+def plot_trace(result: TraceResult, ax=None, title: str | None = None, colorbar: bool = True):
+    """ROME-style heatmap of one trace: tokens down, layers across, restored probability as
+    colour; subject tokens marked with '*'. Returns the Figure."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(result.tokens) + 1.2))
+    else:
+        fig = ax.figure
+    grid = result.scores.T  # (tokens, layers)
+    im = ax.pcolormesh(grid, cmap=_CMAP.get(result.kind, "Purples"),
+                       vmin=min(result.corrupt_prob, grid.min()), vmax=max(grid.max(), 1e-9))
+    ax.invert_yaxis()
+    s0, s1 = result.subject_span
+    labels = [repr(t)[1:-1] + ("*" if s0 <= i < s1 else "") for i, t in enumerate(result.tokens)]
+    ax.set_yticks(np.arange(len(labels)) + 0.5)
+    ax.set_yticklabels(labels)
+    step = max(1, result.n_layers // 6)
+    ax.set_xticks(np.arange(0, result.n_layers, step) + 0.5)
+    ax.set_xticklabels(range(0, result.n_layers, step))
+    ax.set_xlabel("layer" + (f" (window {result.settings.get('window')})"
+                             if result.kind != "hidden" else ""))
+    sev = result.settings.get("severed")
+    ax.set_title(title or (_KIND_LABEL.get(result.kind, result.kind)
+                           + (f", {sev} severed" if sev else "")), fontsize=10)
+    ax.grid(False)
+    if colorbar:
+        cb = fig.colorbar(im, ax=ax)
+        cb.set_label(f"p({result.target.strip()})")
+    return fig
+
+
+def plot_traces(results: Sequence[TraceResult], suptitle: str | None = None):
+    """Several traces of one fact side by side (e.g. hidden, MLP, attention)."""
+    import matplotlib.pyplot as plt
+
+    n_tok = len(results[0].tokens)
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 0.35 * n_tok + 1.6),
+                             squeeze=False)
+    for i, (r, ax) in enumerate(zip(results, axes[0])):
+        plot_trace(r, ax=ax)
+        if i:
+            ax.set_yticklabels([])
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def plot_severed(results: dict, token: int | None = None, ax=None):
+    """Indirect effect of restoring the hidden state at one token, layer by layer, with the
+    MLP or attention of the layers above severed (ROME's Figure 2-style bars as lines).
+
+    Args:
+        results: label -> TraceResult (kind "hidden", severed None / "mlp" / "attn").
+        token: the token column (default: the last subject token).
+    """
+    import matplotlib.pyplot as plt
+
+    first = next(iter(results.values()))
+    t = first.subject_span[1] - 1 if token is None else token
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    colors = {None: "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
+    for label, r in results.items():
+        ax.plot(np.arange(r.n_layers), r.indirect_effect[:, t], marker="o", ms=3, label=label,
+                color=colors.get(r.settings.get("severed"), None))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("layer of the restored hidden state")
+    ax.set_ylabel("indirect effect")
+    ax.set_title(f"restoring {first.tokens[t]!r} with modules above severed", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_average_effects(avg: AverageEffects, kinds: Sequence[str] | None = None):
+    """ROME's average indirect effect figure: token class x layer heatmap per kind."""
+    from loudfacts.tracing import TOKEN_CLASSES
+
+    import matplotlib.pyplot as plt
+
+    kinds = list(kinds or avg.effects)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 3.2), squeeze=False)
+    for i, (kind, ax) in enumerate(zip(kinds, axes[0])):
+        grid = avg.effects[kind]
+        im = ax.pcolormesh(np.nan_to_num(grid), cmap=_CMAP.get(kind, "Purples"))
+        ax.invert_yaxis()
+        ax.set_yticks(np.arange(len(TOKEN_CLASSES)) + 0.5)
+        ax.set_yticklabels(
+            [f"{c} (n={n})" for c, n in zip(TOKEN_CLASSES, avg.counts[kind])] if i == 0 else []
+        )
+        n_layers = grid.shape[1]
+        step = max(1, n_layers // 6)
+        ax.set_xticks(np.arange(0, n_layers, step) + 0.5)
+        ax.set_xticklabels(range(0, n_layers, step))
+        ax.set_xlabel("layer")
+        ax.set_title(f"average indirect effect, {kind}", fontsize=10)
+        ax.grid(False)
+        fig.colorbar(im, ax=ax)
+    fig.suptitle(f"{avg.settings['model']}: {avg.n_facts} known facts, "
+                 f"{avg.settings['samples']} noise samples")
+    fig.tight_layout()
+    return fig
+
+
+def plot_average_lines(avg: AverageEffects, token_class: str = "last subject token", ax=None):
+    """Average indirect effect at one token class, layer by layer, one line per kind."""
+    from loudfacts.tracing import TOKEN_CLASSES
+
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+    else:
+        fig = ax.figure
+    i = TOKEN_CLASSES.index(token_class)
+    colors = {"hidden": "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
+    for kind, grid in avg.effects.items():
+        ax.plot(np.arange(grid.shape[1]), grid[i], marker="o", ms=3, label=kind,
+                color=colors.get(kind))
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("average indirect effect")
+    ax.set_title(f"{token_class} ({avg.n_facts} facts)", fontsize=10)
+    ax.legend(fontsize=8)
+    return fig

@@ -395,7 +395,7 @@ LIMITATIONS = [
 
 def headline_excluded(figures: Path) -> dict[str, str]:
     """{editor: reason} for the editors notebook 06 ran but left out of its headline table
-    (`loudfacts.evaluation.HEADLINE_EXCLUDED`). The editors that ran are read from the rows
+    (`loudfacts.metrics.HEADLINE_EXCLUDED`). The editors that ran are read from the rows
     of `06_paired_effects.csv` (one per edited editor, written by the same run); {} when that
     table is missing."""
     import csv
@@ -405,7 +405,7 @@ def headline_excluded(figures: Path) -> dict[str, str]:
         return {}
     with effects.open(newline="", encoding="utf-8") as f:
         ran = [row.get("editor") for row in csv.DictReader(f)]
-    from loudfacts.evaluation import HEADLINE_EXCLUDED
+    from loudfacts.metrics import HEADLINE_EXCLUDED
 
     return {e: HEADLINE_EXCLUDED[e] for e in dict.fromkeys(ran) if e in HEADLINE_EXCLUDED}
 

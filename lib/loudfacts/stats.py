@@ -35,14 +35,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from loudfacts.atomic import atomic_path
 from loudfacts.paths import cache_dir
 
 _FORMAT = 1  # bump when the cache layout changes
@@ -150,14 +149,8 @@ def _load_cached(meta: dict) -> torch.Tensor | None:
 
 def _save(meta: dict, c: torch.Tensor) -> None:
     path = cache_path(meta)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".pt") as tmp:
         torch.save({"meta": meta, "C": c.contiguous()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 # -- collection -------------------------------------------------------------------------------

@@ -45,18 +45,17 @@ that occurs twice needs `occurrence`, a multi-token string target needs `first_t
 (ROME scores the object's first token), a window must lie in 1..n_layers, a token id in the
 vocabulary.
 
-`average_effects` averages indirect effects over many known facts by ROME's token classes
-(first / middle / last subject token, first subsequent token, further tokens, last token), and
-`choose_edit_layer` reads the layer ROME should edit off the MLP average.
+Averages over many facts are in `loudfacts.averages`, their worker processes in
+`loudfacts.trace_worker`, fact selection in `loudfacts.knowledge` and the figures in
+`loudfacts.plotting`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -64,6 +63,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loudfacts.atomic import atomic_path, write_json
 from loudfacts.forward import (
     KVPrefix,
     KVRecorder,
@@ -73,7 +73,6 @@ from loudfacts.forward import (
     supports_kv_prefix,
     unembed,
 )
-from loudfacts.jsonlines import append_line
 from loudfacts.paths import cache_dir
 from loudfacts.tokens import (
     PLACEHOLDER,
@@ -82,7 +81,6 @@ from loudfacts.tokens import (
     check_subject_position,
     fill,
     find_subject_spans,
-    subject_span,
     target_ids,
 )
 
@@ -106,29 +104,6 @@ _FALLBACK_SUBJECTS = (
     "The Louvre", "Eiffel Tower", "Space Needle", "Miles Davis", "Barack Obama", "Colosseum",
     "Vladimir Putin", "Sydney Opera House", "Kremlin", "Michael Jordan", "Toyota", "Google",
 )
-
-__all__ = [
-    "KINDS",
-    "NOISE_ESTIMATORS",
-    "TOKEN_CLASSES",
-    "AmbiguousSubjectError",
-    "AverageEffects",
-    "SubjectNotFoundError",
-    "TraceResult",
-    "average_effects",
-    "choose_edit_layer",
-    "noise_scale",
-    "plot_average_effects",
-    "plot_average_lines",
-    "plot_severed",
-    "plot_trace",
-    "plot_traces",
-    "select_known_facts",
-    "subject_embedding_std",
-    "token_classes",
-    "trace",
-]
-
 
 # ---------------------------------------------------------------------------------------------
 # Result type and its cache
@@ -175,9 +150,8 @@ class TraceResult:
         """Write the result as one .npz (grid + JSON metadata), atomically."""
         path = Path(path)
         meta = {k: v for k, v in asdict(self).items() if k not in ("scores", "indirect_effect")}
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, scores=self.scores, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".npz") as tmp:  # savez adds .npz to a name without it
+            np.savez(tmp, scores=self.scores, meta=np.array(json.dumps(meta)))
 
     @classmethod
     def load(cls, path: str | Path) -> TraceResult:
@@ -194,7 +168,7 @@ def weights_fingerprint(model) -> str:
     return model.weights_fingerprint()
 
 
-def _cache_key(payload: dict) -> str:
+def content_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -291,7 +265,7 @@ def noise_scale(model, multiplier: float = NOISE_MULTIPLIER, cache: bool = True,
         emb_sig = (f"{tuple(emb.shape)}:{emb.sum(dtype=torch.float64).item():.12e}:"
                    f"{torch.linalg.vector_norm(emb, dtype=torch.float64).item():.12e}")
     subjects_sig = hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16]
-    key = _cache_key({"model": model.name, "emb": emb_sig, "estimator": estimator,
+    key = content_key({"model": model.name, "emb": emb_sig, "estimator": estimator,
                       "subjects": subjects_sig, "source": source, "v": 2})
     path = (cache_dir("tracing")
             / f"noise-{model.name.replace('/', '_')}-{estimator}-{key}.json")
@@ -308,12 +282,10 @@ def noise_scale(model, multiplier: float = NOISE_MULTIPLIER, cache: bool = True,
     if std is None:
         std, n_rows = subject_embedding_std(model, subjects, estimator)
         if cache:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({
+            write_json(path, {
                 "std": std, "estimator": estimator, "source": source,
                 "n_subjects": len(subjects), "subjects": subjects_sig, "n_rows": n_rows,
-                "model": model.name}))
-            os.replace(tmp, path)
+                "model": model.name})
     _NOISE_MEMO[str(path)] = std
     return multiplier * std
 
@@ -374,7 +346,7 @@ def _resolve_prompt(prompt: str, subject: str) -> str:
     return fill(prompt, subject) if PLACEHOLDER in prompt else prompt
 
 
-def _is_int(x) -> bool:
+def is_int(x) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
 
@@ -401,7 +373,7 @@ def _target_id(model, target, first_token: bool) -> int | None:
     checked before any forward pass."""
     if target is None:
         return None
-    if _is_int(target):
+    if is_int(target):
         tid = int(target)
         if not 0 <= tid < model.d_vocab:
             raise ValueError(f"target token id {tid} is outside the vocabulary of {model.name} "
@@ -431,7 +403,7 @@ def _window(layer: int, window: int, n_layers: int) -> range:
 
 
 def _check_window(model, window, kinds) -> None:
-    if not _is_int(window) or window < 1:
+    if not is_int(window) or window < 1:
         raise ValueError(f"window must be a positive int, got {window!r}")
     if any(k in ("mlp", "attn") for k in kinds) and window > model.n_layers:
         raise ValueError(f"window {window} is larger than the {model.n_layers} layers of "
@@ -447,7 +419,7 @@ def _check_noise(noise) -> None:
         raise ValueError(f"noise must be a non-negative finite number, got {noise!r}")
 
 
-def _check_args(model, kind, severed, method, samples, window, noise=None, seed=0,
+def check_trace_args(model, kind, severed, method, samples, window, noise=None, seed=0,
                 batch_rows=1):
     """Every check that needs no tokenisation or forward pass."""
     if kind not in KINDS:
@@ -458,19 +430,19 @@ def _check_args(model, kind, severed, method, samples, window, noise=None, seed=
         raise ValueError(f"severed={severed!r} restores hidden states; use kind='hidden', not {kind!r}")
     if method not in METHODS:
         raise ValueError(f"method {method!r} is not one of {METHODS}")
-    if not _is_int(samples) or samples < 1:
+    if not is_int(samples) or samples < 1:
         raise ValueError(f"samples must be a positive int, got {samples!r}")
     _check_window(model, window, [kind])
     _check_noise(noise)
-    if not _is_int(seed):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    if not _is_int(batch_rows) or batch_rows < 1:
+    if not is_int(batch_rows) or batch_rows < 1:
         raise ValueError(f"batch_rows must be a positive int, got {batch_rows!r}")
 
 
-def _prepare(model, prompt, subject, target, occurrence, first_token):
+def prepare_trace(model, prompt, subject, target, occurrence, first_token):
     """Resolve and check a fact before any forward pass: (text, ids, subject span, target id)."""
-    if occurrence is not None and not _is_int(occurrence):
+    if occurrence is not None and not is_int(occurrence):
         raise ValueError(f"occurrence must be None or an int, got {occurrence!r}")
     text = _resolve_prompt(prompt, subject)
     ids = model.encode(text)
@@ -545,8 +517,8 @@ def trace(
             target is a multi-token string (without `first_token`) or a token id outside the
             vocabulary, the window is outside 1..n_layers, or another argument is invalid.
     """
-    _check_args(model, kind, severed, method, samples, window, noise, seed, batch_rows)
-    text, ids, span, target_id = _prepare(model, prompt, subject, target, occurrence,
+    check_trace_args(model, kind, severed, method, samples, window, noise, seed, batch_rows)
+    text, ids, span, target_id = prepare_trace(model, prompt, subject, target, occurrence,
                                           first_token)
     check_subject_position(span, text, subject)
     scale = float(noise_scale(model) if noise is None else noise)
@@ -567,7 +539,7 @@ def trace(
     }
     path = None
     if cache:
-        key = _cache_key({**settings, "kind": kind, "span": list(span),
+        key = content_key({**settings, "kind": kind, "span": list(span),
                           "weights": weights_fingerprint(model), "v": 2})
         path = cache_dir("tracing") / f"trace-{model.name.replace('/', '_')}-{key}.npz"
         if path.exists():
@@ -868,571 +840,3 @@ def _trace_reference(model, ids_t, span, kind, target, noise_draws, window, seve
                 out = bridge(batch)
             scores[L, t] = float(_target_prob_mean(out[1:, -1], target_id, 1)[0])
     return scores, clean_prob, corrupt_prob, target_id
-
-
-# ---------------------------------------------------------------------------------------------
-# Averages over facts (ROME's average-effect figure)
-# ---------------------------------------------------------------------------------------------
-def token_classes(subject_span: tuple[int, int], n_tokens: int) -> dict[str, list[int]]:
-    """ROME's token classes of a prompt: positions of each (an empty list when absent).
-
-    A position can belong to two classes (e.g. the first subsequent token is the last token
-    when the subject ends just before it), as in ROME's averages.
-    """
-    s0, s1 = subject_span
-    last = n_tokens - 1
-    return {
-        "first subject token": [s0],
-        "middle subject tokens": list(range(s0 + 1, s1 - 1)),
-        "last subject token": [s1 - 1],
-        "first subsequent token": [s1] if s1 <= last else [],
-        "further tokens": list(range(s1 + 1, last)),
-        "last token": [last],
-    }
-
-
-def class_effects(result: TraceResult) -> dict[str, list[float] | None]:
-    """Indirect effect per token class for one trace: class -> per-layer list (None if absent)."""
-    classes = token_classes(result.subject_span, len(result.tokens))
-    out = {}
-    for name, positions in classes.items():
-        out[name] = (
-            result.indirect_effect[:, positions].mean(axis=1).tolist() if positions else None
-        )
-    return out
-
-
-@dataclass
-class AverageEffects:
-    """Average indirect effects over facts.
-
-    Attributes:
-        effects: kind -> array (len(TOKEN_CLASSES), n_layers) of mean indirect effect.
-        counts: kind -> array (len(TOKEN_CLASSES),) facts contributing to each class.
-        n_facts: number of facts averaged.
-        clean_prob, corrupt_prob: kind -> mean over facts.
-        per_fact: the per-fact records (what the cache file holds).
-        settings: samples, noise, window, seed, model.
-    """
-
-    effects: dict
-    counts: dict
-    n_facts: int
-    clean_prob: dict
-    corrupt_prob: dict
-    per_fact: list
-    settings: dict
-
-    def table(self, kind: str):
-        """The (token class x layer) mean indirect effects of `kind` as a DataFrame."""
-        import pandas as pd
-
-        return pd.DataFrame(self.effects[kind], index=list(TOKEN_CLASSES))
-
-
-_SOURCE_OF_TYPE = {"KnownFact": "known_1000", "CounterFactRecord": "counterfact"}
-
-
-def _fact_fields(fact) -> tuple[str, str, str | None, str]:
-    """(prompt, subject, target, label) from a dict, a pandas row, a KnownFact or a record.
-
-    The label ("source:id") is for people reading the cache; it is not a key (a KnownFact and a
-    CounterFact record can both have id 0): `_fact_content` is what identifies a fact.
-    """
-    content = _fact_content(fact)
-    get = _getter(fact)
-    fid = get("id", None)
-    if fid is None:
-        fid = get("known_id", None) if get("known_id", None) is not None else get("case_id", None)
-    label = (f"{content['source']}:{fid}" if fid is not None
-             else f"{content['prompt']}|{content['subject']}")
-    return content["prompt"], content["subject"], content["target"], label
-
-
-def _getter(fact):
-    if isinstance(fact, dict):
-        return fact.get
-    if hasattr(fact, "index") and hasattr(fact, "to_dict"):  # pandas Series
-        return fact.to_dict().get
-    return lambda k, d=None: getattr(fact, k, d)
-
-
-def _fact_content(fact) -> dict:
-    """What a fact is: prompt, subject, target and its source kind (`source`, else from its
-    type: known_1000 for a KnownFact, counterfact for a CounterFactRecord)."""
-    get = _getter(fact)
-    text = get("text") or get("prompt")
-    subject = get("subject")
-    target = get("target_true") or get("attribute") or get("target")
-    source = get("source", None) or _SOURCE_OF_TYPE.get(type(fact).__name__, "")
-    return {"prompt": text, "subject": subject,
-            "target": int(target) if _is_int(target) else target,
-            "source": str(source)}
-
-
-def _average_settings(model, samples, noise, window, seed, first_token, occurrence) -> dict:
-    return {"model": model.name, "samples": int(samples), "noise": float(noise),
-            "window": int(window), "seed": int(seed), "first_token": bool(first_token),
-            "occurrence": None if occurrence is None else int(occurrence)}
-
-
-def _file_key(settings: dict, weights: str) -> str:
-    return _cache_key({**settings, "weights": weights, "v": 2})
-
-
-def _record_key(content: dict, kind: str, settings: dict, weights: str) -> str:
-    """A digest of the fact's content, the kind and every setting: different facts, kinds or
-    settings never share a key."""
-    return _cache_key({"fact": content, "kind": kind, **settings, "weights": weights, "v": 2})
-
-
-def _average_record(res: TraceResult, content: dict, label: str, kind: str, key: str) -> dict:
-    return {"key": key, "fact": content, "id": label, "kind": kind,
-            "subject": content["subject"], "prompt": res.settings["prompt"],
-            "target": res.target, "target_id": res.settings["target_id"],
-            "clean_prob": res.clean_prob, "corrupt_prob": res.corrupt_prob,
-            "classes": class_effects(res)}
-
-
-def average_effects(
-    model,
-    facts: Iterable,
-    kinds: Sequence[str] = KINDS,
-    samples: int = 10,
-    noise: float | None = None,
-    window: int = 10,
-    seed: int = 0,
-    cache: bool = True,
-    progress: bool = True,
-    workers: int = 1,
-    first_token: bool = True,
-    occurrence: int | None = None,
-    store=None,
-) -> AverageEffects:
-    """Average indirect effect by token class and layer over `facts`, for each kind.
-
-    Each fact is traced on its true object (`target_true` / `attribute`; a fact without one is
-    traced on the greedy prediction). Every fact is checked (subject in the prompt, target
-    tokenisable, fits the context) before anything is traced; an error names the fact.
-
-    Per-fact class effects are appended to a JSON-lines file in `store` (default
-    data/cache/tracing/) named by the model, its weights and the settings, so an interrupted
-    run resumes where it stopped and records made under other settings go to another file.
-    Notebook 01 keeps them in `results/<model>/tracing/`, committed with the code, so a fresh
-    clone's report reuses them.
-    Each record is keyed by a digest of the fact's content (prompt, subject, target, source
-    kind), the kind and every setting; on read, a record is used only if its stored fact and
-    kind are the ones asked for.
-
-    Args:
-        facts: dicts, pandas rows (e.g. `known_facts_table(model)` filtered on `known`),
-            `KnownFact`s or CounterFact records, each with a prompt/text, subject and object.
-        kinds: which restorations to average (one kind may be given as a string).
-        window: layers restored together for "mlp"/"attn", 1 <= window <= n_layers.
-        workers: trace in this many one-thread processes (`loudfacts.workers`), each taking
-            every n-th (fact, kind) not yet in the cache and appending to its own part of the
-            cache file; needs `cache` and a model that `load_model(model.name)` reloads with
-            the same weights (checked: a worker refuses another fingerprint).
-        first_token: score a multi-token object by its first token (default, ROME's
-            convention; facts from `select_known_facts` have that token as the greedy
-            prediction). With False, a multi-token object raises before anything is traced.
-            `settings["multi_token_targets"]` counts the facts scored by their first token.
-        occurrence: passed to `trace` (None: each subject must occur once in its prompt).
-        store: the folder of the per-fact records file (created if missing); default
-            `data/cache/tracing/`. Used only with `cache`.
-
-    Returns:
-        AverageEffects.
-    """
-    from tqdm.auto import tqdm
-
-    if isinstance(kinds, str):
-        kinds = (kinds,)
-    kinds = list(kinds)
-    if not kinds:
-        raise ValueError(f"kinds is empty; use some of {KINDS}")
-    for k in kinds:
-        _check_args(model, k, None, "fast", samples, window, noise, seed)
-    if not _is_int(workers) or workers < 1:
-        raise ValueError(f"workers must be a positive int, got {workers!r}")
-    facts = list(facts)
-    if not facts:
-        raise ValueError("facts is empty: nothing to average")
-    items, n_multi = [], 0
-    for i, fact in enumerate(facts):
-        content = _fact_content(fact)
-        label = _fact_fields(fact)[3]
-        try:
-            _prepare(model, content["prompt"], content["subject"], content["target"],
-                     occurrence, first_token)
-        except ValueError as exc:
-            raise type(exc)(f"fact {i} ({label}): {exc}") from exc
-        if isinstance(content["target"], str) and len(target_ids(model, content["target"])) > 1:
-            n_multi += 1
-        items.append((content, label))
-    scale = float(noise_scale(model) if noise is None else noise)
-    settings = _average_settings(model, samples, scale, window, seed, first_token, occurrence)
-    weights = weights_fingerprint(model)
-    key = _file_key(settings, weights)
-    folder = cache_dir("tracing") if store is None else Path(store)
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
-    todo = [(content, label, k, _record_key(content, k, settings, weights))
-            for content, label in items for k in kinds]
-    done = _matching_records(_read_average_records(path), todo, path) if cache else {}
-    missing = [t for t in todo if t[3] not in done]
-    if workers > 1 and cache and len(missing) > 1:
-        _average_in_workers(model, missing, settings, key, path, workers)
-        done = _matching_records(_read_average_records(path), todo, path)
-    records = []
-    for content, label, kind, rkey in tqdm(todo, desc="average causal effects",
-                                           disable=not progress):
-        rec = done.get(rkey)
-        if rec is None:
-            res = trace(model, content["prompt"], content["subject"], kind=kind,
-                        target=content["target"], samples=samples, noise=scale, window=window,
-                        seed=seed, cache=False, occurrence=occurrence, first_token=first_token)
-            rec = _average_record(res, content, label, kind, rkey)
-            done[rkey] = rec
-            if cache:
-                append_line(path, rec)
-        records.append(rec)
-
-    effects, counts, clean_p, corrupt_p = {}, {}, {}, {}
-    for kind in kinds:
-        recs = [r for r in records if r["kind"] == kind]
-        grid = np.zeros((len(TOKEN_CLASSES), model.n_layers))
-        count = np.zeros(len(TOKEN_CLASSES), dtype=int)
-        for i, name in enumerate(TOKEN_CLASSES):
-            rows = [r["classes"][name] for r in recs if r["classes"][name] is not None]
-            count[i] = len(rows)
-            grid[i] = np.mean(rows, axis=0) if rows else np.nan
-        effects[kind], counts[kind] = grid, count
-        clean_p[kind] = float(np.mean([r["clean_prob"] for r in recs])) if recs else float("nan")
-        corrupt_p[kind] = float(np.mean([r["corrupt_prob"] for r in recs])) if recs else float("nan")
-    settings = {**settings, "kinds": kinds, "multi_token_targets": n_multi}
-    return AverageEffects(effects, counts, len(facts), clean_p, corrupt_p, records, settings)
-
-
-def _read_average_records(path: Path) -> dict:
-    """record key -> per-fact record, from the records file (and the per-worker part files
-    that earlier versions wrote beside it). Lines that do not parse (a torn line from an
-    interrupted write) are skipped; their records are recomputed."""
-    done: dict = {}
-    for part in [path, *sorted(path.parent.glob(f"{path.stem}.part*.jsonl"))]:
-        if not part.exists():
-            continue
-        for line in part.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["key"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line from an interrupted run
-    return done
-
-
-def _matching_records(done: dict, todo: list, path: Path) -> dict:
-    """The cached records of `todo` whose stored fact and kind are the ones asked for; a
-    record under the right key holding another fact (a hand-edited or foreign file) is
-    dropped with a warning, and recomputed."""
-    out, wrong = {}, []
-    for content, _, kind, rkey in todo:
-        rec = done.get(rkey)
-        if rec is None:
-            continue
-        if rec.get("fact") == content and rec.get("kind") == kind:
-            out[rkey] = rec
-        else:
-            wrong.append(f"{rec.get('fact')!r} ({rec.get('kind')!r}) instead of {content!r} "
-                         f"({kind!r})")
-    if wrong:
-        warnings.warn(f"{len(wrong)} cached record(s) in {path.name} hold another fact than "
-                      f"their key says, recomputed: {wrong[:3]}", stacklevel=3)
-    return out
-
-
-def _average_in_workers(model, items, settings, key, path, workers):
-    """Trace (fact, kind) items in `workers` processes (`python -m loudfacts.tracing`)."""
-    from loudfacts.workers import run_workers
-
-    todo = [{"fact": content, "id": label, "kind": kind, "key": rkey}
-            for content, label, kind, rkey in items]
-    job = cache_dir("tracing") / f"{path.stem}.todo.json"  # transient: not beside the records
-    job.write_text(json.dumps(todo))
-    args = ["--model", model.name, "--todo", job, "--samples", settings["samples"],
-            "--noise", repr(settings["noise"]), "--window", settings["window"],
-            "--seed", settings["seed"], "--key", key, "--out", path]
-    if settings["first_token"]:
-        args.append("--first-token")
-    if settings["occurrence"] is not None:
-        args += ["--occurrence", settings["occurrence"]]
-    run_workers("loudfacts.tracing", args, workers)
-    job.unlink(missing_ok=True)
-
-
-def _worker_main(argv=None) -> int:
-    """Worker of `average_effects(..., workers=n)`: trace every n-th item of a job file."""
-    import argparse
-    import time
-
-    ap = argparse.ArgumentParser(prog="python -m loudfacts.tracing")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--todo", required=True, type=Path)
-    ap.add_argument("--samples", type=int, required=True)
-    ap.add_argument("--noise", type=float, required=True)
-    ap.add_argument("--window", type=int, required=True)
-    ap.add_argument("--seed", type=int, required=True)
-    ap.add_argument("--first-token", action="store_true")
-    ap.add_argument("--occurrence", type=int, default=None)
-    ap.add_argument("--key", required=True, help="cache key the parent computed")
-    ap.add_argument("--out", required=True, type=Path, help="the per-fact records file")
-    ap.add_argument("--part", required=True, help="i/n: this worker takes items i, i+n, ...")
-    args = ap.parse_args(argv)
-    i, n = (int(x) for x in args.part.split("/"))
-    torch.set_num_threads(1)
-    from loudfacts.models import load_model
-
-    model = load_model(args.model)
-    settings = _average_settings(model, args.samples, args.noise, args.window, args.seed,
-                                 args.first_token, args.occurrence)
-    weights = weights_fingerprint(model)
-    if _file_key(settings, weights) != args.key:
-        print(f"worker {i}/{n}: {args.model} loads with other weights or settings than the "
-              "caller's model (cache key differs); refusing to trace", flush=True)
-        return 2
-    items = json.loads(args.todo.read_text())[i::n]
-    for k, item in enumerate(items, 1):
-        t0 = time.perf_counter()
-        content = item["fact"]
-        if _record_key(content, item["kind"], settings, weights) != item["key"]:
-            print(f"worker {i}/{n}: item {item['id']} has a key that does not match its "
-                  "content; skipped", flush=True)
-            continue
-        res = trace(model, content["prompt"], content["subject"], kind=item["kind"],
-                    target=content["target"], samples=args.samples, noise=args.noise,
-                    window=args.window, seed=args.seed, cache=False,
-                    occurrence=args.occurrence, first_token=args.first_token)
-        rec = _average_record(res, content, item["id"], item["kind"], item["key"])
-        append_line(args.out, rec)  # every worker appends to the one file, under its lock
-        print(f"[trace worker {i}/{n}] {k}/{len(items)} {content['subject']!r} {item['kind']}: "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)
-    return 0
-
-
-def choose_edit_layer(avg: AverageEffects, kind: str = "mlp",
-                      token_class: str = "last subject token",
-                      min_layer: int = 0) -> tuple[int, float]:
-    """The layer with the largest average indirect effect of `kind` at `token_class` (ROME's
-    criterion for where to edit), and that effect.
-
-    `min_layer` leaves out the layers below it (e.g. 1 to leave out the first MLP, which acts on
-    the corrupted token embedding itself rather than recalling anything).
-    """
-    row = avg.effects[kind][TOKEN_CLASSES.index(token_class)]
-    if not 0 <= min_layer < len(row):
-        raise ValueError(f"min_layer {min_layer} is out of range (0..{len(row) - 1})")
-    layer = min_layer + int(np.nanargmax(row[min_layer:]))
-    return layer, float(row[layer])
-
-
-def select_known_facts(model, n: int, seed: int = 0, table=None, source: str | None = "known_1000",
-                       sink_prefix: bool = True):
-    """`n` facts the model knows, drawn at random (seeded) from the knowledge table.
-
-    Uses `loudfacts.knowledge.latest_known_facts_table(model)` unless `table` is given, keeps
-    rows with `known` and `top1` true (the model predicts the object, as ROME's known_1000
-    facts were chosen for GPT-2 XL) and takes `source` rows first, then the others.
-
-    Most known_1000 prompts start with their subject, and token 0 is the attention sink of a
-    model without a BOS token: noising it there perturbs everything after it. Dropping those
-    prompts would keep only facts whose subject sits mid-sentence (a biased third of them).
-    With `sink_prefix`, such a prompt is traced after the model's document separator
-    (`tokens.document_separator`, e.g. "<|endoftext|>"), which then holds position 0 as a
-    document boundary does in training; the fact is kept if the object is still the greedy
-    next token. Without a separator (or `sink_prefix=False`) they are dropped.
-
-    Returns:
-        list of dicts with text, subject, target_true, id, source, and sink_prefix (the text
-        put in front, "" for none); `len` < n when the table holds fewer.
-    """
-    from loudfacts.scoring import score_targets
-    from loudfacts.tokens import document_separator
-
-    if table is None:
-        from loudfacts.knowledge import latest_known_facts_table
-
-        table = latest_known_facts_table(model)
-    rows = table[table["known"].astype(bool) & table["top1"].astype(bool)]
-    rows = rows.sample(frac=1.0, random_state=seed)
-    if source is not None:  # the preferred source first, then the others
-        rows = rows.assign(_other=(rows["source"] != source)).sort_values("_other", kind="stable")
-    sep = document_separator(model) if sink_prefix else ""
-    out, pending = [], []
-
-    def flush():
-        # keep prefixed facts whose object is still the greedy next token
-        if not pending:
-            return
-        _, top1 = score_targets(model, [f["text"] for f in pending],
-                                [f["target_true"] for f in pending])
-        out.extend(f for f, ok in zip(pending, top1.tolist()) if ok)
-        pending.clear()
-
-    for _, r in rows.iterrows():
-        if len(out) + len(pending) >= n:
-            flush()
-            if len(out) >= n:
-                break
-        fact = {"text": r["text"], "subject": r["subject"], "target_true": r["target_true"],
-                "id": r["id"], "source": r["source"], "sink_prefix": ""}
-        try:
-            span = subject_span(model, r["text"], r["subject"])
-        except (SubjectNotFoundError, ValueError):
-            continue
-        if span[0] != 0:
-            out.append(fact)
-        elif sep:
-            fact.update(text=sep + r["text"], sink_prefix=sep)
-            pending.append(fact)
-    flush()
-    return out[:n]
-
-
-# ---------------------------------------------------------------------------------------------
-# Figures (return a matplotlib Figure; notebooks save them with plotting.save_figure)
-# ---------------------------------------------------------------------------------------------
-_CMAP = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
-_KIND_LABEL = {"hidden": "single restored layer (hidden state)", "mlp": "restored MLP",
-               "attn": "restored attention"}
-
-
-def plot_trace(result: TraceResult, ax=None, title: str | None = None, colorbar: bool = True):
-    """ROME-style heatmap of one trace: tokens down, layers across, restored probability as
-    colour; subject tokens marked with '*'. Returns the Figure."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.5, 0.35 * len(result.tokens) + 1.2))
-    else:
-        fig = ax.figure
-    grid = result.scores.T  # (tokens, layers)
-    im = ax.pcolormesh(grid, cmap=_CMAP.get(result.kind, "Purples"),
-                       vmin=min(result.corrupt_prob, grid.min()), vmax=max(grid.max(), 1e-9))
-    ax.invert_yaxis()
-    s0, s1 = result.subject_span
-    labels = [repr(t)[1:-1] + ("*" if s0 <= i < s1 else "") for i, t in enumerate(result.tokens)]
-    ax.set_yticks(np.arange(len(labels)) + 0.5)
-    ax.set_yticklabels(labels)
-    step = max(1, result.n_layers // 6)
-    ax.set_xticks(np.arange(0, result.n_layers, step) + 0.5)
-    ax.set_xticklabels(range(0, result.n_layers, step))
-    ax.set_xlabel("layer" + (f" (window {result.settings.get('window')})"
-                             if result.kind != "hidden" else ""))
-    sev = result.settings.get("severed")
-    ax.set_title(title or (_KIND_LABEL.get(result.kind, result.kind)
-                           + (f", {sev} severed" if sev else "")), fontsize=10)
-    ax.grid(False)
-    if colorbar:
-        cb = fig.colorbar(im, ax=ax)
-        cb.set_label(f"p({result.target.strip()})")
-    return fig
-
-
-def plot_traces(results: Sequence[TraceResult], suptitle: str | None = None):
-    """Several traces of one fact side by side (e.g. hidden, MLP, attention)."""
-    import matplotlib.pyplot as plt
-
-    n_tok = len(results[0].tokens)
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 0.35 * n_tok + 1.6),
-                             squeeze=False)
-    for i, (r, ax) in enumerate(zip(results, axes[0])):
-        plot_trace(r, ax=ax)
-        if i:
-            ax.set_yticklabels([])
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
-    return fig
-
-
-def plot_severed(results: dict, token: int | None = None, ax=None):
-    """Indirect effect of restoring the hidden state at one token, layer by layer, with the
-    MLP or attention of the layers above severed (ROME's Figure 2-style bars as lines).
-
-    Args:
-        results: label -> TraceResult (kind "hidden", severed None / "mlp" / "attn").
-        token: the token column (default: the last subject token).
-    """
-    import matplotlib.pyplot as plt
-
-    first = next(iter(results.values()))
-    t = first.subject_span[1] - 1 if token is None else token
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-    else:
-        fig = ax.figure
-    colors = {None: "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
-    for label, r in results.items():
-        ax.plot(np.arange(r.n_layers), r.indirect_effect[:, t], marker="o", ms=3, label=label,
-                color=colors.get(r.settings.get("severed"), None))
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("layer of the restored hidden state")
-    ax.set_ylabel("indirect effect")
-    ax.set_title(f"restoring {first.tokens[t]!r} with modules above severed", fontsize=10)
-    ax.legend(fontsize=8)
-    return fig
-
-
-def plot_average_effects(avg: AverageEffects, kinds: Sequence[str] | None = None):
-    """ROME's average indirect effect figure: token class x layer heatmap per kind."""
-    import matplotlib.pyplot as plt
-
-    kinds = list(kinds or avg.effects)
-    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 3.2), squeeze=False)
-    for i, (kind, ax) in enumerate(zip(kinds, axes[0])):
-        grid = avg.effects[kind]
-        im = ax.pcolormesh(np.nan_to_num(grid), cmap=_CMAP.get(kind, "Purples"))
-        ax.invert_yaxis()
-        ax.set_yticks(np.arange(len(TOKEN_CLASSES)) + 0.5)
-        ax.set_yticklabels(
-            [f"{c} (n={n})" for c, n in zip(TOKEN_CLASSES, avg.counts[kind])] if i == 0 else []
-        )
-        n_layers = grid.shape[1]
-        step = max(1, n_layers // 6)
-        ax.set_xticks(np.arange(0, n_layers, step) + 0.5)
-        ax.set_xticklabels(range(0, n_layers, step))
-        ax.set_xlabel("layer")
-        ax.set_title(f"average indirect effect, {kind}", fontsize=10)
-        ax.grid(False)
-        fig.colorbar(im, ax=ax)
-    fig.suptitle(f"{avg.settings['model']}: {avg.n_facts} known facts, "
-                 f"{avg.settings['samples']} noise samples")
-    fig.tight_layout()
-    return fig
-
-
-def plot_average_lines(avg: AverageEffects, token_class: str = "last subject token", ax=None):
-    """Average indirect effect at one token class, layer by layer, one line per kind."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.2))
-    else:
-        fig = ax.figure
-    i = TOKEN_CLASSES.index(token_class)
-    colors = {"hidden": "tab:purple", "mlp": "tab:green", "attn": "tab:red"}
-    for kind, grid in avg.effects.items():
-        ax.plot(np.arange(grid.shape[1]), grid[i], marker="o", ms=3, label=kind,
-                color=colors.get(kind))
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("average indirect effect")
-    ax.set_title(f"{token_class} ({avg.n_facts} facts)", fontsize=10)
-    ax.legend(fontsize=8)
-    return fig
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(_worker_main())

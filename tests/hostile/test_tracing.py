@@ -7,7 +7,8 @@ import pytest
 
 import loudfacts.tracing as tracing
 from loudfacts.tokens import SubjectNotFoundError
-from loudfacts.tracing import AmbiguousSubjectError, average_effects, noise_scale, trace
+from loudfacts.averages import average_effects
+from loudfacts.tracing import AmbiguousSubjectError, noise_scale, trace
 
 PROMPT = "The Louvre is located in the city of"
 SUBJECT = "Louvre"

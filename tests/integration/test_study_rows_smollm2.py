@@ -28,16 +28,16 @@ def test_committed_rows_cover_the_report_population(model, report_params_06):
     for name in p["editors"]:
         path = ev.store_path(model, name, p["split"])
         assert path.exists(), f"{path}: no committed rows for {name}"
-        plan = ev._plan(model, get_editor(name, model), records,
+        plan = ev.plan_run(model, get_editor(name, model), records,
                         n_neighbours=p["n_neighbours"], generation=p["generation"],
                         n_generation=p["n_generation"], max_new_tokens=p["max_new_tokens"],
                         generation_records=p["generation_records"], pool=p["neighbour_pool"],
                         top_up=p["neighbour_top_up"], seed=p["seed"], shard=None)
-        f = ev._read_results_file(path)
+        f = ev.read_results_file(path)
         assert f.torn_at is None, f"{path}: torn last line"
         assert set(f.runs) == {plan.rkey}, (
             f"{path} was made under other settings than params/report.yaml gives: "
-            + "; ".join(ev._settings_diff(next(iter(f.runs.values())), plan.settings)))
+            + "; ".join(ev.settings_diff(next(iter(f.runs.values())), plan.settings)))
         rows = {r["case_id"]: r for r in f.rows}
         missing = [c for c in plan.digests if c not in rows]
         stale = [c for c, d in plan.digests.items() if c in rows
@@ -94,7 +94,8 @@ def test_committed_tracing_records_cover_the_report_averages(model, report_param
     """Notebook 01's averages read their per-fact records from results/<model>/tracing/: under
     the report's parameters every (fact, kind) record is committed, so a fresh clone's report
     traces nothing (a trace here fails the test)."""
-    from loudfacts import tracing
+    from loudfacts import averages
+    from loudfacts.knowledge import select_known_facts
     from loudfacts.paths import results_dir
 
     p = report_params_of("01_causal_tracing")
@@ -105,15 +106,15 @@ def test_committed_tracing_records_cover_the_report_averages(model, report_param
         raise AssertionError("a record the report needs is not committed in "
                              f"{results_dir(model.name, 'tracing')}")
 
-    facts = tracing.select_known_facts(model, p["n_facts_average"], seed=p["seed"])
-    monkeypatch.setattr(tracing, "trace", no_trace)
+    facts = select_known_facts(model, p["n_facts_average"], seed=p["seed"])
+    monkeypatch.setattr(averages, "trace", no_trace)
     store = results_dir(model.name, "tracing")
-    avg = tracing.average_effects(model, facts, kinds=p["kinds_average"],
+    avg = averages.average_effects(model, facts, kinds=p["kinds_average"],
                                   samples=p["samples_average"], window=p["window"],
                                   seed=p["seed"], store=store, progress=False)
     assert avg.n_facts == len(facts) >= 200
     if p["single_layer_mlp_average"]:
-        tracing.average_effects(model, facts[:p["n_facts_single_layer"]], kinds=["mlp"],
+        averages.average_effects(model, facts[:p["n_facts_single_layer"]], kinds=["mlp"],
                                 samples=p["samples_average"], window=1, seed=p["seed"],
                                 store=store, progress=False)
 
@@ -133,11 +134,11 @@ def test_committed_ladder_rows_cover_the_report_ladder(model, report_params_06):
         assert path.exists(), f"{path}: no committed ladder rows for {name}"
         settings = ev.ladder_settings(model, name)
         key = ev.run_key(settings)
-        f = ev._read_results_file(path)
+        f = ev.read_results_file(path)
         assert f.torn_at is None, f"{path}: torn last line"
         assert set(f.runs) == {key}, (
             f"{path} was made under other settings: "
-            + "; ".join(ev._settings_diff(next(iter(f.runs.values())), settings)))
+            + "; ".join(ev.settings_diff(next(iter(f.runs.values())), settings)))
         rows = {r["case_id"]: r for r in f.rows}
         missing = [r.case_id for r in ladder_recs if r.case_id not in rows]
         stale = [r.case_id for r in ladder_recs if r.case_id in rows

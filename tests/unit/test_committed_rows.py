@@ -28,7 +28,7 @@ def test_there_are_committed_rows():
 @pytest.mark.parametrize("path", FILES, ids=[f"{p.parent.parent.name}/{p.parent.name}/{p.stem}"
                                              for p in FILES])
 def test_a_committed_file_is_whole_and_made_under_one_setting(path):
-    f = ev._read_results_file(path)  # raises, naming the file, on a foreign line or a repeat
+    f = ev.read_results_file(path)  # raises, naming the file, on a foreign line or a repeat
     assert f.torn_at is None, f"{path}: its last line is torn (an interrupted write)"
     assert len(f.runs) == 1, f"{path}: rows of {len(f.runs)} settings in one file"
     assert f.rows, f"{path}: a header and no rows"
@@ -77,7 +77,7 @@ def test_a_committed_tracing_file_is_whole_with_one_record_per_fact_and_kind(pat
 @pytest.mark.parametrize("path", LADDER, ids=[f"{p.parents[2].name}/{p.parents[1].name}/{p.stem}"
                                               for p in LADDER])
 def test_a_committed_ladder_file_is_whole_and_made_under_one_setting(path):
-    f = ev._read_results_file(path)
+    f = ev.read_results_file(path)
     assert f.torn_at is None, f"{path}: its last line is torn (an interrupted write)"
     assert len(f.runs) == 1, f"{path}: rows of {len(f.runs)} settings in one file"
     assert {r["editor"] for r in f.rows} == {path.stem}, f"{path}: rows of another editor"

@@ -124,3 +124,70 @@ def test_params_files_set_only_parameters_the_notebooks_declare():
             # common keys must be declared by every notebook that receives them
             assert common <= names | {"device"}, f"params/{f} common keys {common - names} " \
                 f"are not parameters of {stem}"
+
+
+def _private_uses(source: str) -> list[str]:
+    """Leading-underscore names of loudfacts that `source` imports or reaches into."""
+    import ast
+
+    tree = ast.parse(source)
+    bound, found = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("loudfacts"):
+            for a in node.names:
+                if a.name.startswith("_"):
+                    found.append(f"from {node.module} import {a.name}")
+                bound.add(a.asname or a.name)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.startswith("loudfacts"):
+                    bound.add(a.asname or a.name.split(".")[0])
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            base = node.value
+            while isinstance(base, ast.Attribute):
+                base = base.value
+            if isinstance(base, ast.Name) and base.id in bound:
+                found.append(f"{ast.unparse(node)} (line {node.lineno})")
+    return found
+
+
+def test_private_name_check_catches_both_shapes():
+    src = ("from loudfacts.editing import finetune\nfrom loudfacts.x import _y\n"
+           "print(finetune._FineTuneEditor._compute)\nimport loudfacts.evaluation as ev\n"
+           "ev._plan\nother._fine\n")
+    found = _private_uses(src)
+    assert "from loudfacts.x import _y" in found
+    assert any(f.startswith("finetune._FineTuneEditor._compute") for f in found)
+    assert any(f.startswith("ev._plan") for f in found)
+    assert not any("other" in f for f in found)
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebooks_use_only_public_names_of_the_package(py):
+    """The names notebooks use are public: none imports or reaches into a `_name` of loudfacts."""
+    assert _private_uses(py.read_text()) == []
+
+
+def test_evaluation_namespace_reexports_every_public_name_of_its_modules():
+    """`loudfacts.evaluation` (the notebooks' `ev`) is only a namespace over metrics, probes,
+    runner, ladder and implications: every public name of those is reachable through it, as the
+    same object, and it defines nothing of its own."""
+    import importlib
+    import inspect
+
+    ev = importlib.import_module("loudfacts.evaluation")
+    own = set()
+    for mod_name in ("metrics", "probes", "runner", "ladder", "implications"):
+        mod = importlib.import_module(f"loudfacts.{mod_name}")
+        for name, obj in vars(mod).items():
+            if name.startswith("_") or inspect.ismodule(obj):
+                continue
+            if getattr(obj, "__module__", mod.__name__) != mod.__name__ and not name.isupper():
+                continue  # imported into that module, not defined there
+            own.add(name)
+            assert getattr(ev, name, None) is obj, f"loudfacts.evaluation lacks {mod_name}.{name}"
+    for name, obj in vars(ev).items():
+        if callable(obj) and not name.startswith("_") and not inspect.ismodule(obj):
+            assert obj.__module__ != "loudfacts.evaluation", f"evaluation defines {name} itself"

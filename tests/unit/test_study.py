@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from loudfacts.data import CounterFactRecord, load_counterfact
-from loudfacts.evaluation import (
+from loudfacts.runner import (
     ResultsFileError,
     _append,
     _create_new,
-    _plan,
+    plan_run,
     build_neighbourhoods,
     evaluate,
     read_results,
@@ -59,7 +59,7 @@ def test_top_up_fills_in_tiers_and_never_uses_the_subject_or_the_new_object():
 
 def test_top_up_gives_every_edit_1k_record_five_prompts_on_all_of_counterfact(tiny_llama):
     records = load_counterfact("edit-1k", verbose=False)
-    plan = _plan(tiny_llama, "unedited", records, n_neighbours=10, generation=False,
+    plan = plan_run(tiny_llama, "unedited", records, n_neighbours=10, generation=False,
                  n_generation=1, max_new_tokens=30, generation_records=None,
                  pool="counterfact", top_up="object-then-relation", seed=0, shard=None)
     counts = [len(v) for v in plan.neighbourhoods.values()]
@@ -75,8 +75,8 @@ def test_a_records_neighbourhood_does_not_depend_on_which_records_are_evaluated(
     opts = dict(n_neighbours=10, generation=False, n_generation=1, max_new_tokens=30,
                 generation_records=None, pool="counterfact", top_up="object-then-relation",
                 seed=0, shard=None)
-    small = _plan(tiny_llama, "unedited", records[:10], **opts)
-    big = _plan(tiny_llama, "unedited", records, **opts)
+    small = plan_run(tiny_llama, "unedited", records[:10], **opts)
+    big = plan_run(tiny_llama, "unedited", records, **opts)
     assert small.digests == {c: big.digests[c] for c in small.digests}
 
 

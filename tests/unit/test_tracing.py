@@ -12,14 +12,12 @@ import torch
 from loudfacts.forward import supports_kv_prefix
 from loudfacts.models import tiny_model
 from loudfacts.tokens import SubjectNotFoundError
+from loudfacts.averages import average_effects, choose_edit_layer, token_classes
 from loudfacts.tracing import (
     TOKEN_CLASSES,
     AmbiguousSubjectError,
     TraceResult,
-    average_effects,
-    choose_edit_layer,
     noise_scale,
-    token_classes,
     trace,
 )
 
@@ -232,9 +230,9 @@ def test_average_effects_resume_and_layer_choice(tiny_llama, tmp_path, monkeypat
     def no_trace(*a, **k):
         raise AssertionError("every record is stored: nothing should be traced")
 
-    import loudfacts.tracing as tracing_module
+    import loudfacts.averages as averages_module
 
-    monkeypatch.setattr(tracing_module, "trace", no_trace)
+    monkeypatch.setattr(averages_module, "trace", no_trace)
     third = average_effects(tiny_llama, facts, kinds=("hidden", "mlp"), samples=2, noise=0.5,
                             window=2, progress=False)
     assert np.allclose(third.effects["mlp"], avg.effects["mlp"])
@@ -246,7 +244,7 @@ def test_average_effects_resume_and_layer_choice(tiny_llama, tmp_path, monkeypat
 def test_select_known_facts_filters_and_orders(tiny_llama):
     import pandas as pd
 
-    from loudfacts.tracing import select_known_facts
+    from loudfacts.knowledge import select_known_facts
 
     table = pd.DataFrame(
         {
@@ -270,7 +268,7 @@ def test_select_known_facts_filters_and_orders(tiny_llama):
 def test_figures_build(tiny_llama):
     import matplotlib
 
-    from loudfacts.tracing import plot_severed, plot_trace, plot_traces
+    from loudfacts.plotting import plot_severed, plot_trace, plot_traces
 
     r = trace(tiny_llama, PROMPT, SUBJECT, samples=1, cache=False)
     s = trace(tiny_llama, PROMPT, SUBJECT, samples=1, cache=False, severed="mlp")
@@ -280,7 +278,7 @@ def test_figures_build(tiny_llama):
 
 
 def test_choose_edit_layer_min_layer():
-    from loudfacts.tracing import AverageEffects
+    from loudfacts.averages import AverageEffects
 
     grid = np.zeros((len(TOKEN_CLASSES), 4))
     grid[TOKEN_CLASSES.index("last subject token")] = [0.5, 0.1, 0.3, 0.2]
@@ -352,9 +350,9 @@ def test_average_records_go_to_the_store_given(tiny_llama, tmp_path, monkeypatch
     [path] = store.glob("averages-*.jsonl")
     assert len(path.read_text().splitlines()) == 1
     assert not list((tmp_path / "cache" / "tracing").glob("averages-*.jsonl"))
-    import loudfacts.tracing as tracing_module
+    import loudfacts.averages as averages_module
 
-    monkeypatch.setattr(tracing_module, "trace", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr(averages_module, "trace", lambda *a, **k: 1 / 0)
     b = average_effects(tiny_llama, [fact], store=store, **AVG_KW)
     assert np.array_equal(a.effects["hidden"], b.effects["hidden"], equal_nan=True)
 

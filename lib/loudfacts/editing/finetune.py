@@ -34,6 +34,7 @@ from typing import ClassVar
 
 import torch
 
+from loudfacts.atomic import atomic_path
 from loudfacts.editing.base import (
     EditError,
     Editor,
@@ -119,6 +120,76 @@ def linf_bounds(w0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tenso
     return lo, hi
 
 
+def finetune_weights(model, request: EditRequest, hparams: dict, name: str = "ft") -> WeightEdit:
+    """The whole FT / FT+L method: Adam on layer `hparams["layer"]`'s MLP weight(s), minimising the
+    target's NLL on the rewrite prompt until P(target) reaches `stop_prob` or `steps` run out,
+    each weight clamped into [w0 - eps, w0 + eps] after every step when `eps` is set. The live
+    weights are restored bit-exactly before it returns; the trained values come back as a
+    `WeightEdit` named `name`. `FineTune` / `FineTuneL` check `hparams` and call it."""
+    h = hparams
+    paths = trained_paths(model, h["layer"], h["module"])
+    params = [model.module(p).weight for p in paths]
+    originals = [p.detach().clone() for p in params]
+    flags = [p.requires_grad for p in params]
+    ids, pos, tgt = _training_batch(model, request)
+    eps = h["eps"]
+    bounds = [linf_bounds(p0, eps) for p0 in originals] if eps is not None else []
+    losses: list[float] = []
+    stopped = "steps"
+    torch.manual_seed(h["seed"])  # Adam is deterministic; seeded for any future dropout
+    was_training = model.hf.training
+    try:
+        model.hf.eval()  # no dropout: the edit is a deterministic function of its inputs
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
+        with torch.enable_grad():
+            for _ in range(h["steps"]):
+                opt.zero_grad(set_to_none=True)
+                loss = _target_nll(model, ids, pos, tgt)
+                losses.append(float(loss.detach()))
+                if not math.isfinite(losses[-1]):
+                    raise EditError(f"{name}: loss became {losses[-1]} for {request!r}")
+                if math.exp(-losses[-1]) >= h["stop_prob"]:
+                    stopped = "stop_prob"
+                    break
+                loss.backward()
+                opt.step()
+                if eps is not None:
+                    with torch.no_grad():
+                        for p, (lo, hi) in zip(params, bounds):
+                            # Project onto the L-inf ball around the original weights.
+                            p.copy_(torch.maximum(torch.minimum(p, hi), lo))
+        with torch.no_grad():
+            final = float(_target_nll(model, ids, pos, tgt))
+            new = {path: p.detach().clone() for path, p in zip(paths, params)}
+    finally:
+        with torch.no_grad():
+            for p, p0, flag in zip(params, originals, flags):
+                p.copy_(p0)  # bit-exact: copying the saved tensor back
+                p.requires_grad_(flag)
+                p.grad = None
+        model.hf.train(was_training)
+    # float64 differences: exact, so max_abs_delta <= eps holds as reported
+    deltas = {path: new[path].double() - p0.double() for path, p0 in zip(paths, originals)}
+    info = {
+        "layer": h["layer"],
+        "paths": paths,
+        "steps_run": len(losses) if stopped == "steps" else len(losses) - 1,
+        "stopped_by": stopped,
+        "loss_first": losses[0],
+        "loss_final": final,
+        "p_new_final": math.exp(-final),
+        "losses": losses,
+        "max_abs_delta": max(float(d.abs().max()) for d in deltas.values()),
+        "changed_fraction": sum(int((d != 0).sum()) for d in deltas.values())
+        / sum(d.numel() for d in deltas.values()),
+        "delta_norm": math.sqrt(sum(float(d.pow(2).sum()) for d in deltas.values())),
+        "hparams": dict(h),
+    }
+    return WeightEdit(model, new, request, name, info)
+
+
 class _FineTuneEditor(Editor):
     """Shared machinery of `ft` and `ft-l`: Adam on one layer's MLP weight(s)."""
 
@@ -163,69 +234,7 @@ class _FineTuneEditor(Editor):
             raise ValueError(f"{self.name}: stop_prob={h['stop_prob']!r} must be in (0, 1]")
 
     def _compute(self, request: EditRequest) -> WeightEdit:
-        h = self.hparams
-        model = self.model
-        paths = trained_paths(model, h["layer"], h["module"])
-        params = [model.module(p).weight for p in paths]
-        originals = [p.detach().clone() for p in params]
-        flags = [p.requires_grad for p in params]
-        ids, pos, tgt = _training_batch(model, request)
-        eps = h["eps"]
-        bounds = [linf_bounds(p0, eps) for p0 in originals] if eps is not None else []
-        losses: list[float] = []
-        stopped = "steps"
-        torch.manual_seed(h["seed"])  # Adam is deterministic; seeded for any future dropout
-        was_training = model.hf.training
-        try:
-            model.hf.eval()  # no dropout: the edit is a deterministic function of its inputs
-            for p in params:
-                p.requires_grad_(True)
-            opt = torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
-            with torch.enable_grad():
-                for _ in range(h["steps"]):
-                    opt.zero_grad(set_to_none=True)
-                    loss = _target_nll(model, ids, pos, tgt)
-                    losses.append(float(loss.detach()))
-                    if not math.isfinite(losses[-1]):
-                        raise EditError(f"{self.name}: loss became {losses[-1]} for {request!r}")
-                    if math.exp(-losses[-1]) >= h["stop_prob"]:
-                        stopped = "stop_prob"
-                        break
-                    loss.backward()
-                    opt.step()
-                    if eps is not None:
-                        with torch.no_grad():
-                            for p, (lo, hi) in zip(params, bounds):
-                                # Project onto the L-inf ball around the original weights.
-                                p.copy_(torch.maximum(torch.minimum(p, hi), lo))
-            with torch.no_grad():
-                final = float(_target_nll(model, ids, pos, tgt))
-                new = {path: p.detach().clone() for path, p in zip(paths, params)}
-        finally:
-            with torch.no_grad():
-                for p, p0, flag in zip(params, originals, flags):
-                    p.copy_(p0)  # bit-exact: copying the saved tensor back
-                    p.requires_grad_(flag)
-                    p.grad = None
-            model.hf.train(was_training)
-        # float64 differences: exact, so max_abs_delta <= eps holds as reported
-        deltas = {path: new[path].double() - p0.double() for path, p0 in zip(paths, originals)}
-        info = {
-            "layer": h["layer"],
-            "paths": paths,
-            "steps_run": len(losses) if stopped == "steps" else len(losses) - 1,
-            "stopped_by": stopped,
-            "loss_first": losses[0],
-            "loss_final": final,
-            "p_new_final": math.exp(-final),
-            "losses": losses,
-            "max_abs_delta": max(float(d.abs().max()) for d in deltas.values()),
-            "changed_fraction": sum(int((d != 0).sum()) for d in deltas.values())
-            / sum(d.numel() for d in deltas.values()),
-            "delta_norm": math.sqrt(sum(float(d.pow(2).sum()) for d in deltas.values())),
-            "hparams": dict(h),
-        }
-        return WeightEdit(model, new, request, self.name, info)
+        return finetune_weights(self.model, request, self.hparams, self.name)
 
 
 @register_editor("ft")
@@ -358,7 +367,6 @@ def bricking_table(model, editors: dict, request: EditRequest, targets, prompts,
     """
     import dataclasses
     import hashlib
-    import os
 
     import pandas as pd
     from tqdm.auto import tqdm
@@ -408,7 +416,6 @@ def bricking_table(model, editors: dict, request: EditRequest, targets, prompts,
             measure(label, t, p_new, edit.info.get("seconds", float("nan")))
     df = pd.DataFrame(rows)
     if use_cache:
-        tmp = path.with_suffix(".tmp")
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=".csv") as tmp:
+            df.to_csv(tmp, index=False)
     return df

@@ -63,7 +63,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import unicodedata
 from collections import OrderedDict
@@ -72,6 +71,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from loudfacts.atomic import atomic_path, write_json
 from loudfacts.editing.base import (
     EditError,
     Editor,
@@ -211,10 +211,7 @@ def context_prefixes(model, recipe=REFERENCE_PREFIX_RECIPE, seed: int = 0,
                     text = text.replace("\n\n", " ").replace("{", " ").replace("}", " ")
                     texts.append(text)
             out.extend(texts[:count])
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"settings": json.loads(tag), "prefixes": out}, f, indent=1)
-    os.replace(tmp, path)
+    write_json(path, {"settings": json.loads(tag), "prefixes": out}, indent=1)
     return out
 
 
@@ -557,15 +554,8 @@ class RomeEditor(Editor):
         keep = {k: v for k, v in comps.items() if k != "reused"}
         # clone: a view (k_bare is a row of all the keys) would save its whole storage
         keep.update({n: comps[n].detach().cpu().clone() for n in _TENSOR_FIELDS})
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
-        os.close(fd)
-        try:
+        with atomic_path(path, suffix=".pt") as tmp:
             torch.save({"key": content, "components": keep}, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
 
     def _components(self, request: EditRequest, t_ids: list[int]) -> dict:
         # generated once per editor (cached on disk), not part of k*'s time
