@@ -93,10 +93,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from loudfacts.editing import EditRequest, get_editor
+from loudfacts.cases import Case, Probe, score
+from loudfacts.editing import get_editor
 from loudfacts.models import load_model
 from loudfacts.plotting import save_figure, save_findings, set_theme
-from loudfacts.scoring import next_token_logprobs, target_probs
+from loudfacts.scoring import next_token_logprobs
 from loudfacts.stats import second_moment_sweep
 
 t_start = time.perf_counter()
@@ -121,14 +122,21 @@ for k, v in card.items():
 # `known_threshold`, or below P(new)) are dropped from the edits: the table shows which.
 
 # %%
+def as_case(case) -> Case:
+    """A (template, subject, new, true, paraphrase templates) tuple as a `Case`."""
+    prompt, subject, new, true, paraphrases = case
+    return Case.from_dict({"prompt": prompt, "subject": subject, "target_new": new,
+                           "target_true": true, "probes": {"paraphrase": list(paraphrases)}})
+
+
 def as_request(case):
-    prompt, subject, new, true, _ = case
-    return EditRequest(prompt, subject, new, true)
+    return as_case(case).request
 
 
 def knowledge(case):
     req = as_request(case)
-    p_new, p_true = target_probs(model, [req.text] * 2, [req.target_new, req.target_true]).tolist()
+    s = score(model, [Probe(req.text, "rewrite", req.target_new, req.target_true)]).iloc[0]
+    p_new, p_true = float(s["p_new"]), float(s["p_true"])
     return {"prompt": req.text, "true": req.target_true, "new": req.target_new,
             "P(true)": p_true, "P(new)": p_new,
             "known": p_true > known_threshold and p_true > p_new}
@@ -166,26 +174,21 @@ digest = model.weight_digest()
 unrelated_before = next_token_logprobs(model, unrelated_prompts)
 rows, edits, unrelated_kl = [], {}, {}
 for case in run_cases:
-    req = as_request(case)
-    paraphrases = [p.replace("{}", req.subject) for p in case[4]]
-    prompts = [req.text] + paraphrases
-    kinds = ["rewrite"] + ["paraphrase"] * len(paraphrases)
-    before_new = target_probs(model, prompts, [req.target_new] * len(prompts))
-    before_true = target_probs(model, prompts, [req.target_true] * len(prompts))
+    c = as_case(case)  # the rewrite prompt and the paraphrases, each for the new and true object
+    req = c.request
+    before = score(model, c.probes)
     edit = editor.edit(req)
     edits[req.subject] = edit
     with edit.applied():
-        after_new = target_probs(model, prompts, [req.target_new] * len(prompts))
-        after_true = target_probs(model, prompts, [req.target_true] * len(prompts))
+        after = score(model, c.probes)
         unrelated_after = next_token_logprobs(model, unrelated_prompts)
     kl = (unrelated_before.exp() * (unrelated_before - unrelated_after)).sum(-1)
     unrelated_kl[req.subject] = kl.mean().item()
-    for i, p in enumerate(prompts):
+    for (_, b), (_, a) in zip(before.iterrows(), after.iterrows()):
         rows.append({"subject": req.subject, "edit": f"{req.target_true} -> {req.target_new}",
-                     "kind": kinds[i], "prompt": p,
-                     "P(new) before": float(before_new[i]), "P(new) after": float(after_new[i]),
-                     "P(true) before": float(before_true[i]),
-                     "P(true) after": float(after_true[i])})
+                     "kind": b["role"], "prompt": b["prompt"],
+                     "P(new) before": b["p_new"], "P(new) after": a["p_new"],
+                     "P(true) before": b["p_true"], "P(true) after": a["p_true"]})
     tm = edit.info["timings"]
     print(f"{req.subject}: ||ΔW||/||W|| = {edit.info['dw_rel_norm']:.4f}, v* steps "
           f"{edit.info['v_steps']}, k* {tm['k']:.1f} s, v* {tm['v']:.1f} s, update "
@@ -289,9 +292,10 @@ for p in loud_prompts:
     with loud_edit.applied():
         after = model.top_tokens(p, 5)
     new = loud_edit.request.target_new
-    p_new = target_probs(model, [p], [new])[0].item()
+    probe = [Probe(p, "tangential", new)]  # a mention of the subject, then something else
+    p_new = float(score(model, probe)["p_new"][0])
     with loud_edit.applied():
-        p_new_after = target_probs(model, [p], [new])[0].item()
+        p_new_after = float(score(model, probe)["p_new"][0])
     loud_rows.append({"prompt": p, "top-5 before": ", ".join(f"{t!r} {q:.2f}" for t, q in before),
                       "top-5 after": ", ".join(f"{t!r} {q:.2f}" for t, q in after),
                       f"P({new}) before": p_new, f"P({new}) after": p_new_after})
@@ -320,7 +324,8 @@ from loudfacts.stats import corpus_size
 
 req0 = loud_edit.request
 comps = loud_edit.info["components"]
-para0 = [p.replace("{}", req0.subject) for p in run_cases[0][4]]
+case0 = as_case(run_cases[0])  # its rewrite and paraphrase probes, and the loud prompts
+case0.probes += [Probe(p, "tangential", req0.target_new) for p in loud_prompts]
 neighbours = unrelated_prompts
 hp0 = editor.hparams
 n_all = corpus_size(model, hp0["mom2_corpus"], hp0["mom2_seq_len"])
@@ -360,11 +365,10 @@ for label, hp in settings:
         print(f"{label}: {err}")
         continue
     with e.applied():
-        p_rw = target_probs(model, [req0.text], [req0.target_new])[0].item()
-        p_para = target_probs(model, para0, [req0.target_new] * len(para0)).mean().item() \
-            if para0 else float("nan")
+        s = score(model, case0.probes).groupby("role")["p_new"].mean()
+        p_rw, p_para = s["rewrite"], s.get("paraphrase", float("nan"))
         lp = next_token_logprobs(model, neighbours)
-        loud_p = target_probs(model, loud_prompts, [req0.target_new] * len(loud_prompts)).mean().item()
+        loud_p = s["tangential"]
     kl = (unrelated_before.exp() * (unrelated_before - lp)).sum(-1).mean().item()
     sweep.append({"statistics": label, "tokens": hp.get("mom2_n_tokens", 0),
                   "||ΔW||/||W||": e.info["dw_rel_norm"], "P(new) rewrite": p_rw,

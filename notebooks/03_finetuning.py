@@ -74,7 +74,8 @@ from tqdm.auto import tqdm
 import loudfacts
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
-from loudfacts.editing.finetune import bricking_table, probe_table
+from loudfacts.cases import Case, Probe, score_edits
+from loudfacts.editing.finetune import bricking_table
 from loudfacts.models import load_model
 from loudfacts.plotting import EDITOR_ORDER, editor_palette, save_figure, save_findings, set_theme
 
@@ -150,27 +151,27 @@ print(inspect.getsource(finetune.finetune_weights))
 # a neighbour (another subject with the same true object, which should not move).
 
 # %%
-CASES = {
-    "louvre": EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris"),
-    "eiffel": EditRequest("{} is located in the city of", "The Eiffel Tower", "London", "Paris"),
-    "antonym": EditRequest("The opposite of {} is", "hot", "wet", "cold"),
-}
-PROBES = {
-    "louvre": [("rewrite", "The Louvre is located in the city of"),
-               ("paraphrase", "The Louvre, a famous museum, can be visited in the city of"),
-               ("neighbour", "The Eiffel Tower is located in the city of")],
-    "eiffel": [("rewrite", "The Eiffel Tower is located in the city of"),
-               ("paraphrase", "The Eiffel Tower, a landmark, stands in the city of"),
-               ("neighbour", "The Louvre is located in the city of")],
-    "antonym": [("rewrite", "The opposite of hot is"),
-                ("paraphrase", "The antonym of hot is"),
-                ("neighbour", "The opposite of warm is")],
-}
+# One `Case` per fact (loudfacts.cases): the edit and its probes by role. A neighbour is
+# another subject whose true object is the case's, so the edit must leave it alone.
+CASES = {c["id"]: Case.from_dict(c) for c in [
+    {"id": "louvre", "prompt": "{} is located in the city of", "subject": "The Louvre",
+     "target_new": "Rome", "target_true": "Paris",
+     "probes": {"paraphrase": ["The Louvre, a famous museum, can be visited in the city of"],
+                "neighbourhood": ["The Eiffel Tower is located in the city of"]}},
+    {"id": "eiffel", "prompt": "{} is located in the city of", "subject": "The Eiffel Tower",
+     "target_new": "London", "target_true": "Paris",
+     "probes": {"paraphrase": ["The Eiffel Tower, a landmark, stands in the city of"],
+                "neighbourhood": ["The Louvre is located in the city of"]}},
+    {"id": "antonym", "prompt": "The opposite of {} is", "subject": "hot",
+     "target_new": "wet", "target_true": "cold",
+     "probes": {"paraphrase": ["The antonym of hot is"],
+                "neighbourhood": ["The opposite of warm is"]}},
+]}
 
 edits = {}
-for case, req in tqdm(list(CASES.items()), desc="edits"):
+for case, c in tqdm(list(CASES.items()), desc="edits"):
     for name, ed in EDITORS.items():
-        edits[(case, name)] = ed.edit(req)
+        edits[(case, name)] = ed.edit(c.request)
 assert model.weight_digest() == digest_before, "computing an edit must not change the model"
 
 info = pd.DataFrame([
@@ -184,24 +185,24 @@ info.round(4)
 
 # %%
 frames = []
-for case, req in CASES.items():
-    probes = [(f"{kind}:{obj}", text, getattr(req, obj))
-              for kind, text in PROBES[case] for obj in ("target_new", "target_true")]
-    df = probe_table(model, {n: edits[(case, n)] for n in EDITORS}, probes)
-    df["case"] = case
-    frames.append(df)
-cases_df = pd.concat(frames, ignore_index=True)
-cases_df[["kind", "object"]] = cases_df["probe"].str.split(":", expand=True)
+for case, c in CASES.items():
+    df = score_edits(model, {n: edits[(case, n)] for n in EDITORS}, c.probes)
+    frames.append(df.assign(case=case))
+# one row per (case, editor, role, object): P(new object) and P(true object) of each probe
+cases_df = (pd.concat(frames, ignore_index=True)
+            .melt(id_vars=["case", "editor", "role", "prompt"], value_vars=["p_new", "p_true"],
+                  var_name="object", value_name="p")
+            .replace({"object": {"p_new": "new object", "p_true": "true object"}}))
 assert cases_df["p"].between(0, 1).all()
 assert model.weight_digest() == digest_before
-wide = cases_df.pivot_table(index=["case", "kind", "object"], columns="editor", values="p")
+wide = cases_df.pivot_table(index=["case", "role", "object"], columns="editor", values="p")
 wide[[c for c in ["unedited", *EDITORS] if c in wide]].round(3)
 
 # %%
 order = [c for c in ["unedited", *EDITORS] if c in set(cases_df["editor"])]
-g = sns.catplot(data=cases_df, kind="bar", x="kind", y="p", hue="editor", hue_order=order,
+g = sns.catplot(data=cases_df, kind="bar", x="role", y="p", hue="editor", hue_order=order,
                 palette=PALETTE, col="case", row="object", height=2.6, aspect=1.25,
-                order=["rewrite", "paraphrase", "neighbour"])
+                order=["rewrite", "paraphrase", "neighbourhood"])
 g.set_axis_labels("", "P(object)")
 g.set_titles("{col_name} · {row_name}")
 g.figure.suptitle("Rewrite, paraphrase and neighbour prompts after each edit", y=1.03)
@@ -233,9 +234,13 @@ IMPLICATION_PROMPTS = {
     "shares the template": "The Louvre is located in the country of",
     "other phrasing": "The Louvre museum can be found in the nation of",
 }
-probes = [(f"{k}:{c}", text, c) for k, text in IMPLICATION_PROMPTS.items() for c in ("Italy", "France")]
-impl = probe_table(model, {n: edits[("louvre", n)] for n in EDITORS}, probes)
-impl[["phrasing", "country"]] = impl["probe"].str.split(":", expand=True)
+impl_probes = [Probe(text, "implication", "Italy", "France", kind="transitive",
+                     family="transitive, subject-side") for text in IMPLICATION_PROMPTS.values()]
+impl = (score_edits(model, {n: edits[("louvre", n)] for n in EDITORS}, impl_probes)
+        .assign(phrasing=lambda d: d["prompt"].map({v: k for k, v in IMPLICATION_PROMPTS.items()}))
+        .melt(id_vars=["editor", "phrasing"], value_vars=["p_new", "p_true"], var_name="country",
+              value_name="p")
+        .replace({"country": {"p_new": "Italy", "p_true": "France"}}))
 assert impl["p"].between(0, 1).all()
 impl_wide = impl.pivot_table(index=["phrasing", "editor"], columns="country", values="p")
 impl_wide["Italy wins"] = impl_wide["Italy"] > impl_wide["France"]
@@ -280,22 +285,27 @@ for phrasing in IMPLICATION_PROMPTS:
 # unedited model gives the baseline), and P(London) for the British Museum, which should stay.
 
 # %%
-LOUD = [
-    ("cool · Rome", "The Louvre is cool. Barack Obama is from", "Rome"),
-    ("museums · Rome", ("I love museums like the Louvre and the British museum. "
-                        "The British museum is located in"), "Rome"),
-    ("museums · London", ("I love museums like the Louvre and the British museum. "
-                          "The British museum is located in"), "London"),
-]
-loud = probe_table(model, {n: edits[("louvre", n)] for n in EDITORS}, LOUD)
+COOL = "The Louvre is cool. Barack Obama is from"
+MUSEUMS = ("I love museums like the Louvre and the British museum. "
+           "The British museum is located in")
+LOUD = [Probe(COOL, "ladder", "Rome", kind="tangential"),
+        Probe(MUSEUMS, "tangential", "Rome", "London")]
+loud_scores = score_edits(model, {n: edits[("louvre", n)] for n in EDITORS}, LOUD)
+loud = pd.concat([  # one row per (editor, prompt, object): P(Rome) on both, P(London) on one
+    loud_scores.assign(probe=loud_scores["prompt"].map({COOL: "cool · Rome",
+                                                         MUSEUMS: "museums · Rome"}),
+                       p=loud_scores["p_new"]),
+    loud_scores[loud_scores["prompt"] == MUSEUMS].assign(probe="museums · London",
+                                                         p=lambda d: d["p_true"]),
+], ignore_index=True)[["editor", "probe", "prompt", "p"]]
 assert loud["p"].between(0, 1).all()
 top1 = {}
 for name in ["unedited", *EDITORS]:
     ctx = edits[("louvre", name)].applied() if name != "unedited" else contextlib.nullcontext()
     with ctx:
-        top1[name] = [model.top_tokens(p, 1)[0][0] for p in dict.fromkeys(t for _, t, _ in LOUD)]
+        top1[name] = [model.top_tokens(p.prompt, 1)[0][0] for p in LOUD]
 loud_wide = loud.pivot_table(index="probe", columns="editor", values="p")[order]
-display_top1 = pd.DataFrame(top1, index=list(dict.fromkeys(t for _, t, _ in LOUD)))
+display_top1 = pd.DataFrame(top1, index=[p.prompt for p in LOUD])
 display(loud_wide.round(4))
 display(display_top1.rename_axis("greedy next token after"))
 
@@ -400,11 +410,12 @@ for _, r in brick[brick.editor != "unedited"].iterrows():
 # %%
 summary = []
 for name in EDITORS:
-    c = cases_df[cases_df.editor == name].set_index(["case", "kind", "object"])["p"]
-    u = cases_df[cases_df.editor == "unedited"].set_index(["case", "kind", "object"])["p"]
-    eff = np.mean([c[(k, "rewrite", "target_new")] > c[(k, "rewrite", "target_true")] for k in CASES])
-    par = np.mean([c[(k, "paraphrase", "target_new")] > c[(k, "paraphrase", "target_true")] for k in CASES])
-    nb = np.mean([c[(k, "neighbour", "target_true")] - u[(k, "neighbour", "target_true")] for k in CASES])
+    c = cases_df[cases_df.editor == name].set_index(["case", "role", "object"])["p"]
+    u = cases_df[cases_df.editor == "unedited"].set_index(["case", "role", "object"])["p"]
+    new, true = "new object", "true object"
+    eff = np.mean([c[(k, "rewrite", new)] > c[(k, "rewrite", true)] for k in CASES])
+    par = np.mean([c[(k, "paraphrase", new)] > c[(k, "paraphrase", true)] for k in CASES])
+    nb = np.mean([c[(k, "neighbourhood", true)] - u[(k, "neighbourhood", true)] for k in CASES])
     b = brick[brick.editor == name]
     summary.append({
         "editor": name,

@@ -149,7 +149,7 @@ assert model.weight_digest() == digest  # computing edits leaves the weights alo
 # %% [markdown]
 # ## Efficacy, paraphrase, neighbourhood, loud facts and implied facts
 #
-# For every case and editor we score each probe with `target_probs` (ROME's convention) and
+# For every case and editor we score each probe with `cases.score` (ROME's convention) and
 # count a success when the new object beats the old one (for neighbours: when the neighbour's
 # own object still wins; for loud-fact prompts: when P(new) rises by more than 0.05 — a
 # *leak*, so lower is better there).

@@ -17,13 +17,13 @@ Did the edit work, and what else did it change? Each concept lives in its own mo
 
 from loudfacts.metrics import (  # noqa: F401
     BOOK, COLUMNS, HEADLINE_EXCLUDED, METRICS, METRICS_VERSION, bootstrap_ci,
-    compare_with_reference, harmonic_mean, headline_table, kl_divergences, success_magnitude,
-    summarize, wide_table,
+    compare_with_reference, harmonic_mean, headline_table, kl_divergences, record_metrics,
+    success_magnitude, summarize, wide_table,
 )
 from loudfacts.probes import (  # noqa: F401
     NEIGHBOUR_TOP_UPS, UNEDITED, UNRELATED_PROMPTS, UNRELATED_SENTENCE, UneditedCache,
     build_neighbourhoods, cool_prefix, generation_entropy, generation_prompts_for, greedy_generate,
-    ladder_prefixes, pair_probs, probe_set, score_probes, statement_prefix,
+    ladder_prefixes, pair_probs, statement_prefix,
 )
 from loudfacts.runner import (  # noqa: F401
     NEIGHBOUR_POOLS, RESULTS_FORMAT, ResultsFileError, STUDY_EFFECT_METRICS, canonical_json,

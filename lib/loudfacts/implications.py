@@ -12,7 +12,7 @@ from pathlib import Path
 from loudfacts.editing.base import EditRequest, get_editor
 from loudfacts.scoring import target_probs
 from loudfacts.tokens import fill
-from loudfacts.probes import UNEDITED, greedy_generate
+from loudfacts.probes import greedy_generate
 
 # -- logical implications ----------------------------------------------------------------------
 IMPLICATION_KINDS = ("symmetric", "transitive", "inverse")
@@ -115,45 +115,42 @@ def score_implications(model, editor, cases, *, generations: int = 0, max_new_to
     import pandas as pd
     from tqdm.auto import tqdm
 
+    from loudfacts.cases import Case, score
+
     if isinstance(editor, str):
         editor = get_editor(editor, model)
-    key = UNEDITED.digest(model)
     rows, failed = [], []
     for k, case in enumerate(tqdm(cases, desc=f"implications {editor.name}",
                                   disable=not progress, leave=False)):
-        req = EditRequest(**{f: case["edit"][f] for f in ("prompt", "subject", "target_new",
-                                                          "target_true")})
-        probes = case["probes"]
-        prompts = [req.text, req.text] + [p["prompt"] for p in probes] * 2
-        targets = [req.target_new, req.target_true] + [p["old"] for p in probes] + \
-                  [p["new"] for p in probes]
-        pre = UNEDITED.target_probs(model, key, prompts, targets, batch_size)
+        c = Case.from_implication(case)  # the rewrite probe, then one per implied fact
+        pre = score(model, c.probes, batch_size)
         t0 = time.perf_counter()
         try:
-            edit = editor.edit(req)
+            edit = editor.edit(c.request)
         except ValueError as e:
             print(f"implications: {editor.name} could not edit {case['id']}: {e}")
             failed.append(case["id"])
             continue
         seconds = time.perf_counter() - t0
+        probes = case["probes"]
         gen = {}
         with edit.applied():
-            post = target_probs(model, prompts, targets, batch_size).tolist()
+            post = score(model, c.probes, batch_size)
             if k < generations:
                 gen["generation_post"] = greedy_generate(model, probes[0]["prompt"],
                                                          max_new_tokens)
         if k < generations:
             gen["generation_pre"] = greedy_generate(model, probes[0]["prompt"], max_new_tokens)
-        n = len(probes)
+        efficacy = bool(post["new_wins"][0])
         for j, p in enumerate(probes):
-            po, pn = pre[2 + j], pre[2 + n + j]
-            qo, qn = post[2 + j], post[2 + n + j]
+            b, a = pre.iloc[1 + j], post.iloc[1 + j]  # row 0 is the rewrite probe
+            po, pn, qo, qn = b["p_true"], b["p_new"], a["p_true"], a["p_new"]
             rows.append({"editor": editor.name, "id": case["id"], "kind": case["kind"],
                          "phrasing": p.get("phrasing", ""), "prompt": p["prompt"],
                          "old": p["old"], "new": p["new"], "p_old_pre": po, "p_new_pre": pn,
                          "p_old_post": qo, "p_new_post": qn, "implied_pre": pn > po,
                          "implied": qn > qo, "shift": (qn - qo) - (pn - po),
-                         "efficacy": post[0] > post[1], "edit_seconds": seconds,
+                         "efficacy": efficacy, "edit_seconds": seconds,
                          **(gen if j == 0 else {})})
     df = pd.DataFrame(rows)
     df.attrs["failed"] = failed  # cases the editor refused (EditError), not scored

@@ -19,28 +19,33 @@ import torch
 from loudfacts.editing.base import EditRequest, get_editor
 from loudfacts.jsonlines import append_line
 from loudfacts.tokens import target_ids
-from loudfacts.probes import UNRELATED_PROMPTS, ladder_prefixes, pair_probs
+from loudfacts.cases import Probe, ladder_probes, score
+from loudfacts.probes import UNRELATED_PROMPTS, ladder_prefixes
 from loudfacts.runner import (canonical_json, fresh_requested, open_for_resume,
                               record_content, run_key, sha256_of, store_path)
 
 # -- loud-fact ladder --------------------------------------------------------------------------
 def ladder_texts(request: EditRequest, unrelated_prompts: Sequence[str]):
-    """(step, prefix, prefix + prompt, prompt) for every rung and unrelated prompt whose answer
-    is not target_new (that would not be a leak)."""
-    new = request.target_new
-    prompts = [p for p in unrelated_prompts if new.lower() not in p.lower()]
-    return [(step, pre, pre + p, p) for step, pre in ladder_prefixes(request).items()
-            for p in prompts]
+    """(step, prefix, prefix + prompt, prompt) for every probe of `cases.ladder_probes`: each
+    rung before every unrelated prompt whose answer is not target_new (that would not be a
+    leak)."""
+    prefixes = ladder_prefixes(request)
+    return [(p.kind, prefixes[p.kind], p.prompt, p.prompt[len(prefixes[p.kind]):])
+            for p in ladder_probes(request, unrelated_prompts)]
 
 
 def ladder_pass(model, full: Sequence[str], new: str, batch_size: int):
     """(P(new | text), whether new's first token is the greedy next token) for every text, from
-    one next-token pass (`pair_probs`; a multi-token target adds its teacher-forced pass)."""
+    `cases.score` with the texts' next-token distributions (one pass; a multi-token target adds
+    its teacher-forced pass)."""
+    if not full:
+        return torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.bool)
     first = target_ids(model, new)[0]
-    probs, rows = pair_probs(model, [(t, new) for t in full], batch_size, extra_prompts=full)
-    top = (torch.stack([rows[t] for t in full]).argmax(-1) == first) if full else \
-        torch.zeros(0, dtype=torch.bool)
-    return probs, top
+    scores = score(model, [Probe(t, "ladder", new) for t in full], batch_size,
+                   next_token_of=full)
+    rows = scores.attrs["next_token"]
+    top = torch.stack([rows[t] for t in full]).argmax(-1) == first
+    return torch.as_tensor(scores["p_new"].to_numpy(dtype=float, copy=True)), top
 
 
 def loud_fact_ladder(model, edit, request: EditRequest | None = None,

@@ -92,6 +92,55 @@ def harmonic_mean(values: Sequence[float]) -> float:
     return len(vals) / sum(1 / v for v in vals)
 
 
+def record_metrics(scores, logp_pre: torch.Tensor | None = None,
+                   logp_post: torch.Tensor | None = None) -> dict:
+    """The metrics of one edited record from its probe scores: a pure function of probabilities.
+
+    Args:
+        scores: a `cases.score` table of the record's probes under the edit (columns role, kind,
+            p_new, p_true), as `cases.Case.from_counterfact` builds them: rewrite, paraphrase
+            (kind "true paraphrase" for PS_para), neighbourhood, counterfact+, tangential.
+        logp_pre, logp_post: (n, vocab) next-token log-probs on the counterfact+ prompts, in
+            their order, without / with the edit (NKL); None or empty gives NaN.
+
+    Returns:
+        {ES, EM, PS, PM, PS_para, NS, NM, NS+, NM+, NS+cool, NKL, NKL_code, Score}; a metric
+        with no probes is NaN, and Score leaves out what is missing (no neighbours: ES and PS;
+        no paraphrases: ES in PS's place).
+    """
+    def probs(role, kind=None):
+        m = scores["role"] == role
+        if kind is not None:
+            m = m & (scores["kind"] == kind)
+        return (scores.loc[m, "p_new"].to_numpy(dtype=float, copy=True),
+                scores.loc[m, "p_true"].to_numpy(dtype=float, copy=True))
+
+    row = {}
+    new, true = probs("rewrite")
+    row["ES"], row["EM"] = success_magnitude(new, true)
+    new, true = probs("paraphrase")
+    row["PS"], row["PM"] = success_magnitude(new, true)
+    new, true = probs("paraphrase", "true paraphrase")
+    row["PS_para"], _ = success_magnitude(new, true)
+    for name, mag, role in (("NS", "NM", "neighbourhood"), ("NS+", "NM+", "counterfact+"),
+                            ("NS+cool", None, "tangential")):
+        new, true = probs(role)
+        s, m = success_magnitude(true, new)
+        row[name] = s
+        if mag:
+            row[mag] = m
+    if logp_pre is not None and logp_post is not None and len(logp_pre):
+        paper, code = kl_divergences(logp_pre, logp_post)
+        row["NKL"], row["NKL_code"] = float(paper.mean()), float(code.mean())
+    else:
+        row["NKL"] = row["NKL_code"] = math.nan
+    ns = row["NS"] if not math.isnan(row["NS"]) else 1.0  # no neighbours: score ES, PS only
+    ps = row["PS"] if not math.isnan(row["PS"]) else row["ES"]
+    row["Score"] = harmonic_mean([row["ES"], ps, ns])
+    return {m: row[m] for m in ("ES", "EM", "PS", "PM", "PS_para", "NS", "NM", "NS+", "NM+",
+                                "NS+cool", "NKL", "NKL_code", "Score")}
+
+
 # -- summaries with bootstrap CIs --------------------------------------------------------------
 def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 1000, seed: int = 0,
                  confidence: float = 0.95) -> tuple[float, float]:

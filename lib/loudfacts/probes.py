@@ -1,5 +1,6 @@
 """The prompts a CounterFact record is probed with (neighbourhoods, the CounterFact+ and
-tangential prefixes, generation prompts) and scoring them on a model.
+tangential prefixes, generation prompts), and `pair_probs`, the batched probability pass under
+`cases.score`.
 
 The unedited model's numbers for a prompt are computed once and cached (`UNEDITED`, keyed by
 the weights' digest), so evaluating seven editors on the same records pays for the baseline
@@ -13,15 +14,12 @@ record got, and `top_up` fills rare ones up from two wider tiers (counted per ro
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 
 import torch
 
 from loudfacts.editing.base import EditRequest
 from loudfacts.scoring import next_token_logprobs, target_probs
 from loudfacts.tokens import fill, target_ids
-from loudfacts.metrics import harmonic_mean, kl_divergences, success_magnitude
 
 UNRELATED_PROMPTS = [
     "Barack Obama is from",
@@ -195,41 +193,7 @@ class UneditedCache:
 UNEDITED = UneditedCache()
 
 
-# -- one record --------------------------------------------------------------------------------
-@dataclass
-class _Probe:
-    """All (prompt, target) pairs of one record, in one flat list for one batched call."""
-
-    pairs: list[tuple[str, str]]
-    slices: dict[str, slice]
-    cfplus_prompts: list[str]
-
-
-def probe_set(request: EditRequest, record, neighbours) -> _Probe:
-    pairs, slices = [], {}
-
-    def add(name, prompts_targets):
-        start = len(pairs)
-        pairs.extend(prompts_targets)
-        slices[name] = slice(start, len(pairs))
-
-    new, true = request.target_new, request.target_true
-    add("rewrite_true", [(request.text, true)])
-    add("rewrite_new", [(request.text, new)])
-    para = list(record.paraphrase_prompts)
-    add("para_true", [(p, true) for p in para])
-    add("para_new", [(p, new) for p in para])
-    true_para = record.true_paraphrase_prompts
-    add("tpara_true", [(p, true) for p in true_para])
-    add("tpara_new", [(p, new) for p in true_para])
-    for tag, prefix in (("n", ""), ("n+", statement_prefix(request)),
-                        ("ncool", cool_prefix(request))):
-        add(f"{tag}_true", [(prefix + p, t) for p, t in neighbours])
-        add(f"{tag}_new", [(prefix + p, new) for p, _ in neighbours])
-    cf = [statement_prefix(request) + p for p, _ in neighbours]
-    return _Probe(pairs, slices, cf)
-
-
+# -- scoring ---------------------------------------------------------------------------------
 def pair_probs(model, pairs, batch_size: int = 32, extra_prompts=()):
     """P(target | prompt) for many pairs with as few forwards as possible.
 
@@ -257,27 +221,6 @@ def pair_probs(model, pairs, batch_size: int = 32, extra_prompts=()):
                           batch_size=batch_size)
         out[multi] = mp.double()
     return out, rows
-
-
-def score_probes(model, probe: _Probe, batch_size: int, logp_pre: torch.Tensor) -> dict:
-    probs, rows = pair_probs(model, probe.pairs, batch_size, extra_prompts=probe.cfplus_prompts)
-    g = {k: probs[s] for k, s in probe.slices.items()}
-    row = {}
-    row["ES"], row["EM"] = success_magnitude(g["rewrite_new"], g["rewrite_true"])
-    row["PS"], row["PM"] = success_magnitude(g["para_new"], g["para_true"])
-    row["PS_para"], _ = success_magnitude(g["tpara_new"], g["tpara_true"])
-    row["NS"], row["NM"] = success_magnitude(g["n_true"], g["n_new"])
-    row["NS+"], row["NM+"] = success_magnitude(g["n+_true"], g["n+_new"])
-    row["NS+cool"], _ = success_magnitude(g["ncool_true"], g["ncool_new"])
-    if probe.cfplus_prompts:
-        logp_post = torch.stack([rows[p] for p in probe.cfplus_prompts])
-        paper, code = kl_divergences(logp_pre, logp_post)
-        row["NKL"], row["NKL_code"] = float(paper.mean()), float(code.mean())
-    else:
-        row["NKL"] = row["NKL_code"] = math.nan
-    ns = row["NS"] if not math.isnan(row["NS"]) else 1.0  # no neighbours: score ES, PS only
-    row["Score"] = harmonic_mean([row["ES"], row["PS"] if not math.isnan(row["PS"]) else row["ES"], ns])
-    return row
 
 
 def greedy_generate(model, prompt: str, max_new_tokens: int = 40) -> str:

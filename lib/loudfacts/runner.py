@@ -52,10 +52,10 @@ import torch
 from loudfacts.atomic import atomic_path
 from loudfacts.editing.base import EditError, Editor, EditRequest, get_editor
 from loudfacts.jsonlines import append_line, locked
-from loudfacts.metrics import COLUMNS, METRICS, METRICS_VERSION
+from loudfacts.cases import Case, score
+from loudfacts.metrics import COLUMNS, METRICS, METRICS_VERSION, record_metrics
 from loudfacts.probes import (NEIGHBOUR_TOP_UPS, UNEDITED, build_neighbourhoods,
-                              generation_entropy, generation_prompts_for, probe_set,
-                              score_probes)
+                              generation_entropy, generation_prompts_for)
 
 # -- sharding, resume, merge ------------------------------------------------------------------
 def parse_shard(shard) -> tuple[int, int] | None:
@@ -677,8 +677,9 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     if not row["known"]:
         return {**row, **{m: None for m in METRICS}, "edit_seconds": None, "eval_seconds": None,
                 "n_generation": 0}
-    probe = probe_set(request, rec, neighbours)
-    logp_pre = UNEDITED.next_logprobs(model, key, probe.cfplus_prompts, batch_size)
+    case = Case.from_counterfact(rec, neighbours=neighbours, ladder=False)
+    cfplus = [p.prompt for p in case.of_role("counterfact+")]
+    logp_pre = UNEDITED.next_logprobs(model, key, cfplus, batch_size)
     t0 = time.perf_counter()
     try:
         edit = editor.edit(request)
@@ -695,7 +696,10 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     t0 = time.perf_counter()
     gen_prompts = generation_prompts_for(rec, n_generation) if generation else []
     with edit.applied():
-        row.update(score_probes(model, probe, batch_size, logp_pre))
+        scores = score(model, case.probes, batch_size, next_token_of=cfplus)
+        logp_post = (torch.stack([scores.attrs["next_token"][p] for p in cfplus]) if cfplus
+                     else None)
+        row.update(record_metrics(scores, logp_pre, logp_post))
         row["GE"], row["generations"] = (generation_entropy(model, gen_prompts, max_new_tokens)
                                          if gen_prompts else (None, []))
     row["n_generation"] = len(gen_prompts)

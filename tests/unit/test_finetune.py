@@ -244,16 +244,6 @@ def test_perplexity(tiny_llama):
 
 
 # -- notebook helpers ----------------------------------------------------------------------------
-def test_probe_table_scores_unedited_and_each_edit(tiny_llama):
-    edit = get_editor("ft", tiny_llama, layer=1, lr=5e-2, steps=3, stop_prob=1.0).edit(REQ)
-    df = finetune.probe_table(tiny_llama, {"ft": edit}, [("rewrite", REQ.text, "Rome")])
-    assert list(df["editor"]) == ["unedited", "ft"]
-    assert df["p"].between(0, 1).all()
-    assert df["p"].iloc[1] > df["p"].iloc[0]
-    with pytest.raises(ValueError, match="probe"):
-        finetune.probe_table(tiny_llama, {}, [("only two", "x")])
-
-
 def test_bricking_table_and_cache(tiny_llama, monkeypatch, tmp_path):
     monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
     eds = {"ft-l": get_editor("ft-l", tiny_llama, layer=1, lr=1e-2, eps=1e-2, steps=2)}

@@ -308,42 +308,6 @@ def _get_editor(name, model, **hp):  # late import: base.get_editor imports this
     return get_editor(name, model, **hp)
 
 
-def probe_table(model, edits: dict, probes, batch_size: int = 32):
-    """P(target) after each probe prompt, for the unedited model and under each edit.
-
-    Args:
-        model: the LoadedModel.
-        edits: {label: Edit}; "unedited" is added first (no edit applied).
-        probes: (probe_name, prompt_text, target) triples, e.g.
-            ("implication", "The Louvre is located in the country of", "Italy").
-
-    Returns:
-        Long pandas DataFrame with columns editor, probe, prompt, target, p.
-    """
-    import pandas as pd
-
-    from loudfacts.scoring import target_probs
-
-    probes = list(probes)
-    for pr in probes:
-        if len(pr) != 3:
-            raise ValueError(f"probe {pr!r} must be (name, prompt_text, target)")
-    prompts = [p for _, p, _ in probes]
-    targets = [t for _, _, t in probes]
-    rows = []
-
-    def score(label):
-        ps = target_probs(model, prompts, targets, batch_size=batch_size)
-        rows.extend({"editor": label, "probe": n, "prompt": p, "target": t, "p": float(x)}
-                    for (n, p, t), x in zip(probes, ps))
-
-    score("unedited")
-    for label, edit in edits.items():
-        with edit.applied():
-            score(label)
-    return pd.DataFrame(rows)
-
-
 def bricking_table(model, editors: dict, request: EditRequest, targets, prompts, held_text: str,
                    max_new_tokens: int = 30, max_tokens: int = 256, use_cache: bool = True):
     """Does writing `request` with each target break the model? Fluency before and after.

@@ -754,7 +754,8 @@ def seed_case_probes(case: dict, cases: Sequence[dict], unrelated: Sequence[str]
 
 @torch.no_grad()
 def score_probes(model, edits: dict, probes: Sequence[dict], batch_size: int = 32):
-    """P(old) and P(new) of every probe before and under each edit (`target_probs`).
+    """P(old) and P(new) of every probe before and under each edit (`cases.score`, the one
+    probe scorer).
 
     Args:
         edits: {editor name: Edit} for the probes' case.
@@ -766,32 +767,28 @@ def score_probes(model, edits: dict, probes: Sequence[dict], batch_size: int = 3
     """
     import pandas as pd
 
-    from loudfacts.scoring import target_probs
+    from loudfacts.cases import Probe, score
 
     probes = list(probes)
-    prompts = [p["prompt"] for p in probes] * 2
-    targets = [p["new"] for p in probes] + [p["old"] or p["new"] for p in probes]
-    n = len(probes)
-
-    def run():
-        v = target_probs(model, prompts, targets, batch_size=batch_size)
-        return v[:n], v[n:]
-
-    new_pre, old_pre = run()
+    role = {"efficacy": "rewrite", "paraphrase": "paraphrase", "neighbourhood": "neighbourhood",
+            "loud": "ladder", "implied": "implication"}
+    as_probes = [Probe(p["prompt"], role[p["kind"]], p["new"], p["old"],
+                       kind="tangential" if p["kind"] == "loud" else None) for p in probes]
+    pre = score(model, as_probes, batch_size)
     rows = []
     for name, edit in edits.items():
         with edit.applied():
-            new_post, old_post = run()
+            post = score(model, as_probes, batch_size)
         for i, p in enumerate(probes):
             loud = p["old"] is None
             row = dict(editor=name, **{k: p[k] for k in ("case", "kind", "phrasing", "prompt",
                                                           "old", "new")})
-            row.update(p_old_pre=None if loud else float(old_pre[i]),
-                       p_new_pre=float(new_pre[i]),
-                       p_old_post=None if loud else float(old_post[i]),
-                       p_new_post=float(new_post[i]))
-            row["success"] = (float(new_post[i]) - float(new_pre[i]) > 0.05) if loud else \
-                bool(new_post[i] > old_post[i])
+            new_pre, new_post = float(pre["p_new"][i]), float(post["p_new"][i])
+            row.update(p_old_pre=None if loud else float(pre["p_true"][i]), p_new_pre=new_pre,
+                       p_old_post=None if loud else float(post["p_true"][i]),
+                       p_new_post=new_post)
+            row["success"] = (new_post - new_pre > 0.05) if loud else \
+                bool(new_post > row["p_old_post"])
             rows.append(row)
     return pd.DataFrame(rows)
 
