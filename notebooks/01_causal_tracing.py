@@ -261,9 +261,10 @@ print(f"averages took {avg_seconds:.0f} s, {avg_seconds / max(1, len(facts)):.1f
       f"{len(kinds_average)} kinds (per-fact records in "
       f"{'results/' + model.name + '/tracing' if store else 'data/cache/tracing'})")
 assert avg.n_facts == len(facts) and avg.effects[kinds_average[0]].shape[1] == model.n_layers
+draws_txt = f"{samples_average} noise draw" + ("s" if samples_average != 1 else "")
 fig = plot_average_effects(avg)
 save_figure(fig, "01_average_effects", caption=(
-    f"Average indirect effect over {avg.n_facts} known facts ({samples_average} noise draw{'s' if samples_average != 1 else ''} each) "
+    f"Average indirect effect over {avg.n_facts} known facts ({draws_txt} each) "
     "by token class and layer, for hidden states, MLP outputs and attention outputs (ROME's "
     "Figure 2 layout). Read the MLP panel at the last subject token and the attention panel "
     "at the last token: those two sites carry the fact in ROME's account."))
@@ -470,7 +471,7 @@ hp_txt = (f"`hparams/rome/{model_name}.json` edits layer {hp_layer}"
           + (" (the same)." if hp_layer == chosen else
              " (chosen from an earlier run; its evidence field says which)."))
 save_findings("01", (
-    f"Over {avg.n_facts} known facts ({samples_average} noise draw{'s' if samples_average != 1 else ''} each), {mlp_peak_txt}"
+    f"Over {avg.n_facts} known facts ({draws_txt} each), {mlp_peak_txt}"
     f"{attn_txt}. ROME's criterion over layers >= 1 picks layer {chosen} (windowed MLP effect "
     f"{chosen_effect:.3f}; within one standard error: {plateau_txt}); {hp_txt} "
     + f"Without windows that contain MLP 0 the criterion picks layer {without_l0} "
