@@ -110,7 +110,7 @@ def bench(model_name: str, n_requests: int, out: str) -> dict:
 
 def run_sweep(model_name: str, n_requests: int, max_tokens: int) -> None:
     from loudfacts.data import load_text
-    from loudfacts.editing.finetune import sweep
+    from loudfacts.bricking import sweep
 
     model = load_model(model_name)
     held = load_text("lee")[:4000]

@@ -75,7 +75,7 @@ import loudfacts
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
 from loudfacts.cases import Case, Probe, score_edits
-from loudfacts.editing.finetune import bricking_table
+from loudfacts.bricking import bricking_table
 from loudfacts.models import load_model
 from loudfacts.plotting import EDITOR_ORDER, editor_palette, save_figure, save_findings, set_theme
 

@@ -149,25 +149,31 @@ assert model.weight_digest() == digest  # computing edits leaves the weights alo
 # %% [markdown]
 # ## Efficacy, paraphrase, neighbourhood, loud facts and implied facts
 #
-# For every case and editor we score each probe with `cases.score` (ROME's convention) and
-# count a success when the new object beats the old one (for neighbours: when the neighbour's
-# own object still wins; for loud-fact prompts: when P(new) rises by more than 0.05 — a
-# *leak*, so lower is better there).
+# Each case is a `Case` (`Case.from_implication` with its template paraphrases, other cases'
+# subjects as neighbours, and the ladder's tangential rung on unrelated prompts). Every probe
+# is scored unedited and under each edit with `cases.score_edits` (ROME's convention), paired
+# probe by probe (`cases.paired`), and counted a success when the new object beats the old one
+# (for neighbours: when the neighbour's own object still wins; for loud-fact prompts: when
+# P(new) rises by more than 0.05 — a *leak*, so lower is better there; `ev.probe_outcomes`).
 
 # %%
+from loudfacts.cases import Case, paired, score_edits
+
 unrelated = ev.UNRELATED_PROMPTS[:n_unrelated]
 frames = []
-for case in tqdm(cases, desc="scoring"):
-    probes = patching.seed_case_probes(case, known, unrelated)
-    frames.append(patching.score_probes(model, edits[case["id"]], probes))
-scores = pd.concat(frames, ignore_index=True)
+for line in tqdm(cases, desc="scoring"):
+    case = Case.from_implication(line, paraphrases=True, neighbours_from=known,
+                                 unrelated=unrelated)
+    frames.append(paired(score_edits(model, edits[line["id"]], case.probes))
+                  .assign(case=line["id"]))
+scores = ev.probe_outcomes(pd.concat(frames, ignore_index=True))
 assert scores[["p_new_pre", "p_new_post"]].stack().between(0, 1).all()
-summary = patching.summarize_probes(scores)
-table = summary.pivot(index="editor", columns="kind", values="score")
-table = table.reindex(columns=["efficacy", "paraphrase", "neighbourhood", "loud", "implied"])
+summary = ev.outcome_summary(scores)
+table = summary.pivot(index="editor", columns="set", values="score")
+table = table.reindex(columns=["rewrite", "paraphrase", "neighbourhood", "loud", "implication"])
 table = table.reindex([e for e in run_editors if e in table.index])
 display(table.round(2))
-per_case = scores[scores.kind == "efficacy"].pivot_table(index="case", columns="editor",
+per_case = scores[scores["set"] == "rewrite"].pivot_table(index="case", columns="editor",
                                                          values="p_new_post")
 print("P(new) on the rewrite prompt, per case (missing: the editor could not edit it)")
 display(per_case.reindex(columns=table.index).round(2))
@@ -185,9 +191,9 @@ ax.set_title(f"Patching vs weight edits on {model.name} ({len(cases)} cases)\n"
 ax.set_xlabel("")
 ax.set_ylabel("")
 save_figure(fig, "04_patching_vs_weight_edits", caption=(
-    f"Share of probes per editor (rows) and kind (columns) over {len(cases)} case(s) on "
-    f"{model.name}; cases an editor could not edit are left out of its row. Efficacy, "
-    "paraphrase and implied count probes where the new object beats the old one, "
+    f"Share of probes per editor (rows) and probe set (columns) over {len(cases)} case(s) on "
+    f"{model.name}; cases an editor could not edit are left out of its row. Rewrite "
+    "(efficacy), paraphrase and implication count probes where the new object beats the old one, "
     "neighbourhood those where a neighbour keeps its own object, and loud those where P(new) "
     "rose by more than 0.05 on an unrelated prompt that first calls the subject cool (lower is "
     "better); read implied against efficacy, since only a fact that was written can carry its "
@@ -195,8 +201,8 @@ save_figure(fig, "04_patching_vs_weight_edits", caption=(
 plt.show()
 
 # %% [markdown]
-# The table above is the main result: each row an editor, each column a kind of probe. Read
-# the "implied" column against "efficacy": an editor can only be credited with respecting an
+# The table above is the main result: each row an editor, each column a set of probes. Read
+# the "implication" column against "rewrite": an editor can only be credited with respecting an
 # implication if it wrote the fact in the first place.
 
 # %% [markdown]
@@ -207,7 +213,7 @@ plt.show()
 # A real implication should not depend on sharing the rewrite prompt's words.
 
 # %%
-implied = scores[scores.kind == "implied"]
+implied = scores[scores["set"] == "implication"]
 by_phrasing = implied.pivot_table(index="editor", columns="phrasing", values="success",
                                   aggfunc="mean").reindex(table.index)
 display(by_phrasing.round(2))
@@ -233,7 +239,7 @@ plt.show()
 # travels from the subject's state through attention, as it does for ROME.
 
 # %%
-loud = scores[scores.kind == "loud"].groupby("editor", sort=False)[["p_new_pre", "p_new_post"]]
+loud = scores[scores["set"] == "loud"].groupby("editor", sort=False)[["p_new_pre", "p_new_post"]]
 display(loud.mean().reindex(table.index).round(3))
 
 # %% [markdown]
@@ -261,9 +267,9 @@ display(pd.DataFrame(rows))
 # %%
 if {"rome", "hook-delta"} <= set(table.index):
     pair = scores[scores.editor.isin(["rome", "hook-delta"])].pivot_table(
-        index=["case", "kind", "prompt"], columns="editor", values="p_new_post")
+        index=["case", "set", "prompt"], columns="editor", values="p_new_post")
     pair["abs diff"] = (pair["rome"] - pair["hook-delta"]).abs()
-    display(pair.groupby("kind")["abs diff"].agg(["mean", "max", "size"]).round(3))
+    display(pair.groupby("set")["abs diff"].agg(["mean", "max", "size"]).round(3))
 
 # %% [markdown]
 # ## Why patch-context never takes an edit
@@ -408,10 +414,10 @@ print(coverage)
 # edits." An editor can only respect an implication of a fact it wrote, so we compare the best
 # activation patcher with the best weight editor on the cases where *both* edits succeeded on
 # the rewrite prompt (and a donor was found), and print the verdict the numbers give
-# (`patching.implication_verdict`).
+# (`ev.implication_verdict`).
 
 # %%
-verdict, shared_table = patching.implication_verdict(scores)
+verdict, shared_table = ev.implication_verdict(scores)
 display(shared_table.round(2))
 print(f"verdict ({model.name}, {len(cases)} cases): {verdict}")
 
@@ -457,9 +463,10 @@ if study_records:
 # index.
 
 # %%
-def by_editor(kind: str) -> str:
-    """'rome 1.00, ft 0.94': each editor's share of `kind` probes, 'n/a' where it had none."""
-    col = table[kind] if kind in table else pd.Series(dtype=float)
+def by_editor(probe_set: str) -> str:
+    """'rome 1.00, ft 0.94': each editor's share of `probe_set` probes, 'n/a' where it had
+    none."""
+    col = table[probe_set] if probe_set in table else pd.Series(dtype=float)
     return ", ".join(f"{name} {col[name]:.2f}" if pd.notna(col.get(name)) else f"{name} n/a"
                      for name in table.index) or "no editor"
 
@@ -470,8 +477,8 @@ n_sym = sum(c["kind"] == "symmetric" for c in cases)
 findings = (
     f"On {len(cases)} case(s) ({len(cases) - n_sym} landmark → city, {n_sym} antonym"
     f"{failed_text}), the share of edited cases where the new object won the rewrite prompt "
-    f"was {by_editor('efficacy')}. The share of implied probes where the new implied object "
-    f"won was {by_editor('implied')}, and the share of unrelated loud-fact prompts where "
+    f"was {by_editor('rewrite')}. The share of implied probes where the new implied object "
+    f"won was {by_editor('implication')}, and the share of unrelated loud-fact prompts where "
     f"P(new) rose by more than 0.05 was {by_editor('loud')}. The seed hypothesis that "
     f"patching respects implications better than weight edits was {verdict}. "
     f"The context patch {'reaches' if context_works else 'does not reach'} ES 0.8 with any "

@@ -8,12 +8,14 @@ Modules, one concept each:
 * `tracing` (the causal trace of one fact), `averages` (traces averaged over many facts, kept
   as data), `trace_worker` (their worker processes);
 * `stats` (MLP key statistics), `editing` (ROME, fine-tuning, path-patching edits under one
-  contract);
+  contract: editors only);
 * `cases` (one edit case: an EditRequest and its probes by role, and `score`, the one probe
   scorer), `metrics` (CounterFact and Specificity+ metrics and their summaries), `probes` (a
-  record's prompts: neighbourhoods, prefixes, generation prompts), `runner` (evaluation rows, resume, shards, the study's committed
-  files), `ladder` (the loud-fact ladder), `implications` (logical implications), `evaluation`
-  (those five in one namespace for notebooks), `leak` (where a leak travels, notebook 07);
+  record's prompts: neighbourhoods, prefixes, generation prompts), `runner` (evaluation rows,
+  resume, shards, the study's committed files), `ladder` (the loud-fact ladder),
+  `implications` (logical implications, and editors compared on them), `evaluation` (those
+  five in one namespace for notebooks), `bricking` (what FT targets and hyper-parameters do to
+  fluency), `leak` (where a leak travels, notebook 07);
 * `plotting` (figures), `claims` (paired effects and verdicts) and `report`.
 """
 

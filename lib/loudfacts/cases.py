@@ -15,6 +15,9 @@ it competes with (`true`). Its `role` says what it tests:
 * `implication`: a fact the edit implies (`new` = the implied new object, `true` = the old
   one), with `kind` (symmetric / transitive / inverse) and `family` (`IMPLICATION_FAMILIES`).
 
+A probe may also carry a `phrasing` label (how an implication or paraphrase is worded, or which
+neighbour it asks about), kept in the scores for grouping.
+
     case = Case.from_dict({"prompt": "{} is located in the city of", "subject": "The Louvre",
                            "target_new": "Rome", "target_true": "Paris",
                            "probes": {"paraphrase": ["The Louvre can be visited in the city of"]}})
@@ -44,8 +47,17 @@ ROLES = ("rewrite", "paraphrase", "neighbourhood", "counterfact+", "tangential",
 # kinds of a CounterFact paraphrase probe: the relation rephrased, or one of CounterFact's
 # generation prompts that the flattened layout holds as `rephrase_prompt`
 TRUE_PARAPHRASE, GENERATION_STYLE = "true paraphrase", "generation-style"
-SCORE_COLUMNS = ["role", "kind", "family", "prompt", "new", "true", "p_new", "p_true",
-                 "new_wins"]
+SCORE_COLUMNS = ["probe", "role", "kind", "family", "phrasing", "prompt", "new", "true",
+                 "p_new", "p_true", "new_wins"]
+# other wordings of an implication case's rewrite template (`Case.from_implication(...,
+# paraphrases=True)`): the subject and the relation in other words
+TEMPLATE_PARAPHRASES = {
+    "{} is located in the city of": [
+        "{} can be found in the city of",
+        "Where is {}? It is in the city of",
+    ],
+    "The opposite of {} is": ["The antonym of {} is", "What is the opposite of {}? It is"],
+}
 
 
 class CaseError(ValueError):
@@ -62,6 +74,7 @@ class Probe:
     true: str | None = None
     kind: str | None = None
     family: str | None = None
+    phrasing: str | None = None
 
     def __post_init__(self):
         if self.role not in ROLES:
@@ -124,9 +137,18 @@ class Case:
         return cls(req, probes, id=record.case_id, source="counterfact")
 
     @classmethod
-    def from_implication(cls, line: Mapping) -> Case:
+    def from_implication(cls, line: Mapping, *, paraphrases: bool = False,
+                         neighbours_from: Sequence[Mapping] = (), n_neighbours: int = 3,
+                         unrelated: Sequence[str] = ()) -> Case:
         """A case of `data/probes/implications.jsonl`: the rewrite probe and one implication
-        probe per implied fact (kind and family from the line)."""
+        probe per implied fact (kind and family from the line; phrasing from each probe).
+
+        Optional probe sets, in this order between the two (notebook 04 asks for all three):
+        `paraphrases` adds `TEMPLATE_PARAPHRASES` of the rewrite template; `neighbours_from`
+        (other lines of the file) adds, as neighbourhood probes, up to `n_neighbours` other
+        subjects under the same template, each with its own true object (skipping lines whose
+        true object is this edit's new one); `unrelated` adds the ladder's tangential rung
+        ("{subject} is cool. " + each prompt that does not already name the new object)."""
         from loudfacts.implications import implication_family
 
         try:
@@ -134,13 +156,29 @@ class Case:
             req = EditRequest(**{k: edit[k] for k in ("prompt", "subject", "target_new",
                                                       "target_true")})
             implied = list(line["probes"])
+            ids = [(o.get("id"), o["edit"]["prompt"], o["edit"]["subject"],
+                    o["edit"]["target_true"]) for o in neighbours_from]
         except (KeyError, TypeError) as e:
-            raise CaseError(f"implication case {dict(line).get('id')!r} lacks {e}: it needs "
-                            "edit {prompt, subject, target_new, target_true} and probes") from e
+            raise CaseError(f"implication case {dict(line).get('id')!r} (or a line of "
+                            f"neighbours_from) lacks {e}: it needs edit {{prompt, subject, "
+                            "target_new, target_true}} and probes") from e
         family = implication_family(line)
-        probes = [Probe(req.text, "rewrite", req.target_new, req.target_true)]
+        new, true = req.target_new, req.target_true
+        probes = [Probe(req.text, "rewrite", new, true, phrasing="rewrite")]
+        if paraphrases:
+            probes += [Probe(fill(t, req.subject), "paraphrase", new, true, phrasing=t)
+                       for t in TEMPLATE_PARAPHRASES.get(req.prompt, [])]
+        others = [(s, t) for i, prompt, s, t in ids
+                  if prompt == req.prompt and i != line.get("id") and s != req.subject
+                  and t != new]
+        probes += [Probe(fill(req.prompt, s), "neighbourhood", new, t, phrasing=s)
+                   for s, t in others[:n_neighbours]]
+        if unrelated:
+            prefix = ladder_prefixes(req)["tangential"]
+            probes += [Probe(prefix + u, "ladder", new, None, kind="tangential", phrasing=u)
+                       for u in unrelated if new.lower() not in u.lower()]
         probes += [Probe(p["prompt"], "implication", p["new"], p["old"], kind=line["kind"],
-                         family=family) for p in implied]
+                         family=family, phrasing=p.get("phrasing", "")) for p in implied]
         return cls(req, probes, id=line.get("id"), source="implications")
 
     @classmethod
@@ -217,8 +255,9 @@ def score(model, probes: Sequence[Probe], batch_size: int = 32, next_token_of: S
     p_true = np.full(len(probes), np.nan)
     p_true[with_true] = probs[len(probes):]
     df = pd.DataFrame({
-        "role": [p.role for p in probes], "kind": [p.kind for p in probes],
-        "family": [p.family for p in probes], "prompt": [p.prompt for p in probes],
+        "probe": range(len(probes)), "role": [p.role for p in probes], "kind": [p.kind for p in probes],
+        "family": [p.family for p in probes], "phrasing": [p.phrasing for p in probes],
+        "prompt": [p.prompt for p in probes],
         "new": [p.new for p in probes], "true": [p.true for p in probes],
         "p_new": p_new, "p_true": p_true})
     df["new_wins"] = [None if p.true is None else bool(a > b)
@@ -229,7 +268,9 @@ def score(model, probes: Sequence[Probe], batch_size: int = 32, next_token_of: S
 
 def score_edits(model, edits: Mapping, probes: Sequence[Probe], batch_size: int = 32):
     """`score` on the unedited model (editor "unedited") and under each edit of {label: Edit},
-    applied one at a time and undone: one long table with an `editor` column first."""
+    applied one at a time and undone: one long table with an `editor` column first (`probe` is
+    the probe's index, the same under every editor; `paired` puts each edit beside the
+    unedited row)."""
     import pandas as pd
 
     frames = [score(model, probes, batch_size).assign(editor="unedited")]
@@ -238,3 +279,23 @@ def score_edits(model, edits: Mapping, probes: Sequence[Probe], batch_size: int 
             frames.append(score(model, probes, batch_size).assign(editor=label))
     df = pd.concat(frames, ignore_index=True)
     return df[["editor", *SCORE_COLUMNS]]
+
+
+def paired(table):
+    """`score_edits`'s long table as one row per (edit, probe): the probe's columns, then
+    p_new_pre / p_true_pre (unedited) and p_new_post / p_true_post (under the edit), so every
+    effect is edited minus unedited on the same probe. Extra columns of the table (a `case`
+    id, say) are kept and join the pairing."""
+    if "editor" not in table or "unedited" not in set(table["editor"]):
+        raise CaseError("paired() needs a score_edits table with the unedited rows "
+                        "(editor == 'unedited')")
+    keys = [c for c in table.columns if c not in ("editor", "p_new", "p_true", "new_wins")]
+    pre = table[table.editor == "unedited"][keys + ["p_new", "p_true"]]
+    post = table[table.editor != "unedited"]
+    key_cols = [c for c in keys if c in ("probe", "case")]
+    out = post.merge(pre[key_cols + ["p_new", "p_true"]], on=key_cols, how="left",
+                     suffixes=("_post", "_pre"), validate="many_to_one")
+    if out["p_new_pre"].isna().any():
+        raise CaseError("paired(): some edited probes have no unedited row")
+    cols = ["editor", *keys, "p_new_pre", "p_true_pre", "p_new_post", "p_true_post"]
+    return out[cols]

@@ -11,7 +11,7 @@ Did the edit work, and what else did it change? Each concept lives in its own mo
 * `loudfacts.runner`: `evaluate`, the study's committed rows (`study`, `read_study`,
   `study_effects`), results files with resume, shards and merge;
 * `loudfacts.ladder`: the loud-fact ladder;
-* `loudfacts.implications`: logical implications;
+* `loudfacts.implications`: logical implications, and editors compared on the same cases;
 * `loudfacts.plotting`: the figures (`plot_ns_vs_nsplus`, `plot_ladder`, ...).
 """
 
@@ -38,9 +38,9 @@ from loudfacts.ladder import (  # noqa: F401
     ladder_store_path, ladder_summary, ladder_texts, loud_fact_ladder,
 )
 from loudfacts.implications import (  # noqa: F401
-    IMPLICATION_FAMILIES, IMPLICATION_KINDS, implication_checks, implication_family,
-    implication_summary, implications_path, load_implications, score_implications,
-    verify_implications,
+    IMPLICATION_FAMILIES, IMPLICATION_KINDS, LEAK_THRESHOLD, PROBE_SETS, implication_checks,
+    implication_family, implication_summary, implication_verdict, implications_path,
+    load_implications, outcome_summary, probe_outcomes, score_implications, verify_implications,
 )
 from loudfacts.plotting import (  # noqa: F401
     editor_order, editor_palette, plot_implications, plot_ladder, plot_nkl, plot_ns_vs_nsplus,

@@ -1,5 +1,7 @@
 """Logical implications of an edit (symmetric, transitive, inverse), from `data/probes/implications.jsonl`:
-loading and checking the cases, scoring whether an edit carries them, and their families.
+loading and checking the cases, scoring whether an edit carries them, their families, and the
+comparison of several editors on the same cases (probe outcomes and the seed hypothesis's
+verdict, notebook 04).
 """
 
 from __future__ import annotations
@@ -141,9 +143,10 @@ def score_implications(model, editor, cases, *, generations: int = 0, max_new_to
                                                          max_new_tokens)
         if k < generations:
             gen["generation_pre"] = greedy_generate(model, probes[0]["prompt"], max_new_tokens)
-        efficacy = bool(post["new_wins"][0])
-        for j, p in enumerate(probes):
-            b, a = pre.iloc[1 + j], post.iloc[1 + j]  # row 0 is the rewrite probe
+        efficacy = bool(post["new_wins"][0])  # row 0 is the rewrite probe
+        implied_rows = [i for i, q in enumerate(c.probes) if q.role == "implication"]
+        for j, p in zip(implied_rows, probes):
+            b, a = pre.iloc[j], post.iloc[j]
             po, pn, qo, qn = b["p_true"], b["p_new"], a["p_true"], a["p_new"]
             rows.append({"editor": editor.name, "id": case["id"], "kind": case["kind"],
                          "phrasing": p.get("phrasing", ""), "prompt": p["prompt"],
@@ -151,7 +154,7 @@ def score_implications(model, editor, cases, *, generations: int = 0, max_new_to
                          "p_old_post": qo, "p_new_post": qn, "implied_pre": pn > po,
                          "implied": qn > qo, "shift": (qn - qo) - (pn - po),
                          "efficacy": efficacy, "edit_seconds": seconds,
-                         **(gen if j == 0 else {})})
+                         **(gen if j == implied_rows[0] else {})})
     df = pd.DataFrame(rows)
     df.attrs["failed"] = failed  # cases the editor refused (EditError), not scored
     if failed and progress:
@@ -168,3 +171,101 @@ def implication_summary(df):
                  efficacy=("efficacy", "mean"), implied_pre=("implied_pre", "mean"),
                  implied_post=("implied", "mean"), mean_shift=("shift", "mean"))
             .reset_index())
+
+
+# -- several editors on the same cases (notebook 04) ---------------------------------------------
+LEAK_THRESHOLD = 0.05  # a ladder probe "leaks" when the edit raises P(new) by more than this
+PROBE_SETS = {"rewrite": "rewrite", "paraphrase": "paraphrase", "neighbourhood": "neighbourhood",
+              "ladder": "loud", "implication": "implication"}
+
+
+def probe_outcomes(paired_scores):
+    """Each (edit, probe) of `cases.paired` with `set` (rewrite, paraphrase, neighbourhood,
+    loud, implication: `PROBE_SETS` of the probe's role) and `success`: the new object beats
+    the true one after the edit; for a loud probe (a ladder rung, which has no true object),
+    P(new) rose by more than `LEAK_THRESHOLD`. For neighbourhood probes success is the edit
+    *moving* the neighbour, so `outcome_summary` reports its complement."""
+    d = paired_scores.copy()
+    unknown = sorted(set(d["role"]) - set(PROBE_SETS))
+    if unknown:
+        raise ValueError(f"probe_outcomes(): roles {unknown} have no probe set here "
+                         f"(known: {sorted(PROBE_SETS)})")
+    d.insert(1, "set", d["role"].map(PROBE_SETS))
+    loud = d["set"] == "loud"
+    d["success"] = (d["p_new_post"] > d["p_true_post"]).astype(bool)
+    d.loc[loud, "success"] = (d.loc[loud, "p_new_post"] - d.loc[loud, "p_new_pre"]
+                              > LEAK_THRESHOLD)
+    d["success"] = d["success"].astype(bool)
+    return d
+
+
+def outcome_summary(outcomes):
+    """Per editor and probe set: the share of probes where the new object beats the true one
+    (neighbourhood: where the neighbour's own object still wins; loud: where P(new) leaked by
+    more than `LEAK_THRESHOLD`, lower is better), mean P(new) before and after, and n."""
+    d = outcomes.copy()
+    d["score"] = d["success"].astype(float)
+    nb = d["set"] == "neighbourhood"
+    d.loc[nb, "score"] = 1.0 - d.loc[nb, "score"]
+    return (d.groupby(["editor", "set"], sort=False)
+            .agg(score=("score", "mean"), p_new_post=("p_new_post", "mean"),
+                 p_new_pre=("p_new_pre", "mean"), n=("prompt", "size"))
+            .reset_index())
+
+
+def implication_verdict(outcomes, patchers=("patch-donor", "patch-context"),
+                        weight_editors=("rome", "ft"), min_efficacy: float = 0.5):
+    """The seed hypothesis, tested on `probe_outcomes` (with a `case` column).
+
+    "Patching activations from the same model respects logical implications better than
+    weight edits": an editor can only respect an implication of a fact it wrote, so each pair
+    (activation patcher, weight editor) is compared **on the cases where both edits succeeded
+    on the rewrite prompt** (new beats old). Pairs sharing fewer than `min_efficacy` x cases
+    are dropped; the patcher and weight editor that carry the most implication probes are
+    compared. A difference smaller than one probe per case is called "not distinguished".
+
+    Returns:
+        (verdict sentence, DataFrame of the two editors' scores by probe set on the shared
+        cases) or (reason, empty DataFrame) when no pair qualifies.
+    """
+    import pandas as pd
+
+    scores = outcomes
+
+    def table_for(sub):
+        return outcome_summary(sub).pivot(index="editor", columns="set", values="score")
+
+    present = set(scores["editor"])
+    ok = scores[(scores["set"] == "rewrite") & scores["success"].astype(bool)]
+    pairs = []
+    for p in [e for e in patchers if e in present]:
+        for w in [e for e in weight_editors if e in present]:
+            shared = set(ok.loc[ok.editor == p, "case"]) & set(ok.loc[ok.editor == w, "case"])
+            sub = scores[scores.editor.isin([p, w]) & scores.case.isin(shared)]
+            if not shared or "implication" not in set(sub["set"]):
+                continue
+            if len(shared) < min_efficacy * scores.case.nunique():
+                continue
+            pairs.append((p, w, table_for(sub), len(shared), sub))
+    if not pairs:
+        return (("not testable: no activation patcher and weight editor both wrote the fact on "
+                f"at least {min_efficacy:.0%} of the cases"), pd.DataFrame())
+
+    def best(role):  # the editor of that role that carries the most implications, any pair
+        names = {x[role] for x in pairs}
+        return max(names, key=lambda e: max(x[2].loc[e, "implication"] for x in pairs
+                                            if x[role] == e))
+
+    p, w = best(0), best(1)
+    _, _, t, n, sub = next(x for x in pairs if x[0] == p and x[1] == w)
+    d = t.loc[p, "implication"] - t.loc[w, "implication"]
+    per_case = (sub["set"] == "implication").sum() / (2 * n)
+    margin = 1.0 / max(1.0, per_case)
+    if d > margin:
+        v = f"supported on {n} shared case(s): {p} carries {d:+.2f} more implied probes than {w}"
+    elif d < -margin:
+        v = f"contradicted on {n} shared case(s): {p} carries {d:+.2f} implied probes vs {w}"
+    else:
+        v = (f"not distinguished on {n} shared case(s): {p} vs {w} differ by {d:+.2f} on "
+             "implied probes, within one probe per case")
+    return v, t

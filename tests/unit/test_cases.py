@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from loudfacts.cases import ROLES, Case, CaseError, Probe, ladder_probes, score, score_edits
+from loudfacts.cases import (
+    ROLES,
+    TEMPLATE_PARAPHRASES,
+    Case,
+    CaseError,
+    Probe,
+    ladder_probes,
+    paired,
+    score,
+    score_edits,
+)
 from loudfacts.data import CounterFactRecord
 from loudfacts.editing.base import EditRequest, WeightEdit
 from loudfacts.implications import implication_family, implications_path
@@ -176,3 +186,56 @@ def test_from_counterfact_marks_true_paraphrases():
         "paraphrase")}
     want = set(rec.true_paraphrase_prompts)
     assert {p for p, k in kinds.items() if k == "true paraphrase"} == want
+
+
+def test_from_implication_adds_paraphrases_neighbours_and_the_tangential_rung():
+    line = {"id": "transitive-landmark-a", "kind": "transitive",
+            "edit": {"prompt": "{} is located in the city of", "subject": "The Louvre",
+                     "target_true": "Paris", "target_new": "Rome"},
+            "probes": [{"prompt": "The Louvre is in", "old": "France", "new": "Italy",
+                        "phrasing": "short"}]}
+    same = dict(line, id="b", edit=dict(line["edit"], subject="Big Ben", target_true="London"))
+    answers_new = dict(line, id="c", edit=dict(line["edit"], subject="The Forum",
+                                               target_true="Rome"))
+    other_template = dict(line, id="d", edit=dict(line["edit"], prompt="{} was built in"))
+    bare = Case.from_implication(line)
+    assert bare.roles == ["rewrite", "implication"]  # what score_implications reads
+    c = Case.from_implication(line, paraphrases=True, unrelated=["Rome is", "Obama is from"],
+                              neighbours_from=[line, same, answers_new, other_template])
+    para = c.of_role("paraphrase")
+    assert [p.phrasing for p in para] == TEMPLATE_PARAPHRASES[line["edit"]["prompt"]]
+    assert para[0].prompt == "The Louvre can be found in the city of"
+    (nb,) = c.of_role("neighbourhood")  # itself, a true object = Rome, another template: out
+    assert (nb.prompt, nb.true, nb.new) == ("Big Ben is located in the city of", "London", "Rome")
+    (loud,) = c.of_role("ladder")  # "Rome is" already names the new object
+    assert (loud.prompt, loud.kind, loud.true) == ("The Louvre is cool. Obama is from",
+                                                   "tangential", None)
+    (imp,) = c.of_role("implication")
+    assert (imp.phrasing, imp.family, imp.true) == ("short", "transitive, subject-side", "France")
+    with pytest.raises(CaseError, match="neighbours_from"):
+        Case.from_implication(line, neighbours_from=[{"id": "x"}])
+
+
+def test_paired_puts_each_edit_beside_the_unedited_probe():
+    import pandas as pd
+
+    table = pd.DataFrame({
+        "editor": ["unedited", "unedited", "rome", "rome", "ft", "ft"],
+        "probe": [0, 1, 0, 1, 0, 1], "role": ["rewrite", "ladder"] * 3,
+        "kind": [None, "tangential"] * 3, "prompt": ["p", "q"] * 3,
+        "p_new": [0.1, 0.01, 0.8, 0.2, 0.3, 0.02],
+        "p_true": [0.7, np.nan, 0.1, np.nan, 0.4, np.nan], "new_wins": [False, None] * 3})
+    out = paired(table)
+    assert list(out["editor"]) == ["rome", "rome", "ft", "ft"]
+    assert out["p_new_pre"].tolist() == [0.1, 0.01, 0.1, 0.01]
+    assert out["p_new_post"].tolist() == [0.8, 0.2, 0.3, 0.02]
+    assert out["p_true_pre"].iloc[0] == 0.7 and out["p_true_post"].iloc[2] == 0.4
+    from loudfacts.implications import outcome_summary, probe_outcomes
+
+    o = probe_outcomes(out)
+    # rewrite: new beats true after (rome yes, ft no); loud: P(new) rose by > 0.05 (rome only)
+    assert o["success"].tolist() == [True, True, False, False]
+    s = outcome_summary(o).set_index(["editor", "set"])["score"]
+    assert s[("rome", "loud")] == 1.0 and s[("ft", "rewrite")] == 0.0
+    with pytest.raises(CaseError, match="unedited"):
+        paired(table[table.editor != "unedited"])

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from loudfacts.editing import EditError, EditRequest, finetune, get_editor
+from loudfacts import bricking
 from loudfacts.fluency import ngram_entropy, ngram_entropy_of_text, perplexity
 
 REQ = EditRequest(
@@ -249,26 +250,26 @@ def test_bricking_table_and_cache(tiny_llama, monkeypatch, tmp_path):
     eds = {"ft-l": get_editor("ft-l", tiny_llama, layer=1, lr=1e-2, eps=1e-2, steps=2)}
     args = (tiny_llama, eds, REQ, ["Rome", "Berlin"], ["The Louvre is"], "The Louvre is in Paris.")
     d0 = tiny_llama.weight_digest()
-    df = finetune.bricking_table(*args, max_new_tokens=4, max_tokens=16)
+    df = bricking.bricking_table(*args, max_new_tokens=4, max_tokens=16)
     assert tiny_llama.weight_digest() == d0
     assert list(zip(df.editor, df.target)) == [("unedited", ""), ("ft-l", "Rome"), ("ft-l", "Berlin")]
     assert (df["ppl"] >= 1).all() and (df["ge"] >= 0).all()
     cached = list((tmp_path / "bricking").glob("*.csv"))
     assert len(cached) == 1
-    again = finetune.bricking_table(*args, max_new_tokens=4, max_tokens=16)
+    again = bricking.bricking_table(*args, max_new_tokens=4, max_tokens=16)
     assert again[["ge", "ppl"]].round(6).equals(df[["ge", "ppl"]].round(6))
     cached[0].write_text("not,a\ncsv,file,at all\n")  # corrupt -> recomputed
-    third = finetune.bricking_table(*args, max_new_tokens=4, max_tokens=16)
+    third = bricking.bricking_table(*args, max_new_tokens=4, max_tokens=16)
     assert len(third) == 3
     with pytest.raises(ValueError, match="true object"):
-        finetune.bricking_table(tiny_llama, eds, REQ, ["Paris"], ["x"], "The Louvre is in Paris.")
+        bricking.bricking_table(tiny_llama, eds, REQ, ["Paris"], ["x"], "The Louvre is in Paris.")
 
 
 def test_bricking_table_cache_keeps_dtypes(tiny_llama, monkeypatch, tmp_path):
     monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path))
     eds = {"ft": get_editor("ft", tiny_llama, layer=1, lr=1e-2, steps=1)}
     args = (tiny_llama, eds, REQ, ["Rome"], ["The Louvre is"], "The Louvre is in Paris.")
-    fresh = finetune.bricking_table(*args, max_new_tokens=3, max_tokens=16)
-    cached = finetune.bricking_table(*args, max_new_tokens=3, max_tokens=16)
+    fresh = bricking.bricking_table(*args, max_new_tokens=3, max_tokens=16)
+    cached = bricking.bricking_table(*args, max_new_tokens=3, max_tokens=16)
     assert cached["p_new"].dtype.kind == "f" and math.isnan(cached["p_new"].iloc[0])
     assert cached["target"].tolist() == fresh["target"].tolist() == ["", "Rome"]

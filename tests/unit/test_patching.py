@@ -207,13 +207,9 @@ def test_bad_site_is_named(tiny_llama):
         get_editor("patch-donor", tiny_llama, donor="The Colosseum", site="nope").edit(REQ)
 
 
-def test_probes_scoring_and_verdict(tiny_llama):
-    from loudfacts.editing.patching import (
-        implication_verdict,
-        score_probes,
-        seed_case_probes,
-        summarize_probes,
-    )
+def test_editors_compared_on_an_implication_case(tiny_llama):
+    from loudfacts.cases import Case, paired, score_edits
+    from loudfacts.implications import implication_verdict, outcome_summary, probe_outcomes
 
     case = {"id": "c1", "kind": "transitive",
             "edit": {"prompt": "{} is located in the city of", "subject": "The Louvre",
@@ -223,18 +219,20 @@ def test_probes_scoring_and_verdict(tiny_llama):
     other = {"id": "c2", "kind": "transitive",
              "edit": {"prompt": "{} is located in the city of", "subject": "The Colosseum",
                       "target_true": "Seattle", "target_new": "Paris"}, "probes": []}
-    probes = seed_case_probes(case, [case, other], ["Barack Obama is from"])
-    kinds = [p["kind"] for p in probes]
-    assert kinds.count("efficacy") == 1 and "neighbourhood" in kinds and "loud" in kinds
-    assert next(p for p in probes if p["kind"] == "loud")["prompt"].startswith("The Louvre is cool.")
+    c = Case.from_implication(case, paraphrases=True, neighbours_from=[case, other],
+                              unrelated=["Barack Obama is from"])
+    assert c.roles == ["rewrite", "paraphrase", "neighbourhood", "ladder", "implication"]
+    assert c.of_role("ladder")[0].prompt.startswith("The Louvre is cool.")
     edit, _ = _delta_edit(tiny_llama, torch.randn(tiny_llama.d_model) * 10)
-    df = score_probes(tiny_llama, {"patch-donor": edit, "rome": edit}, probes)
-    assert len(df) == 2 * len(probes)
+    df = probe_outcomes(paired(score_edits(tiny_llama, {"patch-donor": edit, "rome": edit},
+                                           c.probes)).assign(case="c1"))
+    assert len(df) == 2 * len(c.probes)
     assert df["p_new_post"].between(0, 1).all()
-    s = summarize_probes(df)
+    s = outcome_summary(df)
     assert s["score"].between(0, 1).all()
-    assert implication_verdict(df[df.kind != "efficacy"])[0].startswith("not testable")
-    df.loc[df.kind == "efficacy", "success"] = True  # both "wrote" the fact
+    assert set(s["set"]) == {"rewrite", "paraphrase", "neighbourhood", "loud", "implication"}
+    assert implication_verdict(df[df["set"] != "rewrite"])[0].startswith("not testable")
+    df.loc[df["set"] == "rewrite", "success"] = True  # both "wrote" the fact
     verdict, _ = implication_verdict(df)
     assert verdict.startswith("not distinguished")  # the same edit under two names
 
