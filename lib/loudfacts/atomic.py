@@ -15,12 +15,21 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _new_temp(folder: Path, stem: str, suffix: str) -> Path:
+    """Create an empty file with a fresh random name in `folder`, mode 0666 less the process's
+    umask (the kernel applies it, as for any new file; `tempfile.mkstemp` would make 0600)."""
+    while True:
+        tmp = folder / f".{stem}.{secrets.token_hex(6)}{suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
 
 
 @contextlib.contextmanager
@@ -34,10 +43,7 @@ def atomic_path(path, suffix: str = ".tmp", fsync: bool = False) -> Iterator[Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    tmp = Path(name)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+    tmp = _new_temp(path.parent, path.name, suffix)
     try:
         yield tmp
         if fsync:

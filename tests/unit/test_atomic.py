@@ -42,3 +42,12 @@ def test_files_get_the_usual_permissions_not_mkstemps_0600(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_permissions_follow_the_umask_at_write_time_not_at_import(tmp_path):
+    old = os.umask(0o077)  # a process that tightens its umask after importing the package
+    try:
+        write_text(tmp_path / "private.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
