@@ -119,12 +119,12 @@ def fact_content(fact) -> tuple[dict, str]:
         fid = get("id")
         if fid is None:
             fid = get("known_id") if get("known_id") is not None else get("case_id")
+    label = f"{source}:{fid}" if fid is not None else f"{prompt}|{subject}"
     if not isinstance(prompt, str) or not isinstance(subject, str):
-        raise ValueError(f"a fact needs a prompt (text) and a subject; got prompt={prompt!r}, "
+        raise ValueError(f"({label}) needs a prompt (text) and a subject; got prompt={prompt!r}, "
                          f"subject={subject!r}")
     content = {"prompt": prompt, "subject": subject,
                "target": int(target) if is_int(target) else target, "source": str(source)}
-    label = f"{content['source']}:{fid}" if fid is not None else f"{prompt}|{subject}"
     return content, label
 
 
@@ -255,7 +255,8 @@ def average_effects(
         try:
             content, label = fact_content(fact)
         except ValueError as exc:
-            raise ValueError(f"fact {i}: {exc}") from exc
+            sep = " " if str(exc).startswith("(") else ": "
+            raise ValueError(f"fact {i}{sep}{exc}") from exc
         try:
             prepare_trace(model, content["prompt"], content["subject"], content["target"],
                      occurrence, first_token)
