@@ -4,7 +4,8 @@ editor and record in `results/<model>/<split>/generation/<editor>.jsonl`.
 Each row holds the record's generation prompts (`probes.generation_prompts_for`), the texts
 that `fluency.rome_texts` sampled from the edited model (prompt included, as ROME scores them)
 and their GE (`fluency.rome_ngram_entropy_of_text`, averaged). The unedited model is the editor
-"unedited", so GE's paired effect is a difference of two rows of the same record. These rows
+"unedited", so GE's paired effect is a difference of two rows of the same record
+(`claims.paired_effects_table(rows.assign(known=True), metrics=["GE"])`). These rows
 are apart from the study's metric rows (`runner`), whose GE is the earlier greedy recipe: a
 change to this recipe re-makes these rows only. A row is reused when its digest
 (`generation_row_digest`: `generation_settings`, the record) matches; a file made under other
@@ -124,15 +125,3 @@ def generations_for_editors(model, editors, records, *, n_prompts: int | None = 
     df.attrs["reused"] = reused
     return df
 
-
-def paired_ge(df, baseline: str = "unedited"):
-    """GE of each editor minus the baseline's on the same records (records where both have a
-    GE): one row per (editor, case_id) with GE, GE_baseline and diff."""
-    base = df[df.editor == baseline].set_index("case_id")["GE"].dropna()
-    if base.empty:
-        raise ValueError(f"paired_ge(): no {baseline!r} rows with a GE to pair with")
-    other = df[(df.editor != baseline) & df["GE"].notna()]
-    out = other[other.case_id.isin(base.index)][["editor", "case_id", "GE"]].copy()
-    out["GE_baseline"] = out["case_id"].map(base).astype(float)
-    out["diff"] = out["GE"].astype(float) - out["GE_baseline"]
-    return out.reset_index(drop=True)

@@ -16,7 +16,6 @@ from loudfacts.generations import (  # noqa: E402
     generation_settings,
     generation_store_path,
     generations_for_editors,
-    paired_ge,
 )
 from loudfacts.runner import ResultsFileError, read_results  # noqa: E402
 
@@ -59,9 +58,12 @@ def test_rows_hold_romes_texts_and_ge_and_a_bricked_model_scores_low(tiny_llama,
     bricked = df[df.editor == "test-brick"]
     token = tiny_llama.decode(tiny_llama.encode(" Rome")[:1])
     assert all(t.endswith(token * 5) for ts in bricked.texts for t in ts)  # one token, again
-    p = paired_ge(df)
-    assert list(p.case_id) == [0, 1] and (p["diff"] < 0).all()
-    assert p["diff"].tolist() == pytest.approx((p["GE"] - p["GE_baseline"]).tolist())
+    from loudfacts.claims import paired_effect
+
+    drop = paired_effect(df.assign(known=True), "test-brick", "GE")
+    assert drop["n"] == 2 and drop["effect"] < 0 and drop["ci_high"] < 0
+    by_case = df.pivot(index="case_id", columns="editor", values="GE")
+    assert drop["effect"] == pytest.approx((by_case["test-brick"] - by_case["unedited"]).mean())
 
 
 def test_rows_are_kept_reused_and_refused_under_other_settings(tiny_llama, tmp_path,
@@ -93,5 +95,3 @@ def test_bad_settings_are_refused_by_name(tiny_llama):
         generation_settings(tiny_llama, "unedited", n_prompts=0)
     with pytest.raises(ValueError, match="seed"):
         generation_settings(tiny_llama, "unedited", seed="0")
-    with pytest.raises(ValueError, match="no 'unedited' rows"):
-        paired_ge(pd.DataFrame({"editor": ["x"], "case_id": [0], "GE": [1.0]}))
