@@ -23,7 +23,7 @@ from loudfacts.editing.base import EditRequest, get_editor
 from loudfacts.fluency import ROME_GE, rome_ngram_entropy_of_text, rome_texts
 from loudfacts.jsonlines import append_line
 from loudfacts.probes import generation_prompts_for
-from loudfacts.runner import fresh_requested, open_for_resume, record_content, run_key, store_path
+from loudfacts.runner import fresh_requested, open_row_store, record_content, run_key, store_path
 
 GENERATION_VERSION = 1  # what a stored generation row means: `fluency.rome_texts`, ROME's GE
 COLUMNS = ["editor", "case_id", "GE", "texts", "prompts", "seconds", "edit_error"]
@@ -89,11 +89,8 @@ def generations_for_editors(model, editors, records, *, n_prompts: int | None = 
         done, path = {}, None
         if split is not None:
             path = generation_store_path(model, ed.name, split, root)
-            if fresh and path.exists():
-                path.unlink()
-                print(f"generations: fresh run: deleted {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            done = open_for_resume(path, settings, key, digests)
+            done = open_row_store(path, settings, key, digests, fresh=fresh,
+                                  what="generations")
         for rec in tqdm(records, desc=f"generations {ed.name}", disable=not progress,
                         leave=False):
             row = done.get(rec.case_id)
