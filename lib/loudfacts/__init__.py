@@ -2,6 +2,8 @@
 
 Modules, one concept each:
 
+* `paths` (folders), `atomic` (atomic writes), `digests` (the one content digest behind every
+  key and cache name), `jsonlines` (appending rows under a lock);
 * `models` (loading), `data` (CounterFact, known facts, text), `tokens` (subject spans),
   `scoring` (teacher-forced probabilities), `knowledge` (which facts the model knows; fact
   selection);

@@ -7,19 +7,20 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from loudfacts.atomic import write_text
+from loudfacts.digests import digest
 from loudfacts.jsonlines import append_line
 from loudfacts.paths import cache_dir
 from loudfacts.tokens import (
     target_ids,
 )
-from loudfacts.tracing import (KINDS, TOKEN_CLASSES, TraceResult, check_trace_args, content_key,
-                               is_int, noise_scale, prepare_trace, trace, weights_fingerprint)
+from loudfacts.tracing import (KINDS, TOKEN_CLASSES, TraceResult, check_trace_args, is_int, noise_scale, prepare_trace, trace, weights_fingerprint)
 
 
 def token_classes(subject_span: tuple[int, int], n_tokens: int) -> dict[str, list[int]]:
@@ -79,44 +80,52 @@ class AverageEffects:
         return pd.DataFrame(self.effects[kind], index=list(TOKEN_CLASSES))
 
 
-_SOURCE_OF_TYPE = {"KnownFact": "known_1000", "CounterFactRecord": "counterfact"}
+def fact_content(fact) -> tuple[dict, str]:
+    """What a fact is (prompt, subject, target, source: what its records are keyed by), and a
+    label for people reading the records ("source:id"; not a key, since a KnownFact and a
+    CounterFact record can both have id 0).
 
+    Three kinds of fact are accepted, each read by its own rule:
 
-def _fact_fields(fact) -> tuple[str, str, str | None, str]:
-    """(prompt, subject, target, label) from a dict, a pandas row, a KnownFact or a record.
+    * a `KnownFact`: its text, subject and attribute; source known_1000, id its known_id;
+    * a `CounterFactRecord`: its text, subject and target_true; source counterfact, id its
+      case_id;
+    * a mapping or a pandas row (the knowledge table's rows, `select_known_facts`): text (else
+      prompt), subject, target_true (else attribute, else target; an int is a token id),
+      source and id when present.
 
-    The label ("source:id") is for people reading the cache; it is not a key (a KnownFact and a
-    CounterFact record can both have id 0): `_fact_content` is what identifies a fact.
+    Anything else, or a fact without a prompt or subject, is refused with its position named
+    by the caller.
     """
-    content = _fact_content(fact)
-    get = _getter(fact)
-    fid = get("id", None)
-    if fid is None:
-        fid = get("known_id", None) if get("known_id", None) is not None else get("case_id", None)
-    label = (f"{content['source']}:{fid}" if fid is not None
-             else f"{content['prompt']}|{content['subject']}")
-    return content["prompt"], content["subject"], content["target"], label
+    from loudfacts.data import CounterFactRecord, KnownFact
 
-
-def _getter(fact):
-    if isinstance(fact, dict):
-        return fact.get
-    if hasattr(fact, "index") and hasattr(fact, "to_dict"):  # pandas Series
-        return fact.to_dict().get
-    return lambda k, d=None: getattr(fact, k, d)
-
-
-def _fact_content(fact) -> dict:
-    """What a fact is: prompt, subject, target and its source kind (`source`, else from its
-    type: known_1000 for a KnownFact, counterfact for a CounterFactRecord)."""
-    get = _getter(fact)
-    text = get("text") or get("prompt")
-    subject = get("subject")
-    target = get("target_true") or get("attribute") or get("target")
-    source = get("source", None) or _SOURCE_OF_TYPE.get(type(fact).__name__, "")
-    return {"prompt": text, "subject": subject,
-            "target": int(target) if is_int(target) else target,
-            "source": str(source)}
+    if isinstance(fact, KnownFact):
+        prompt, subject, target = fact.text, fact.subject, fact.attribute
+        source, fid = "known_1000", fact.known_id
+    elif isinstance(fact, CounterFactRecord):
+        prompt, subject, target = fact.text, fact.subject, fact.target_true
+        source, fid = "counterfact", fact.case_id
+    else:
+        if hasattr(fact, "to_dict") and hasattr(fact, "index"):  # a pandas row
+            fact = fact.to_dict()
+        if not isinstance(fact, Mapping):
+            raise ValueError(f"a fact must be a KnownFact, a CounterFactRecord, or a mapping / "
+                             f"pandas row with text, subject and target_true; got "
+                             f"{type(fact).__name__}")
+        get = fact.get
+        prompt, subject = get("text") or get("prompt"), get("subject")
+        target = get("target_true") or get("attribute") or get("target")
+        source = get("source") or ""
+        fid = get("id")
+        if fid is None:
+            fid = get("known_id") if get("known_id") is not None else get("case_id")
+    label = f"{source}:{fid}" if fid is not None else f"{prompt}|{subject}"
+    if not isinstance(prompt, str) or not isinstance(subject, str):
+        raise ValueError(f"({label}) needs a prompt (text) and a subject; got prompt={prompt!r}, "
+                         f"subject={subject!r}")
+    content = {"prompt": prompt, "subject": subject,
+               "target": int(target) if is_int(target) else target, "source": str(source)}
+    return content, label
 
 
 def average_settings(model, samples, noise, window, seed, first_token, occurrence) -> dict:
@@ -126,13 +135,47 @@ def average_settings(model, samples, noise, window, seed, first_token, occurrenc
 
 
 def averages_file_key(settings: dict, weights: str) -> str:
-    return content_key({**settings, "weights": weights, "v": 2})
+    return digest({**settings, "weights": weights, "v": 2}, 24)
 
 
 def average_record_key(content: dict, kind: str, settings: dict, weights: str) -> str:
     """A digest of the fact's content, the kind and every setting: different facts, kinds or
     settings never share a key."""
-    return content_key({"fact": content, "kind": kind, **settings, "weights": weights, "v": 2})
+    return digest({"fact": content, "kind": kind, **settings, "weights": weights, "v": 2}, 24)
+
+
+def _legacy_key(payload: dict) -> str:
+    """The key that stores written before `loudfacts.digests` (2026-12) were named by: SHA-256
+    of `json.dumps(payload, sort_keys=True)`, 24 digits. Only `_migrate_legacy_store` reads it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _migrate_legacy_store(path: Path, settings: dict, weights: str) -> int:
+    """Rename the records file of these settings from its legacy key to `path`, re-keying each
+    record. A record is carried over only when its stored key is the legacy key of its own fact,
+    kind and these settings (so nothing made under other settings comes along); the others
+    are dropped and recomputed. Returns the number of records carried over (0: no legacy file)."""
+    model_part = path.name[len("averages-"):-len(f"-{averages_file_key(settings, weights)}.jsonl")]
+    old = path.with_name(
+        f"averages-{model_part}-{_legacy_key({**settings, 'weights': weights, 'v': 2})}.jsonl")
+    if not old.exists():
+        return 0
+    kept, dropped = [], 0
+    for rec in _read_average_records(old).values():
+        fact, kind = rec.get("fact"), rec.get("kind")
+        payload = {"fact": fact, "kind": kind, **settings, "weights": weights, "v": 2}
+        if not isinstance(fact, dict) or rec["key"] != _legacy_key(payload):
+            dropped += 1
+            continue
+        kept.append({**rec, "key": average_record_key(fact, kind, settings, weights)})
+    write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    for part in [old, *sorted(old.parent.glob(f"{old.stem}.part*.jsonl"))]:
+        part.unlink()
+    print(f"average_effects: {old.name} renamed to {path.name} (keys are digests.digest now): "
+          f"{len(kept)} records carried over" + (f", {dropped} dropped" if dropped else ""))
+    return len(kept)
 
 
 def average_record(res: TraceResult, content: dict, label: str, kind: str, key: str) -> dict:
@@ -209,8 +252,11 @@ def average_effects(
         raise ValueError("facts is empty: nothing to average")
     items, n_multi = [], 0
     for i, fact in enumerate(facts):
-        content = _fact_content(fact)
-        label = _fact_fields(fact)[3]
+        try:
+            content, label = fact_content(fact)
+        except ValueError as exc:
+            sep = " " if str(exc).startswith("(") else ": "
+            raise ValueError(f"fact {i}{sep}{exc}") from exc
         try:
             prepare_trace(model, content["prompt"], content["subject"], content["target"],
                      occurrence, first_token)
@@ -226,6 +272,8 @@ def average_effects(
     folder = cache_dir("tracing") if store is None else Path(store)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"averages-{model.name.replace('/', '_')}-{key}.jsonl"
+    if cache and not path.exists():
+        _migrate_legacy_store(path, settings, weights)
     todo = [(content, label, k, average_record_key(content, k, settings, weights))
             for content, label in items for k in kinds]
     done = _matching_records(_read_average_records(path), todo, path) if cache else {}

@@ -5,10 +5,10 @@ several new objects, the seed report's "some FT targets brick the model"."""
 
 from __future__ import annotations
 
-import json
 import time
 
 from loudfacts.atomic import atomic_path
+from loudfacts.digests import cache_file, digest_text
 from loudfacts.editing.base import EditRequest, get_editor
 
 
@@ -80,13 +80,11 @@ def bricking_table(model, editors: dict, request: EditRequest, targets, prompts,
         generation (the first prompt's continuation).
     """
     import dataclasses
-    import hashlib
 
     import pandas as pd
     from tqdm.auto import tqdm
 
     from loudfacts.fluency import fluency_scores
-    from loudfacts.paths import cache_dir
     from loudfacts.scoring import target_probs
 
     targets, prompts = list(targets), list(prompts)
@@ -99,11 +97,10 @@ def bricking_table(model, editors: dict, request: EditRequest, targets, prompts,
         "model": model.name, "digest": model.weight_digest(),
         "editors": {k: {"name": e.name, "hparams": e.hparams} for k, e in editors.items()},
         "request": request.to_dict(), "targets": targets, "prompts": prompts,
-        "text": hashlib.sha256(held_text.encode()).hexdigest(),
+        "text": digest_text(held_text),
         "max_new_tokens": max_new_tokens, "max_tokens": max_tokens, "version": 1,
     }
-    key = hashlib.sha256(json.dumps(key_doc, sort_keys=True, default=str).encode()).hexdigest()
-    path = cache_dir("bricking") / f"{model.name.replace('/', '_')}-{key[:16]}.csv"
+    path = cache_file("bricking", model.name, key_doc, ".csv")
     if use_cache and path.exists():
         try:
             df = pd.read_csv(path)

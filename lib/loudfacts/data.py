@@ -26,7 +26,6 @@ naming the file (and the line and column of a JSON error).
 from __future__ import annotations
 
 import bz2
-import hashlib
 import functools
 import json
 import os
@@ -35,6 +34,7 @@ import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from loudfacts.digests import digest_file
 from loudfacts.atomic import atomic_path
 from loudfacts.paths import REPO_ROOT, cache_dir
 
@@ -106,11 +106,9 @@ def _download(rel: str) -> Path:
 
 
 def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+    """The first 16 hex digits of `digests.digest_file(path)` (names of caches built from a
+    data file)."""
+    return digest_file(path, 16)
 
 
 # -- CounterFact -------------------------------------------------------------------------------

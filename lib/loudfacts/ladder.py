@@ -21,8 +21,8 @@ from loudfacts.jsonlines import append_line
 from loudfacts.tokens import target_ids
 from loudfacts.cases import Probe, ladder_probes, score
 from loudfacts.probes import UNRELATED_PROMPTS, ladder_prefixes
-from loudfacts.runner import (canonical_json, fresh_requested, open_for_resume,
-                              record_content, run_key, sha256_of, store_path)
+from loudfacts.digests import canonical_json, digest
+from loudfacts.runner import fresh_requested, open_for_resume, record_content, run_key, store_path
 
 # -- loud-fact ladder --------------------------------------------------------------------------
 def ladder_texts(request: EditRequest, unrelated_prompts: Sequence[str]):
@@ -101,7 +101,7 @@ def ladder_settings(model, editor, unrelated_prompts=UNRELATED_PROMPTS) -> dict:
 
 def ladder_row_digest(key: str, rec) -> str:
     """A stored ladder row's `settings_digest`: sha256 of its run key and the record's content."""
-    return sha256_of({"run": key, "record": record_content(rec)})
+    return digest({"run": key, "record": record_content(rec)})
 
 
 def ladder_store_path(model, editor, split: str, root=None) -> Path:

@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from loudfacts.digests import digest_file
 from loudfacts.atomic import write_text
 from loudfacts.paths import cache_dir
 
@@ -432,14 +433,6 @@ class CacheIntegrityWarning(UserWarning):
     """A cache folder failed verification and is being rebuilt (the message names the file)."""
 
 
-def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cache_files(directory: Path) -> list[Path]:
     return sorted(
         p for p in directory.rglob("*")
@@ -451,7 +444,7 @@ def write_manifest(directory: Path, source: dict | None = None) -> dict:
     """Hash every file of `directory` into its manifest (`MANIFEST_NAME`), atomically."""
     directory = Path(directory)
     files = {
-        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": file_sha256(p)}
+        p.relative_to(directory).as_posix(): {"size": p.stat().st_size, "sha256": digest_file(p)}
         for p in _cache_files(directory)
     }
     doc = {"version": _MANIFEST_VERSION, "source": source or {}, "files": files}
@@ -488,7 +481,7 @@ def verify_cache_dir(directory: Path, required: Sequence[str] = ()) -> str | Non
         size = path.stat().st_size
         if size != int(meta["size"]):
             return f"{path} has {size} bytes, the manifest says {meta['size']} (truncated?)"
-        digest = file_sha256(path)
+        digest = digest_file(path)
         if digest != meta["sha256"]:
             return (f"{path} is corrupted: sha256 {digest[:16]}... differs from the manifest's "
                     f"{str(meta['sha256'])[:16]}...")

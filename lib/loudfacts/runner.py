@@ -36,7 +36,6 @@ of an interrupted run of ours (every other line valid) is dropped before appendi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 
 from loudfacts.atomic import atomic_path
+from loudfacts.digests import canonical_json, digest, digest_file
 from loudfacts.editing.base import EditError, Editor, EditRequest, get_editor
 from loudfacts.jsonlines import append_line, locked
 from loudfacts.cases import Case, score
@@ -102,15 +102,6 @@ class ResultsFileError(ValueError):
 RESULTS_FORMAT = 1  # version of the header line of a results file
 _HEADER = "loudfacts_results"
 _NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
-
-
-def canonical_json(obj) -> str:
-    """Canonical JSON: sorted keys, no spaces; non-JSON values (dtypes, paths) as str."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def sha256_of(obj) -> str:
-    return hashlib.sha256(canonical_json(obj).encode()).hexdigest()
 
 
 def _check_int(name: str, value, minimum: int, allow_none: bool = False):
@@ -177,7 +168,7 @@ def _check_top_up(top_up) -> str:
 
 def run_key(settings: dict) -> str:
     """sha256 of the canonical JSON of `run_settings(...)`."""
-    return sha256_of(settings)
+    return digest(settings)
 
 
 def record_content(rec) -> dict:
@@ -188,7 +179,7 @@ def row_digest(key: str, rec, neighbours, with_generation: bool) -> str:
     """A row's `settings_digest`: sha256 of the run key, the record's own content, the
     neighbourhood prompts it is scored on (they depend on the pool of records) and whether it
     gets GE (which depends on its place among `generation_records`)."""
-    return sha256_of({"run": key, "record": record_content(rec),
+    return digest({"run": key, "record": record_content(rec),
                     "neighbours": [list(pt) for pt in neighbours],
                     "generation": bool(with_generation)})
 
@@ -940,7 +931,7 @@ def shard_path(path, i: int, n: int) -> Path:
 def split_label(split) -> str:
     """A file-name-safe label for a records split: the split name, or for a JSON file given by
     path its stem and the digest of its content."""
-    from loudfacts.data import COUNTERFACT_SPLITS, file_digest
+    from loudfacts.data import COUNTERFACT_SPLITS
 
     split = str(split)
     if split in COUNTERFACT_SPLITS:
@@ -948,7 +939,7 @@ def split_label(split) -> str:
     path = Path(split)
     if path.is_file():
         stem = re.sub(r"[^A-Za-z0-9._+-]", "_", path.stem).lstrip(".") or "records"
-        return f"{stem}-{file_digest(path)[:8]}"
+        return f"{stem}-{digest_file(path, 8)}"
     return split
 
 
@@ -986,10 +977,10 @@ def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
                             n_generation=n_generation, max_new_tokens=max_new_tokens,
                             generation_records=generation_records, seed=seed, pool=pool,
                             top_up=top_up)
-    digest = sha256_of({"run": run_key(settings), "split": split, "n": n})[:12]
+    key = digest({"run": run_key(settings), "split": split, "n": n}, 12)
     ge = "noge" if not generation else (
         ("ge" if generation_records is None else f"ge{int(generation_records)}")
         + f"t{int(max_new_tokens)}")
-    stem = f"{name}-{split}-n{'all' if n is None else n}-k{int(n_neighbours)}-{ge}-{digest}"
+    stem = f"{name}-{split}-n{'all' if n is None else n}-k{int(n_neighbours)}-{ge}-{key}"
     root = Path(root) if root else cache_dir("evaluation", model.name.replace("/", "_"))
     return root / f"{stem}.jsonl"

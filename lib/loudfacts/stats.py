@@ -33,7 +33,6 @@ reported and recomputed.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 import warnings
 from pathlib import Path
@@ -41,6 +40,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from loudfacts.digests import digest_text
 from loudfacts.atomic import atomic_path
 from loudfacts.paths import cache_dir
 
@@ -63,7 +63,7 @@ def corpus_text(corpus: str = "all") -> str:
 
 @functools.lru_cache(maxsize=4)
 def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return digest_text(text)
 
 
 @functools.lru_cache(maxsize=4)

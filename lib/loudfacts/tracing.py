@@ -52,7 +52,6 @@ Averages over many facts are in `loudfacts.averages`, their worker processes in
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from collections.abc import Sequence
@@ -63,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loudfacts.digests import cache_file, digest_text
 from loudfacts.atomic import atomic_path, write_json
 from loudfacts.forward import (
     KVPrefix,
@@ -73,7 +73,6 @@ from loudfacts.forward import (
     supports_kv_prefix,
     unembed,
 )
-from loudfacts.paths import cache_dir
 from loudfacts.tokens import (
     PLACEHOLDER,
     SubjectNotFoundError,
@@ -168,10 +167,6 @@ def weights_fingerprint(model) -> str:
     return model.weights_fingerprint()
 
 
-def content_key(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
-
-
 # ---------------------------------------------------------------------------------------------
 # Noise scale
 # ---------------------------------------------------------------------------------------------
@@ -264,11 +259,10 @@ def noise_scale(model, multiplier: float = NOISE_MULTIPLIER, cache: bool = True,
     with torch.no_grad():
         emb_sig = (f"{tuple(emb.shape)}:{emb.sum(dtype=torch.float64).item():.12e}:"
                    f"{torch.linalg.vector_norm(emb, dtype=torch.float64).item():.12e}")
-    subjects_sig = hashlib.sha256("\n".join(subjects).encode()).hexdigest()[:16]
-    key = content_key({"model": model.name, "emb": emb_sig, "estimator": estimator,
-                      "subjects": subjects_sig, "source": source, "v": 2})
-    path = (cache_dir("tracing")
-            / f"noise-{model.name.replace('/', '_')}-{estimator}-{key}.json")
+    subjects_sig = digest_text("\n".join(subjects), 16)
+    path = cache_file("tracing", f"noise-{model.name}-{estimator}",
+                      {"model": model.name, "emb": emb_sig, "estimator": estimator,
+                       "subjects": subjects_sig, "source": source, "v": 2}, ".json")
     if str(path) in _NOISE_MEMO:
         return multiplier * _NOISE_MEMO[str(path)]
     std = None
@@ -539,9 +533,9 @@ def trace(
     }
     path = None
     if cache:
-        key = content_key({**settings, "kind": kind, "span": list(span),
-                          "weights": weights_fingerprint(model), "v": 2})
-        path = cache_dir("tracing") / f"trace-{model.name.replace('/', '_')}-{key}.npz"
+        path = cache_file("tracing", f"trace-{model.name}",
+                          {**settings, "kind": kind, "span": list(span),
+                           "weights": weights_fingerprint(model), "v": 2}, ".npz")
         if path.exists():
             try:
                 cached = TraceResult.load(path)

@@ -471,3 +471,28 @@ def test_noise_cache_is_keyed_by_estimator(tiny_llama, tmp_path):
     assert stored == {"pooled": pooled, "unique": unique}
     with pytest.raises(ValueError, match="median"):
         noise_scale(tiny_llama, estimator="median")
+
+
+def test_fact_content_reads_each_kind_of_fact_by_its_own_rule():
+    import pandas as pd
+
+    from loudfacts.averages import fact_content
+    from loudfacts.data import CounterFactRecord, KnownFact
+
+    known = KnownFact(known_id=3, subject="Louvre", prompt="The {} is in", text="The Louvre is in",
+                      attribute="Paris", relation="P131")
+    record = CounterFactRecord(case_id=9, subject="Louvre", prompt="The {} is in",
+                               target_true="Paris", target_new="Rome", relation="P131")
+    row = {"source": "known_1000", "id": 3, "text": "The Louvre is in", "prompt": "The {} is in",
+           "subject": "Louvre", "target_true": "Paris", "target_new": None}
+    want = {"prompt": "The Louvre is in", "subject": "Louvre", "target": "Paris"}
+    assert fact_content(known) == ({**want, "source": "known_1000"}, "known_1000:3")
+    assert fact_content(record) == ({**want, "source": "counterfact"}, "counterfact:9")
+    assert fact_content(row) == fact_content(pd.Series(row)) == fact_content(known)
+    assert fact_content({"prompt": "The Louvre is in", "subject": "Louvre", "target": 42}) == (
+        {"prompt": "The Louvre is in", "subject": "Louvre", "target": 42, "source": ""},
+        "The Louvre is in|Louvre")
+    with pytest.raises(ValueError, match="KnownFact, a CounterFactRecord, or a mapping"):
+        fact_content(("The Louvre is in", "Louvre", "Paris"))
+    with pytest.raises(ValueError, match="subject=None"):
+        fact_content({"text": "The Louvre is in", "target_true": "Paris"})

@@ -28,12 +28,12 @@ ROME's δ with `suffix_only=False` (a test checks it to float rounding).
 
 from __future__ import annotations
 
-import hashlib
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
+from loudfacts.digests import digest_file
 from loudfacts.editing.base import EditError, register_editor
 from loudfacts.editing.rome import RomeEditor, _pad_batch, _subject_last_token, mixed_precision
 from loudfacts.forward import final_normalized, residual_after, unembed
@@ -54,8 +54,7 @@ QUIET_TRAIN_PROMPTS = (
 
 
 def _source_digest() -> str:
-    with open(__file__, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()[:16]
+    return digest_file(__file__, 16)
 
 
 @register_editor("rome-quiet")

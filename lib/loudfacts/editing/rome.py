@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import os
@@ -71,6 +70,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from loudfacts.digests import cache_file, digest, digest_file
 from loudfacts.atomic import atomic_path, write_json
 from loudfacts.editing.base import (
     EditError,
@@ -89,7 +89,6 @@ from loudfacts.forward import (
     supports_kv_prefix,
     unembed,
 )
-from loudfacts.paths import cache_dir
 from loudfacts.tokens import document_separator, find_subject_spans
 
 _COMPONENTS: OrderedDict = OrderedDict()  # see RomeEditor.components
@@ -120,12 +119,8 @@ def _code_digest() -> str:
     import loudfacts.stats as stats
     import loudfacts.tokens as tokens
 
-    h = hashlib.sha256()
-    for mod in (base, forward, models, stats, tokens):
-        h.update(open(mod.__file__, "rb").read())
-    h.update(open(__file__, "rb").read())
-    h.update(torch.__version__.encode())
-    return h.hexdigest()
+    sources = {m.__name__: digest_file(m.__file__) for m in (base, forward, models, stats, tokens)}
+    return digest({"sources": sources, "rome": digest_file(__file__), "torch": torch.__version__})
 
 
 # -- context prefixes --------------------------------------------------------------------------
@@ -172,9 +167,8 @@ def context_prefixes(model, recipe=REFERENCE_PREFIX_RECIPE, seed: int = 0,
     recipe = _check_recipe(recipe)
     starts = tuple(starts) if starts else None
     tag = json.dumps({"recipe": recipe, "seed": seed, "starts": starts}, sort_keys=True)
-    key = hashlib.sha256(tag.encode()).hexdigest()[:12]
-    path = cache_dir("rome") / (
-        f"prefixes_{model.name.replace('/', '_')}-{model.weights_fingerprint()}_{key}.json")
+    path = cache_file("rome", f"prefixes_{model.name}", {"settings": json.loads(tag),
+                      "weights": model.weights_fingerprint()}, ".json")
     n_total = sum(n for _, n in recipe)
     try:
         cached = json.loads(path.read_text())
@@ -505,15 +499,13 @@ class RomeEditor(Editor):
             "weights": self.model.weight_digest(), "device": str(self.model.device),
             "request": [request.prompt, request.subject, request.target_new],
             "hparams": json.loads(json.dumps(self.hparams, sort_keys=True, default=str)),
-            "context_templates": hashlib.sha256(
-                json.dumps(self.context_templates()).encode()).hexdigest(),
+            "context_templates": digest(self.context_templates()),
         }
-        digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-        key = (digest, hooks)  # hook ids are per process: those results stay in memory only
+        key = (digest(content), hooks)  # hook ids are per process: those results stay in memory only
         if key in _COMPONENTS:
             _COMPONENTS.move_to_end(key)
             return {**_COMPONENTS[key], "reused": True}
-        path = cache_dir("rome") / f"components_{self.model.name.replace('/', '_')}_{digest[:24]}.pt"
+        path = cache_file("rome", f"components_{self.model.name}", content, ".pt")
         disk = components_disk_cache_enabled() and not hooks
         comps = self._read_components(path, content) if disk else None
         reused = comps is not None

@@ -1,0 +1,109 @@
+"""One definition of a content digest (`loudfacts.digests`), and stores written under the
+earlier tracing keys carried over to the new ones without tracing anything again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from loudfacts.digests import cache_file, canonical_json, digest, digest_file, digest_text
+
+PROMPT, SUBJECT = "The Louvre is located in the city of", "Louvre"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOUDFACTS_CACHE", str(tmp_path / "cache"))
+
+
+def test_digest_is_sha256_of_canonical_json_whatever_the_order():
+    a = {"b": [1, 2.5, None], "a": {"y": "é", "x": True}}
+    b = {"a": {"x": True, "y": "é"}, "b": [1, 2.5, None]}
+    text = '{"a":{"x":true,"y":"é"},"b":[1,2.5,null]}'
+    assert canonical_json(a) == canonical_json(b) == text.replace("é", "\\u00e9")
+    assert digest(a) == digest(b) == hashlib.sha256(canonical_json(a).encode()).hexdigest()
+    assert digest(a, 12) == digest(a)[:12]
+    assert digest({**a, "c": 0}) != digest(a)
+    assert canonical_json({"p": np.float32}) == '{"p":"' + str(np.float32) + '"}'  # str()
+    for bad in (0, 65, True, 1.5):
+        with pytest.raises(ValueError, match="n="):
+            digest(a, bad)
+
+
+def test_text_and_file_digests_hash_the_bytes(tmp_path):
+    text = "Rome\nParis é"
+    assert digest_text(text) == hashlib.sha256(text.encode("utf-8")).hexdigest()
+    path = tmp_path / "f.bin"
+    path.write_bytes(text.encode("utf-8") * 1000)
+    assert digest_file(path, chunk=7) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert digest_file(path, 16) == digest_file(path)[:16]
+    with pytest.raises(TypeError, match="str"):
+        digest_text(b"bytes")
+
+    from loudfacts.data import file_digest
+
+    assert file_digest(path) == digest_file(path, 16)  # the data files' short digest
+
+
+def test_cache_file_is_named_by_the_digest_of_its_key(tmp_path):
+    key = {"model": "m", "settings": [1, 2]}
+    path = cache_file("things", "org/model", key, ".json")
+    assert path.parent == tmp_path / "cache" / "things" and path.parent.is_dir()
+    assert path.name == f"org_model-{digest(key, 24)}.json"
+    assert cache_file("things", "org/model", {**key, "v": 2}, ".json") != path
+    with pytest.raises(ValueError, match="suffix"):
+        cache_file("things", "m", key, "json")
+
+
+def test_results_rows_keep_their_keys():
+    """The study's committed rows are keyed by `run_key` / `row_digest`, which were SHA-256
+    of canonical JSON before `digests` existed and must stay so (no row goes stale)."""
+    from loudfacts.runner import run_key
+
+    settings = {"model": "m", "seed": 0, "hparams": {"layer": 5}}
+    old = hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":"),
+                                    default=str).encode()).hexdigest()
+    assert run_key(settings) == old
+
+
+def _legacy(payload):  # how tracing keyed its records before digests were unified
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def test_a_legacy_averages_store_is_rekeyed_not_retraced(tiny_llama, tmp_path, monkeypatch):
+    import loudfacts.averages as averages
+
+    kw = {"kinds": ("hidden",), "samples": 1, "noise": 0.5, "window": 2, "progress": False}
+    facts = [{"text": PROMPT, "subject": SUBJECT, "target_true": "Paris", "id": 1, "source": "t"},
+             {"text": "The Colosseum is located in the city of", "subject": "Colosseum",
+              "target_true": "Rome", "id": 2, "source": "t"}]
+    fresh = averages.average_effects(tiny_llama, facts, **kw)
+    [path] = (tmp_path / "cache" / "tracing").glob("averages-*.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    # rewrite the store as the earlier code named it: legacy file key and record keys
+    settings = averages.average_settings(tiny_llama, 1, 0.5, 2, 0, True, None)
+    weights = tiny_llama.weights_fingerprint()
+    assert path.name.endswith(f"-{averages.averages_file_key(settings, weights)}.jsonl")
+    legacy_path = path.with_name(
+        f"averages-{tiny_llama.name.replace('/', '_')}-"
+        f"{_legacy({**settings, 'weights': weights, 'v': 2})}.jsonl")
+    assert legacy_path != path
+    legacy = [{**r, "key": _legacy({"fact": r["fact"], "kind": r["kind"], **settings,
+                                     "weights": weights, "v": 2})} for r in records]
+    legacy[1]["key"] = _legacy({"fact": legacy[1]["fact"], "kind": "mlp", **settings,
+                                "weights": weights, "v": 2})  # made under other settings
+    legacy_path.write_text("".join(json.dumps(r) + "\n" for r in legacy))
+    path.unlink()
+
+    traced = []
+    real_trace = averages.trace
+    monkeypatch.setattr(averages, "trace", lambda *a, **k: traced.append(a) or real_trace(*a, **k))
+    again = averages.average_effects(tiny_llama, facts, **kw)
+    assert not legacy_path.exists() and path.exists()
+    assert len(traced) == 1  # only the record whose legacy key did not match is traced again
+    assert [r["key"] for r in again.per_fact] == [r["key"] for r in records]
+    assert np.allclose(again.effects["hidden"], fresh.effects["hidden"], equal_nan=True)
+    assert again.per_fact[0]["classes"] == records[0]["classes"]  # carried over as stored
