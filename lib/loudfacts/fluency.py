@@ -12,12 +12,30 @@ Two measures of damage that an edit can do to a model's general ability:
   slightly from the paper's while before/after comparisons within this repo are exact.
 * `perplexity(model, text, max_tokens)` is exp(mean next-token NLL) of a held text under the
   model: a general-language check that does not depend on generation settings.
+
+ROME's own recipe (`rome_generation_entropy`), from `experiments/py/eval_utils_counterfact.py`
+and `util/generate.py` of kmeng01/rome: each generation prompt is continued by top-k sampling
+(k = 5, `generate_fast`) until prompt and continuation are 100 tokens together; the decoded
+text is NFKD-normalised, "\n\n" becomes a space and the end-of-text token's text is removed;
+words are NLTK's `word_tokenize` (case kept); bigram and trigram entropies (bits) are weighted
+2/3 and 4/3 and averaged, then averaged over prompts. What differs here, and why:
+
+* sentences are split by NLTK's Punkt *without* its trained English parameters
+  (`word_tokenize` loads them from NLTK's data download, which this repo cannot fetch
+  offline), so an abbreviation such as "Mr." or "U.S." inside a sentence is split as if it
+  ended one ("Mr", "."), where the trained model keeps "Mr."; words are NLTK's own
+  `NLTKWordTokenizer` within each sentence, as in `word_tokenize`;
+* the sampler draws from a seeded generator, one per prompt (`seed`, then the prompt's
+  index), so a run is reproducible; ROME draws from torch's global state;
+* the end-of-text text removed is this tokenizer's (`eos_token`), ROME's is GPT-2's
+  "<|endoftext|>".
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
@@ -143,3 +161,72 @@ def fluency_scores(
         "ppl": perplexity(model, held_text, max_tokens),
         "generations": gens,
     }
+
+
+# -- ROME's recipe --------------------------------------------------------------------------------
+ROME_GE = {"top_k": 5, "max_out_len": 100, "ns": (2, 3), "weights": (2 / 3, 4 / 3)}
+
+
+def rome_words(text: str) -> list[str]:
+    """Words as ROME's GE counts them: NLTK's `word_tokenize` (sentences, then
+    `NLTKWordTokenizer` in each; case kept), with Punkt's untrained parameters (see the module
+    docstring)."""
+    from nltk.tokenize import NLTKWordTokenizer
+    from nltk.tokenize.punkt import PunktSentenceTokenizer
+
+    words_of = NLTKWordTokenizer().tokenize
+    return [w for sent in PunktSentenceTokenizer().tokenize(text) for w in words_of(sent)]
+
+
+def rome_ngram_entropy_of_text(text: str, ns: Sequence[int] = ROME_GE["ns"],
+                               weights: Sequence[float] = ROME_GE["weights"]) -> float:
+    """ROME's `compute_n_gram_entropy`: for each n, the entropy (bits) of the n-gram frequency
+    distribution of `rome_words(text)`, times its weight; the arithmetic mean over n (an order
+    with no n-grams contributes 0)."""
+    if len(ns) != len(weights) or not ns:
+        raise ValueError(f"ns {tuple(ns)} and weights {tuple(weights)} must be non-empty and "
+                         "equal in length")
+    toks = rome_words(text)
+    ents = []
+    for n in ns:
+        grams = Counter(tuple(toks[i: i + n]) for i in range(len(toks) - n + 1))
+        ents.append(_entropy_bits(grams))
+    return sum(w * e for w, e in zip(weights, ents)) / len(ns)
+
+
+def rome_texts(model, prompts: Sequence[str], seed: int = 0,
+               top_k: int = ROME_GE["top_k"], max_out_len: int = ROME_GE["max_out_len"]
+               ) -> list[str]:
+    """ROME's `generate_fast` texts: each prompt's tokens continued by top-k sampling until
+    prompt and continuation hold `max_out_len` tokens together (a prompt already that long gets
+    no new token), decoded whole, NFKD-normalised, "\n\n" replaced by a space and the
+    end-of-text token's text removed. Prompt i samples from a generator seeded with
+    (`seed`, i). Run it inside `edit.applied()` to generate from an edited model."""
+    import torch
+
+    from loudfacts.forward import sampled_tokens
+
+    if isinstance(prompts, str):
+        raise TypeError("rome_texts() takes a list of prompts, not one string")
+    eos = getattr(model.tokenizer, "eos_token", None) or ""
+    out = []
+    for i, prompt in enumerate(prompts):
+        ids = model.encode(prompt)
+        if not ids:
+            raise ValueError(f"prompt {i} ({prompt!r}) has no tokens")
+        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
+        new = sampled_tokens(model, ids, max_out_len - len(ids), top_k, gen)
+        text = unicodedata.normalize("NFKD", model.decode(ids + new)).replace("\n\n", " ")
+        out.append(text.replace(eos, "") if eos else text)
+    return out
+
+
+def rome_generation_entropy(model, prompts: Sequence[str], seed: int = 0,
+                            top_k: int = ROME_GE["top_k"],
+                            max_out_len: int = ROME_GE["max_out_len"]) -> tuple[float, list[str]]:
+    """(GE as ROME's code computes it, the texts): `rome_texts`, then the mean over texts of
+    `rome_ngram_entropy_of_text`."""
+    texts = rome_texts(model, prompts, seed, top_k, max_out_len)
+    if not texts:
+        raise ValueError("rome_generation_entropy() needs at least one prompt")
+    return sum(rome_ngram_entropy_of_text(t) for t in texts) / len(texts), texts

@@ -343,3 +343,51 @@ def greedy_tokens(model, ids: list[int], max_new_tokens: int, stop_ids=()) -> li
         logits = run_with_prefix(model, torch.tensor([[nxt]], device=model.device), cache,
                                  torch.tensor([[pos]]), mask=mask)
     return out
+
+
+def _top_k_pick(logits: torch.Tensor, top_k: int, generator: torch.Generator) -> int:
+    """One token drawn as ROME's `generate_fast` draws it: softmax over the vocabulary, keep the
+    `top_k` most probable, renormalise, sample one."""
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = torch.topk(probs, top_k)
+    choice = torch.multinomial(top.values / top.values.sum(), 1, generator=generator)
+    return int(top.indices[choice])
+
+
+@torch.no_grad()
+def sampled_tokens(model, ids: list[int], max_new_tokens: int, top_k: int,
+                   generator: torch.Generator) -> list[int]:
+    """Top-k sampled continuation of `ids` (ROME's sampler, `_top_k_pick`), never stopping
+    early (ROME's `generate_fast` does not stop at the end-of-text token either).
+
+    With no hook edit in place, and where the bridge reads stored keys/values
+    (`supports_kv_prefix`), it decodes with a growing `KVCache` like `greedy_tokens`; otherwise
+    it reruns the whole sequence every step, so a hook edit that acts wherever the subject
+    appears sees it on every step. The two paths draw the same tokens from the same generator
+    (up to float rounding of the logits). Returns the new token ids."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ValueError(f"top_k={top_k!r} must be a positive int")
+    out: list[int] = []
+    if max_new_tokens <= 0:
+        return out
+    n = len(ids)
+    if supports_kv_prefix(model) and not model.active_hooks():
+        cache = KVCache()
+        x = torch.tensor([ids], dtype=torch.long, device=model.device)
+        logits = run_with_prefix(model, x, cache, torch.arange(n)[None])
+        for _ in range(max_new_tokens):
+            out.append(_top_k_pick(logits[0, -1], top_k, generator))
+            if len(out) == max_new_tokens:
+                break
+            pos = n + len(out) - 1
+            mask = prefix_causal_mask(1, pos, device=model.device)
+            logits = run_with_prefix(model, torch.tensor([[out[-1]]], device=model.device),
+                                     cache, torch.tensor([[pos]]), mask=mask)
+        return out
+    seq = list(ids)
+    for _ in range(max_new_tokens):
+        x = torch.tensor([seq], dtype=torch.long, device=model.device)
+        logits = model.hf(x, attention_mask=torch.ones_like(x), use_cache=False).logits
+        out.append(_top_k_pick(logits[0, -1], top_k, generator))
+        seq.append(out[-1])
+    return out

@@ -22,7 +22,7 @@ from loudfacts.tokens import target_ids
 from loudfacts.cases import Probe, ladder_probes, score
 from loudfacts.probes import UNRELATED_PROMPTS, ladder_prefixes
 from loudfacts.digests import canonical_json, digest
-from loudfacts.runner import fresh_requested, open_for_resume, record_content, run_key, store_path
+from loudfacts.runner import fresh_requested, open_row_store, record_content, run_key, store_path
 
 # -- loud-fact ladder --------------------------------------------------------------------------
 def ladder_texts(request: EditRequest, unrelated_prompts: Sequence[str]):
@@ -140,11 +140,7 @@ def ladder_for_editors(model, editors, records, unrelated_prompts=UNRELATED_PROM
             key = run_key(settings)
             digests = {r.case_id: ladder_row_digest(key, r) for r in records}
             path = ladder_store_path(model, ed.name, split, root)
-            if fresh and path.exists():
-                path.unlink()
-                print(f"ladder: fresh run: deleted {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            done = open_for_resume(path, settings, key, digests)
+            done = open_row_store(path, settings, key, digests, fresh=fresh, what="ladder")
         for rec in tqdm(records, desc=f"ladder {ed.name}", disable=not progress, leave=False):
             row = done.get(rec.case_id)
             if row is None:

@@ -326,6 +326,17 @@ def open_for_resume(out: Path, settings: dict, key: str, digests: dict) -> dict:
         return _resume_checked(out, fh, settings, key, digests)
 
 
+def open_row_store(path: Path, settings: dict, key: str, digests: dict, *, fresh: bool,
+                   what: str) -> dict:
+    """`open_for_resume` on a rows file kept beside the study's (the ladder's, the
+    generations'): deleted first when `fresh` (saying so, as `what`), its folder created."""
+    if fresh and path.exists():
+        path.unlink()
+        print(f"{what}: fresh run: deleted {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open_for_resume(path, settings, key, digests)
+
+
 def _resume_checked(out: Path, fh, settings: dict, key: str, digests: dict) -> dict:
     f = read_results_file(out)
     if set(f.runs) != {key}:
