@@ -159,8 +159,22 @@ def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 1000, seed: int =
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0):
-    """Mean and bootstrap 95% CI per editor and metric, on known records only.
+def population_rows(df, population: str = "known"):
+    """The rows of a results table in a population: "known" (P(true) > P(new) before editing,
+    the default), "unknown" (the others) or "all" (every row; rows without a metric, such as
+    records a run did not edit, drop out of that metric's mean)."""
+    if population == "all":
+        return df
+    if population not in ("known", "unknown"):
+        raise ValueError(f"population={population!r} must be 'known', 'unknown' or 'all'")
+    known = df["known"].astype(bool)
+    return df[known if population == "known" else ~known]
+
+
+def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0,
+              population: str = "known"):
+    """Mean and bootstrap 95% CI per editor and metric, on the known records only (or on
+    `population`: see `population_rows`).
 
     Returns:
         DataFrame with columns editor, metric, mean, ci_low, ci_high, n. `Score` here is the
@@ -169,7 +183,7 @@ def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0):
     import pandas as pd
 
     metrics = [m for m in (metrics or METRICS) if m in df.columns]
-    known = df[df["known"].astype(bool)]
+    known = population_rows(df, population)
     rows = []
     for editor, g in known.groupby("editor", sort=False):
         for m in metrics:
