@@ -247,12 +247,16 @@ def _published_algorithm(name: str, model: str) -> str:
     return name
 
 
-def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B")):
+def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B"),
+                           all_summary=None, label: str = "ours",
+                           all_label: str = "ours (all records)"):
     """Our NS/NS+/NM/NM+/NKL_code means next to the published Specificity+ means.
 
     Returns a DataFrame: source (model), algorithm, and columns NS, NS+, NM, NM+, NKL_code.
     The published KL is the code's quantity (KL(post || pre) / vocab), so it sits next to our
-    `NKL_code`, not `NKL`.
+    `NKL_code`, not `NKL`. Our rows come from `summary` (source `label`); with `all_summary`
+    (a `summarize(..., population="all")`: no known filter, as the published runs) they are
+    followed by those, with source `all_label`.
     """
     import pandas as pd
 
@@ -272,10 +276,14 @@ def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B")):
             for _, r in g.iterrows():
                 row[names[(r["prompt_type"], r["metric"])]] = r["value"]
             rows.append(row)
-    ours = summary.pivot(index="editor", columns="metric", values="mean")
-    for editor, r in ours.iterrows():
-        rows.append({"source": "ours", "algorithm": editor,
-                     **{c: r.get(c, math.nan) for c in ("NS", "NS+", "NM", "NM+", "NKL_code")}})
+    for source, summ in ((label, summary), (all_label, all_summary)):
+        if summ is None:
+            continue
+        ours = summ.pivot(index="editor", columns="metric", values="mean")
+        for editor, r in ours.iterrows():
+            rows.append({"source": source, "algorithm": editor,
+                         **{c: r.get(c, math.nan)
+                            for c in ("NS", "NS+", "NM", "NM+", "NKL_code")}})
     return pd.DataFrame(rows)
 
 
