@@ -89,15 +89,18 @@ def paired_differences(edited, unedited, key: str, value: str):
 
 
 def paired_effect(results, editor: str, metric: str, baseline: str = "unedited",
-                  n_resamples: int = 1000, seed: int = 0) -> dict:
+                  n_resamples: int = 1000, seed: int = 0, population: str = "known") -> dict:
     """Editor minus baseline on `metric`, paired by case_id over the known records both scored
-    (CounterFact results: one row per record and editor). Returns effect, ci_low, ci_high, n,
-    and the two means on the same records."""
-    known = results[results["known"].astype(bool)]
+    (CounterFact results: one row per record and editor), or over `population`'s records
+    ("all": every record both scored; `metrics.population_rows`). Returns effect, ci_low,
+    ci_high, n, and the two means on the same records."""
+    from loudfacts.metrics import population_rows
+
+    known = population_rows(results, population)
     a, b = known[known["editor"] == editor], known[known["editor"] == baseline]
     if a.empty or b.empty:
         missing = editor if a.empty else baseline
-        raise ValueError(f"no known records scored for editor {missing!r}")
+        raise ValueError(f"no {population} records scored for editor {missing!r}")
     diff = paired_differences(a, b, "case_id", metric)
     effect, lo, hi, n = bootstrap_mean(diff.to_numpy(), n_resamples, seed)
     ids = diff.index
@@ -109,7 +112,8 @@ def paired_effect(results, editor: str, metric: str, baseline: str = "unedited",
 
 
 def paired_effects_table(results, metrics: Sequence[str] = ("ES", "PS", "NS", "NS+", "NS+cool"),
-                         baseline: str = "unedited", n_resamples: int = 1000, seed: int = 0):
+                         baseline: str = "unedited", n_resamples: int = 1000, seed: int = 0,
+                         population: str = "known"):
     """Every editor's paired effect on every metric: rows editor, columns 'metric' as
     'effect [low, high]', plus n (records paired on the first metric). A metric paired on
     another number of records (PS_para: only records with a true paraphrase) says its own n
@@ -121,7 +125,7 @@ def paired_effects_table(results, metrics: Sequence[str] = ("ES", "PS", "NS", "N
     for e in editors:
         row = {}
         for m in metrics:
-            r = paired_effect(results, e, m, baseline, n_resamples, seed)
+            r = paired_effect(results, e, m, baseline, n_resamples, seed, population)
             cell = (f"{r['effect']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
                     if not math.isnan(r["ci_low"]) else f"{r['effect']:+.3f}")
             if "n" not in row:

@@ -11,6 +11,11 @@
         # the study's committed files, results/<model>/<split>/<editor>.jsonl (notebook 06)
     python -m loudfacts.evaluate --editors unedited,rome --n all --store results \
         --launcher slurm --shards 40 --slurm-partition gpu --slurm-gpus 1 --device cuda
+    python -m loudfacts.evaluate --editors unedited,rome --n all --pool counterfact \
+        --top-up object-then-relation --generation-records 8 --store results \
+        --population unknown --shard 0/2
+        # the records the unedited model does not know, into results/<model>/<split>/unknown/
+        # (with the known ones: the all-records population, loudfacts.runner.all_records)
         # one Slurm job per shard (submitit), merged into --store when all finish
         # (--launcher local: the same jobs as local processes; see loudfacts.launch)
 
@@ -93,6 +98,12 @@ def parse_args(argv):
                     help="top up records with few neighbourhood prompts: same true object "
                          "under another template, then the same template with another true "
                          "object (loudfacts.probes.build_neighbourhoods)")
+    ap.add_argument("--population", choices=["known", "unknown", "all"], default="known",
+                    help="which records are edited: those the unedited model knows (P(true) > "
+                         "P(new); default), those it does not, or all (no filter, as ROME and "
+                         "Specificity+); the others keep a row with empty metrics. With "
+                         "--store, a population other than known has its own files, "
+                         "DIR/<model>/<split>/<population>/<editor>.jsonl")
     ap.add_argument("--store", default=None, metavar="DIR",
                     help="with --editors: append to the study's files "
                          "DIR/<model>/<split>/<editor>.jsonl (e.g. results/), shared by all "
@@ -189,8 +200,9 @@ def _run(args) -> int:
                       generation=not args.no_generation,
                       generation_records=args.generation_records,
                       max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                      seed=args.seed, pool=args.pool, top_up=args.top_up)
-    summary = summarize(df)
+                      seed=args.seed, pool=args.pool, top_up=args.top_up,
+                      population=args.population)
+    summary = summarize(df, population=args.population)
     print(summary.to_string(index=False))
     summary.to_csv(str(out) + ".summary.csv", index=False)
     return 0
@@ -260,11 +272,12 @@ def run_editors(args, merged_root=None) -> dict:
                             n_neighbours=args.n_neighbours, generation=not args.no_generation,
                             generation_records=args.generation_records,
                             max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                            seed=args.seed, root=root, pool=args.pool, top_up=args.top_up)
+                            seed=args.seed, root=root, pool=args.pool, top_up=args.top_up,
+                            population=args.population)
 
     for name in args.editors.split(","):
         if args.store:  # every shard appends to the study's file (under a lock)
-            path = store_path(model, name, args.split, args.store)
+            path = store_path(model, name, args.split, args.store, args.population)
         else:
             path = settings_path(name, args.out_dir)
             if shard:
@@ -273,11 +286,13 @@ def run_editors(args, merged_root=None) -> dict:
                  n_neighbours=args.n_neighbours, batch_size=args.batch_size,
                  generation=not args.no_generation, generation_records=args.generation_records,
                  max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
-                 seed=args.seed, progress=tag, pool=args.pool, top_up=args.top_up)
+                 seed=args.seed, progress=tag, pool=args.pool, top_up=args.top_up,
+                 population=args.population)
         written[name] = str(path)
         if merged_root is not None:
             written["@" + name] = str(
-                store_path(model, name, args.split, merged_root[1]) if merged_root[0] == "store"
+                store_path(model, name, args.split, merged_root[1], args.population)
+                if merged_root[0] == "store"
                 else settings_path(name, merged_root[1]))
     return written
 

@@ -9,7 +9,7 @@ Did the edit work, and what else did it change? Each concept lives in its own mo
 * `loudfacts.probes`: the prompts of a record (neighbourhoods, prefixes, generation prompts)
   and scoring them;
 * `loudfacts.runner`: `evaluate`, the study's committed rows (`study`, `read_study`,
-  `study_effects`), results files with resume, shards and merge;
+  `study_effects`, `all_records`), results files with resume, shards and merge;
 * `loudfacts.ladder`: the loud-fact ladder;
 * `loudfacts.implications`: logical implications, and editors compared on the same cases;
 * `loudfacts.plotting`: the figures (`plot_ns_vs_nsplus`, `plot_ladder`, ...).
@@ -18,7 +18,7 @@ Did the edit work, and what else did it change? Each concept lives in its own mo
 from loudfacts.metrics import (  # noqa: F401
     BOOK, COLUMNS, HEADLINE_EXCLUDED, METRICS, METRICS_VERSION, bootstrap_ci,
     compare_with_reference, harmonic_mean, headline_table, kl_divergences, record_metrics,
-    success_magnitude, summarize, wide_table,
+    population_rows, success_magnitude, summarize, wide_table,
 )
 from loudfacts.probes import (  # noqa: F401
     NEIGHBOUR_TOP_UPS, UNEDITED, UNRELATED_PROMPTS, UNRELATED_SENTENCE, UneditedCache,
@@ -26,8 +26,8 @@ from loudfacts.probes import (  # noqa: F401
     ladder_prefixes, pair_probs, statement_prefix,
 )
 from loudfacts.runner import (  # noqa: F401
-    NEIGHBOUR_POOLS, RESULTS_FORMAT, ResultsFileError, STUDY_EFFECT_METRICS,
-    case_key, evaluate, evaluate_in_workers, fresh_requested, merge, merge_rows, open_for_resume,
+    NEIGHBOUR_POOLS, POPULATIONS, RESULTS_FORMAT, ResultsFileError, STUDY_EFFECT_METRICS,
+    all_records, case_key, evaluate, evaluate_in_workers, fresh_requested, merge, merge_rows, open_for_resume,
     open_row_store,
     parse_shard, plan_run, read_results, read_results_file, read_study, record_content,
     results_path, row_digest, run_key, run_settings, settings_diff, shard_path,

@@ -159,8 +159,22 @@ def bootstrap_ci(values, statistic=np.mean, n_resamples: int = 1000, seed: int =
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0):
-    """Mean and bootstrap 95% CI per editor and metric, on known records only.
+def population_rows(df, population: str = "known"):
+    """The rows of a results table in a population: "known" (P(true) > P(new) before editing,
+    the default), "unknown" (the others) or "all" (every row; rows without a metric, such as
+    records a run did not edit, drop out of that metric's mean)."""
+    if population == "all":
+        return df
+    if population not in ("known", "unknown"):
+        raise ValueError(f"population={population!r} must be 'known', 'unknown' or 'all'")
+    known = df["known"].astype(bool)
+    return df[known if population == "known" else ~known]
+
+
+def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0,
+              population: str = "known"):
+    """Mean and bootstrap 95% CI per editor and metric, on the known records only (or on
+    `population`: see `population_rows`).
 
     Returns:
         DataFrame with columns editor, metric, mean, ci_low, ci_high, n. `Score` here is the
@@ -169,7 +183,7 @@ def summarize(df, metrics=None, n_resamples: int = 1000, seed: int = 0):
     import pandas as pd
 
     metrics = [m for m in (metrics or METRICS) if m in df.columns]
-    known = df[df["known"].astype(bool)]
+    known = population_rows(df, population)
     rows = []
     for editor, g in known.groupby("editor", sort=False):
         for m in metrics:
@@ -233,12 +247,16 @@ def _published_algorithm(name: str, model: str) -> str:
     return name
 
 
-def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B")):
+def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B"),
+                           all_summary=None, label: str = "ours",
+                           all_label: str = "ours (all records)"):
     """Our NS/NS+/NM/NM+/NKL_code means next to the published Specificity+ means.
 
     Returns a DataFrame: source (model), algorithm, and columns NS, NS+, NM, NM+, NKL_code.
     The published KL is the code's quantity (KL(post || pre) / vocab), so it sits next to our
-    `NKL_code`, not `NKL`.
+    `NKL_code`, not `NKL`. Our rows come from `summary` (source `label`); with `all_summary`
+    (a `summarize(..., population="all")`: no known filter, as the published runs) they are
+    followed by those, with source `all_label`.
     """
     import pandas as pd
 
@@ -258,10 +276,14 @@ def compare_with_reference(summary, reference_models=("gpt2-xl", "gpt-j-6B")):
             for _, r in g.iterrows():
                 row[names[(r["prompt_type"], r["metric"])]] = r["value"]
             rows.append(row)
-    ours = summary.pivot(index="editor", columns="metric", values="mean")
-    for editor, r in ours.iterrows():
-        rows.append({"source": "ours", "algorithm": editor,
-                     **{c: r.get(c, math.nan) for c in ("NS", "NS+", "NM", "NM+", "NKL_code")}})
+    for source, summ in ((label, summary), (all_label, all_summary)):
+        if summ is None:
+            continue
+        ours = summ.pivot(index="editor", columns="metric", values="mean")
+        for editor, r in ours.iterrows():
+            rows.append({"source": source, "algorithm": editor,
+                         **{c: r.get(c, math.nan)
+                            for c in ("NS", "NS+", "NM", "NM+", "NKL_code")}})
     return pd.DataFrame(rows)
 
 

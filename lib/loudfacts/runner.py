@@ -8,7 +8,13 @@ editors on the same records pays for the baseline once.
 
 Records the unedited model does not know (P(true) <= P(new) on the rewrite prompt) are not
 edited; they keep a row with `known=False` and empty metrics and are counted (printed, and in
-`df.attrs["n_unknown"]`). A known record that an editor cannot edit (an `EditError`, e.g. no
+`df.attrs["n_unknown"]`). That is the default population, `population="known"`. ROME and
+Specificity+ used no such filter: `population="unknown"` edits only the records the unedited
+model does *not* know (the known ones keep a row with empty metrics), and `population="all"`
+edits every record. The study keeps the unknown records' rows in a file of their own
+(`store_path(..., population="unknown")`), so that the all-records population is the known
+store's known rows plus the unknown store's unknown rows (`all_records`), and no known record is
+edited twice. A known record that an editor cannot edit (an `EditError`, e.g. no
 donor subject for patch-donor) keeps a row with the error in `edit_error` and empty metrics,
 and is counted (`df.attrs["n_edit_failed"]`, the headline's "failed edits"). `summarize` uses
 known rows only; its `n` per metric leaves out failed edits.
@@ -116,7 +122,8 @@ def _check_int(name: str, value, minimum: int, allow_none: bool = False):
 def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = True,
                  n_generation: int = 1, max_new_tokens: int = 30,
                  generation_records: int | None = None, seed: int | None = 0,
-                 pool: str = "records", top_up: str = "none") -> dict:
+                 pool: str = "records", top_up: str = "none",
+                 population: str = "known") -> dict:
     """Everything besides the record itself that determines an evaluation row.
 
     Model name and weights fingerprint, editor name and its full hyper-parameters,
@@ -146,10 +153,26 @@ def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = Tr
         **({"pool": _check_pool(pool)} if pool != "records" else {}),
         # how neighbourhoods are topped up (`build_neighbourhoods`; left out when not)
         **({"neighbour_top_up": _check_top_up(top_up)} if top_up != "none" else {}),
+        # which records are edited (left out for the default, the known ones)
+        **({"population": _check_population(population)} if population != "known" else {}),
     }))
 
 
 NEIGHBOUR_POOLS = ("records", "counterfact")
+POPULATIONS = ("known", "unknown", "all")
+
+
+def _check_population(population) -> str:
+    if population not in POPULATIONS:
+        raise ValueError(f"population={population!r} must be one of {POPULATIONS}: edit the "
+                         "records the unedited model knows (P(true) > P(new) on the rewrite "
+                         "prompt), those it does not know, or all of them")
+    return population
+
+
+def _edits(population: str, known: bool) -> bool:
+    """Whether a record of this known-ness is edited and scored in this population."""
+    return population == "all" or (population == "known") == bool(known)
 
 
 def _check_pool(pool) -> str:
@@ -477,7 +500,7 @@ class _Plan:
 
 
 def plan_run(model, editor, records, *, n_neighbours, generation, n_generation, max_new_tokens,
-          generation_records, pool, top_up, seed, shard) -> _Plan:
+          generation_records, pool, top_up, seed, shard, population="known") -> _Plan:
     records = list(records)
     ids: set = set()
     for r in records:
@@ -515,7 +538,7 @@ def plan_run(model, editor, records, *, n_neighbours, generation, n_generation, 
     settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
                             n_generation=n_generation, max_new_tokens=max_new_tokens,
                             generation_records=generation_records, seed=seed,
-                            pool=pool_name, top_up=top_up)
+                            pool=pool_name, top_up=top_up, population=population)
     rkey = run_key(settings)
     digests = {r.case_id: row_digest(rkey, r, neighbourhoods[r.case_id],
                                      generation and r.case_id in with_ge) for r in todo}
@@ -541,6 +564,7 @@ def evaluate(
     shard=None,
     seed: int | None = 0,
     progress: bool | str = True,
+    population: str = "known",
 ):
     """Edit each record's fact, score it against the unedited model, undo it.
 
@@ -574,6 +598,10 @@ def evaluate(
         progress: tqdm bar and a printed count of unknown records; a string instead prints
             one line per record starting with it (for worker processes whose output is
             relayed, where a bar would not render).
+        population: which records are edited and scored: "known" (default: P(true) > P(new)
+            before editing), "unknown" (only the others) or "all" (no filter, as ROME and
+            Specificity+). A record outside it keeps a row (its `known`, P(true) and P(new))
+            with empty metrics. Part of the run's settings when not "known".
 
     Returns:
         DataFrame, one row per record (columns `COLUMNS`), attrs n_known / n_unknown.
@@ -581,10 +609,12 @@ def evaluate(
     Raises:
         ResultsFileError: `out` is not a results file of ours, was made under other settings
             (the message says which differ), or holds rows for other records or neighbourhoods.
-        ValueError: `records` repeat a case id, or a count is not a valid integer.
+        ValueError: `records` repeat a case id, a count is not a valid integer, or
+            `population` is not one of `POPULATIONS`.
     """
     from tqdm.auto import tqdm
 
+    population = _check_population(population)
     if isinstance(editor, str):
         editor = get_editor(editor, model)
     if not isinstance(editor, Editor):
@@ -592,7 +622,7 @@ def evaluate(
     plan = plan_run(model, editor, records, n_neighbours=n_neighbours, generation=generation,
                  n_generation=n_generation, max_new_tokens=max_new_tokens,
                  generation_records=generation_records, pool=pool, top_up=top_up, seed=seed,
-                 shard=shard)
+                 shard=shard, population=population)
     batch_size = _check_int("batch_size", batch_size, 1)
     records, todo, neighbourhoods, tiers = plan.records, plan.todo, plan.neighbourhoods, plan.tiers
     settings, rkey, digests, with_ge = plan.settings, plan.rkey, plan.digests, plan.with_ge
@@ -622,22 +652,32 @@ def evaluate(
                                    tiers=tiers[rec.case_id],
                                    batch_size=batch_size,
                                    generation=generation and rec.case_id in with_ge,
-                                   n_generation=n_generation, max_new_tokens=max_new_tokens)
+                                   n_generation=n_generation, max_new_tokens=max_new_tokens,
+                                   population=population)
         row.update(settings_digest=digests[rec.case_id], run_key=rkey, **_provenance(model))
         if out is not None:
             _append(out, row)
         rows.append(row)
         if lines is not None:
-            took = ("not known" if not row["known"] else
-                    f"edit {row['edit_seconds']:.1f} s, eval {row['eval_seconds']:.1f} s")
+            if not _edits(population, row["known"]):
+                took = ("known" if row["known"] else "not known") + ": not edited"
+            elif row.get("edit_error"):
+                took = f"edit failed: {row['edit_error']}"
+            else:
+                took = f"edit {row['edit_seconds']:.1f} s, eval {row['eval_seconds']:.1f} s"
             print(f"{lines} {editor.name} {i}/{len(todo)} case {rec.case_id}: {took}",
                   flush=True)
     df = to_frame(rows)
     if progress:
         failed = df.attrs["n_edit_failed"]
-        print(f"evaluate({editor.name}): {df.attrs['n_known']} known records evaluated, "
-              f"{df.attrs['n_unknown']} excluded as not known (P(true) <= P(new) unedited)"
-              + (f"; the editor could not edit {failed} of the known ones (EditError, "
+        n_k, n_u = df.attrs["n_known"], df.attrs["n_unknown"]
+        what = {"known": f"{n_k} known records evaluated, {n_u} excluded as not known "
+                         "(P(true) <= P(new) unedited)",
+                "unknown": f"{n_u} records not known (P(true) <= P(new) unedited) evaluated, "
+                           f"{n_k} known ones left to the known population's rows",
+                "all": f"{len(df)} records evaluated ({n_k} known, {n_u} not known)"}[population]
+        print(f"evaluate({editor.name}): {what}"
+              + (f"; the editor could not edit {failed} of them (EditError, "
                  "column edit_error)" if failed else ""))
     return df
 
@@ -663,7 +703,7 @@ def _record_seed(seed: int, case_id) -> int:
 
 
 def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generation,
-                     n_generation, max_new_tokens, tiers=()) -> dict:
+                     n_generation, max_new_tokens, tiers=(), population="known") -> dict:
     request = EditRequest.from_record(rec)
     row = {"case_id": rec.case_id, "subject": rec.subject, "relation": rec.relation,
            "target_true": rec.target_true, "target_new": rec.target_new,
@@ -676,7 +716,7 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     p_true, p_new = UNEDITED.target_probs(model, key, [request.text] * 2,
                                           [rec.target_true, rec.target_new], batch_size)
     row.update(p_true_pre=p_true, p_new_pre=p_new, known=bool(p_true > p_new))
-    if not row["known"]:
+    if not _edits(population, row["known"]):
         return {**row, **{m: None for m in METRICS}, "edit_seconds": None, "eval_seconds": None,
                 "n_generation": 0}
     case = Case.from_counterfact(rec, neighbours=neighbours, ladder=False)
@@ -750,8 +790,10 @@ def evaluate_in_workers(model, editors, *, split: str, n: int, workers: int = 2,
 
 
 # -- the study's committed rows ---------------------------------------------------------------
-def store_path(model, editor, split: str, root=None) -> Path:
-    """Where the study keeps one editor's rows: `results/<model>/<split>/<editor>.jsonl`.
+def store_path(model, editor, split: str, root=None, population: str = "known") -> Path:
+    """Where the study keeps one editor's rows: `results/<model>/<split>/<editor>.jsonl`, and
+    for another population than the known records `results/<model>/<split>/<population>/
+    <editor>.jsonl`.
 
     One file per model, split and editor, whatever the number of records: the file's header
     holds the run's settings (hparams, metric version, neighbourhood and generation settings),
@@ -764,6 +806,8 @@ def store_path(model, editor, split: str, root=None) -> Path:
     name = editor if isinstance(editor, str) else editor.name
     parts = (_safe_name_part("model name", model.name.replace("/", "_")),
              _safe_name_part("split", split_label(split)))
+    if _check_population(population) != "known":
+        parts += (population,)
     root = Path(root).joinpath(*parts) if root else results_dir(*parts)
     return root / f"{_safe_name_part('editor name', name)}.jsonl"
 
@@ -778,7 +822,7 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
           generation_records: int | None = None, n_generation: int = 1,
           max_new_tokens: int = 30, batch_size: int = 32, seed: int = 0,
           pool: str = "counterfact", top_up: str = "none", progress: bool = True,
-          compute: bool = True) -> dict:
+          compute: bool = True, population: str = "known") -> dict:
     """Every editor on the first `n` records of `split`, reusing the committed rows.
 
     Each editor's rows live in `store_path(...)` (`results/<model>/<split>/<editor>.jsonl`,
@@ -797,6 +841,9 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
     `ResultsFileError` naming the files and the runner command that would compute them
     (a notebook that reads another notebook's rows must not silently start hours of edits).
 
+    `population` ("known", "unknown", "all"; see `evaluate`) picks which records are edited;
+    each has its own files (`store_path`). `all_records` joins the known and unknown ones.
+
     Returns:
         {editor: DataFrame of the rows of these records, in their order}; each frame's attrs
         also hold `path`, `reused` and `computed` (row counts).
@@ -811,10 +858,10 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
     names = [e if isinstance(e, str) else e.name for e in editors]
     opts = dict(n_neighbours=n_neighbours, generation=generation, n_generation=n_generation,
                 max_new_tokens=max_new_tokens, generation_records=generation_records,
-                pool=pool, top_up=top_up, seed=seed)
+                pool=pool, top_up=top_up, seed=seed, population=_check_population(population))
     paths, have = {}, {}
     for name in names:
-        path = store_path(model, name, split, root)
+        path = store_path(model, name, split, root, population)
         if fresh and path.exists():
             path.unlink()
             print(f"study: fresh run: deleted {path}")
@@ -837,7 +884,7 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
             "missing under these settings: " + ", ".join(
                 f"{name} {missing[name]} ({paths[name]})" for name in todo)
             + ". Compute them first: python -m loudfacts.evaluate " + " ".join(args)
-            + " --store " + str(Path(root) if root else paths[todo[0]].parents[2]))
+            + " --store " + str(Path(root) if root else _store_root(paths[todo[0]], population)))
     if any(missing.values()):
         todo = [name for name in names if missing[name]]
         if workers > 1:
@@ -845,7 +892,8 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
 
             args = _worker_args(model, todo, split=split, n=n, batch_size=batch_size,
                                 **{k: v for k, v in opts.items()})
-            args += ["--store", str(Path(root) if root else paths[todo[0]].parents[2])]
+            args += ["--store", str(Path(root) if root else _store_root(paths[todo[0]],
+                                                                          population))]
             run_workers("loudfacts.evaluate", args, workers, part_flag="--shard")
         else:
             for name in todo:
@@ -863,6 +911,44 @@ def study(model, editors, *, split: str, n: int | None, workers: int = 1, root=N
         df.attrs.update(path=str(paths[name]), computed=missing[name],
                         reused=len(records) - missing[name])
         out[name] = df
+    return out
+
+
+def _store_root(path: Path, population: str) -> Path:
+    """The --store folder of a study file (`store_path`'s root)."""
+    return path.parents[3 if population != "known" else 2]
+
+
+def all_records(model, editors, *, split: str, n: int, compute: bool = True, **settings):
+    """Every editor on the first `n` records of `split` with no known filter (as ROME and
+    Specificity+ evaluate): the known records' rows from the study's files, the others' from
+    its unknown-population files (`study(population="unknown")`, computed when missing unless
+    `compute=False`). One DataFrame, one row per record and editor; `known` keeps its meaning
+    (P(true) > P(new) before editing), and every row of an edit that went through has metrics.
+    `settings` are the study's own (see `study`); fresh runs go through `study`.
+
+    Raises:
+        ResultsFileError: with `compute=False`, a record has no row (the message names the
+            command that computes it); or a row is missing after the run.
+    """
+    import pandas as pd
+
+    known = study(model, editors, split=split, n=n, compute=compute, fresh=False,
+                  population="known", **settings)
+    unknown = study(model, editors, split=split, n=n, compute=compute, fresh=False,
+                    population="unknown", **settings)
+    frames = []
+    for name in known:
+        k, u = known[name], unknown[name]
+        if k["case_id"].tolist() != u["case_id"].tolist() or \
+                k["known"].tolist() != u["known"].tolist():
+            raise ResultsFileError(f"{k.attrs['path']} and {u.attrs['path']} disagree on which "
+                                   "records the unedited model knows; recompute one of them")
+        # record order kept: each record's row from the file whose population edited it
+        frames.append(pd.concat([k[k["known"]], u[~u["known"]]]).sort_index(kind="stable"))
+    out = pd.concat(frames, ignore_index=True)
+    first = out[out["editor"] == out["editor"].iloc[0]] if len(out) else out
+    out.attrs.update(n_records=len(first), n_known=int(first["known"].sum()))
     return out
 
 
@@ -919,7 +1005,8 @@ def study_effects_sentence(table, split: str, metrics=("ES", "PS", "NS", "NS+"))
 
 
 def _worker_args(model, names, *, split, n, n_neighbours, generation, generation_records,
-                 n_generation, max_new_tokens, batch_size, seed, pool, top_up) -> list[str]:
+                 n_generation, max_new_tokens, batch_size, seed, pool, top_up,
+                 population="known") -> list[str]:
     """`python -m loudfacts.evaluate` arguments for these settings (workers add --shard)."""
     args = ["--editors", ",".join(names), "--model", model.name, "--split", str(split),
             "--n", "all" if n is None else str(n), "--n-neighbours", str(n_neighbours),
@@ -928,6 +1015,8 @@ def _worker_args(model, names, *, split, n, n_neighbours, generation, generation
             "--pool", pool, "--top-up", top_up]
     if not generation:
         args.append("--no-generation")
+    if population != "known":
+        args += ["--population", population]
     if generation_records is not None:
         args += ["--generation-records", str(generation_records)]
     return args
@@ -966,7 +1055,8 @@ def _safe_name_part(what: str, value: str) -> str:
 def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
                  generation: bool, generation_records: int | None = None,
                  max_new_tokens: int = 30, n_generation: int = 1, seed: int | None = 0,
-                 root=None, pool: str = "records", top_up: str = "none") -> Path:
+                 root=None, pool: str = "records", top_up: str = "none",
+                 population: str = "known") -> Path:
     """Cache file for `evaluate(out=...)`: one name per model, editor and its hyper-parameters,
     records and settings, so a rerun with the same settings resumes/reuses and any change
     starts a new file. The name reads `{editor}-{split}-n{n}-k{k}-{ge}-{digest}.jsonl`, where the
@@ -987,7 +1077,7 @@ def results_path(model, editor, *, split: str, n: int | None, n_neighbours: int,
     settings = run_settings(model, editor, n_neighbours=n_neighbours, generation=generation,
                             n_generation=n_generation, max_new_tokens=max_new_tokens,
                             generation_records=generation_records, seed=seed, pool=pool,
-                            top_up=top_up)
+                            top_up=top_up, population=population)
     key = digest({"run": run_key(settings), "split": split, "n": n}, 12)
     ge = "noge" if not generation else (
         ("ge" if generation_records is None else f"ge{int(generation_records)}")

@@ -622,6 +622,9 @@ def test_published_rows_are_named_as_the_paper_names_them():
     published = set(table.loc[table.source == "gpt2-xl", "algorithm"])
     assert published == {"FT-L (CSV: FT)", "MEMIT", "ROME", "unedited"}
     assert table.loc[table.source == "ours", "NS"].item() == 0.5
+    both = compare_with_reference(summary, reference_models=(), label="ours, known",
+                                  all_summary=summary.assign(mean=0.25), all_label="ours, all")
+    assert both.set_index("source")["NS"].to_dict() == {"ours, known": 0.5, "ours, all": 0.25}
 
 
 def test_neighbours_from_all_of_counterfact():

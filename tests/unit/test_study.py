@@ -267,3 +267,80 @@ def test_study_without_compute_reads_rows_and_names_what_is_missing(tiny_llama, 
     with pytest.raises(ValueError, match="fresh=True, compute=False"):
         study(tiny_llama, ["unedited"], n=3, root=tmp_path, fresh=True, compute=False, **KW)
     assert path.read_text() == text
+
+
+# -- populations: known, unknown, all ------------------------------------------------------------
+def test_population_unknown_edits_exactly_the_records_the_known_run_left_out(tiny_llama):
+    records = load_counterfact("edit-1k", n=12, verbose=False)
+    kw = {k: v for k, v in KW.items() if k != "split"}
+    known = evaluate(tiny_llama, "ft", records, pool="counterfact", progress=False, **kw)
+    unknown = evaluate(tiny_llama, "ft", records, pool="counterfact", progress=False,
+                       population="unknown", **kw)
+    every = evaluate(tiny_llama, "ft", records, pool="counterfact", progress=False,
+                     population="all", **kw)
+    k_mask = known["known"].to_numpy()
+    assert 0 < k_mask.sum() < len(records), "the tiny model must know some records, not all"
+    assert (unknown["known"].to_numpy() == k_mask).all()
+    # each population scores its own records and leaves the others' metrics empty
+    assert known.loc[k_mask, "ES"].notna().all() and known.loc[~k_mask, "ES"].isna().all()
+    assert unknown.loc[~k_mask, "ES"].notna().all() and unknown.loc[k_mask, "ES"].isna().all()
+    assert every["ES"].notna().all()
+    # an edit does not depend on the population it was made in
+    for m in ("ES", "PS", "NS", "NS+", "NKL"):
+        joined = known[m].where(k_mask, unknown[m]).astype(float)
+        np.testing.assert_allclose(joined, every[m].astype(float), rtol=1e-4, atol=1e-6)
+    # and the population is part of the run's settings (the default's key is unchanged)
+    assert len({known["run_key"][0], unknown["run_key"][0], every["run_key"][0]}) == 3
+    with pytest.raises(ValueError, match="population='most'"):
+        evaluate(tiny_llama, "ft", records, progress=False, population="most", **kw)
+
+
+def test_all_records_joins_the_known_and_unknown_files_without_editing_twice(tiny_llama,
+                                                                           tmp_path):
+    from loudfacts.claims import paired_effect
+    from loudfacts.metrics import summarize
+    from loudfacts.runner import all_records
+
+    kw = {**KW, "pool": "counterfact"}
+    known = study(tiny_llama, ["unedited", "ft"], n=8, root=tmp_path, fresh=False, **kw)
+    assert store_path(tiny_llama, "ft", "edit-1k", tmp_path, "unknown") == \
+        tmp_path / "tiny-llama" / "edit-1k" / "unknown" / "ft.jsonl"
+    with pytest.raises(ResultsFileError, match="--population unknown"):
+        all_records(tiny_llama, ["unedited", "ft"], n=8, root=tmp_path, compute=False, **kw)
+    rows = all_records(tiny_llama, ["unedited", "ft"], n=8, root=tmp_path, **kw)
+    n_known = int(known["ft"]["known"].sum())
+    assert rows.attrs == {"n_records": 8, "n_known": n_known}
+    assert len(rows) == 16 and rows.groupby("editor")["case_id"].nunique().eq(8).all()
+    assert rows["ES"].notna().all()
+    ft = rows[rows["editor"] == "ft"].reset_index(drop=True)
+    assert ft["case_id"].tolist() == known["ft"]["case_id"].tolist()  # record order kept
+    # known rows are the known study's rows, untouched
+    kept = ft[ft["known"]]
+    assert kept["settings_digest"].tolist() == \
+        known["ft"].loc[known["ft"]["known"], "settings_digest"].tolist()
+    # the unknown file edited only the unknown records
+    unk = read_results(store_path(tiny_llama, "ft", "edit-1k", tmp_path, "unknown"))
+    assert sum(r["ES"] is not None for r in unk) == 8 - n_known
+    # the analyses take the population
+    all_n = paired_effect(rows, "ft", "ES", population="all")["n"]
+    assert all_n == 8 and paired_effect(rows, "ft", "ES")["n"] == n_known
+    assert paired_effect(rows, "ft", "ES", population="unknown")["n"] == 8 - n_known
+    s = summarize(rows, metrics=["ES"], population="all")
+    assert s.set_index("editor").loc["ft", "n"] == 8
+    # reading again computes nothing
+    again = all_records(tiny_llama, ["unedited", "ft"], n=8, root=tmp_path, compute=False,
+                        **kw)
+    assert again["settings_digest"].tolist() == rows["settings_digest"].tolist()
+
+
+def test_cli_population_unknown_writes_its_own_study_file(tmp_path):
+    from loudfacts.evaluate import main
+
+    args = ["--editors", "unedited", "--model", "tiny-llama", "--n", "4", "--no-generation",
+            "--n-neighbours", "3", "--pool", "counterfact", "--store", str(tmp_path),
+            "--population", "unknown"]
+    assert main(args) == 0
+    rows = read_results(tmp_path / "tiny-llama" / "edit-1k" / "unknown" / "unedited.jsonl")
+    assert len(rows) == 4
+    assert all((r["ES"] is None) == r["known"] for r in rows)
+    assert not (tmp_path / "tiny-llama" / "edit-1k" / "unedited.jsonl").exists()
