@@ -962,7 +962,9 @@ def variant_path(model, editor: str, overrides: dict, split: str, root=None) -> 
     base = store_path(model, editor, split, root)
     tag = ",".join(f"{k}={canonical_json(v)}" for k, v in sorted(overrides.items()))
     tag = re.sub(r"[^A-Za-z0-9._+=,-]", "_", tag)
-    return base.parent / "variants" / base.stem / f"{_safe_name_part('overrides', tag)}.jsonl"
+    if ".." in tag or tag.startswith("."):
+        raise ValueError(f"overrides {overrides!r} cannot name a results file ({tag!r})")
+    return base.parent / "variants" / base.stem / f"{tag}.jsonl"
 
 
 def variant_study(model, editor: str, overrides: dict, *, split: str, n: int, root=None,
