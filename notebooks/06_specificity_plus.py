@@ -209,7 +209,9 @@ per_rel.round(2)
 # editor's paired effect (edited minus unedited on the same records) with a 95% bootstrap
 # interval, and n says how many records each population holds. GE is left out. It is
 # computed for the first `generation_records` records only, and a population holds just a few
-# of those.
+# of those. On a record the model does not know, the unedited model already prefers the new
+# object on the rewrite prompt (its ES is 1), so an edit cannot raise ES there: ΔES over all
+# records is lower by construction, not because the edits fail more often.
 
 # %%
 if all_records_n:
@@ -228,7 +230,7 @@ if all_records_n:
     populations = pd.concat(side, names=["records", "editor"]).swaplevel().sort_index(
         level=0, key=lambda ix: ix.map({e: i for i, e in enumerate(
             ev.editor_order(run_editors))}) if ix.name == "editor" else ix, sort_remaining=False)
-    save_table(populations, "06_populations")
+    save_table(populations.reset_index(level="records"), "06_populations")
     display(populations)
 else:
     print("all_records_n = 0: the all-records population is skipped")
