@@ -316,6 +316,12 @@ if generation and "generations" in known.columns and "unedited" in run_editors:
 # "{subject} was known for", "The story of {subject}") where ROME uses the record's own; NLTK's
 # sentence splitter runs without its trained English parameters (not available offline); the
 # sampler is seeded per prompt.
+#
+# Sampled texts diverge as soon as one draw differs, so any change to the next-token
+# distributions, however small, gives other texts and another GE. The row "unedited (sampler
+# seed + 1)" is the control. It is the unedited model again with the next sampler seed, paired
+# with its own first draw, and its rows are kept under `results/sampling-seed<k>/`. A ΔGE no
+# larger than the control's is sampling noise, not lost fluency.
 
 # %%
 rome_ge = None
@@ -338,6 +344,17 @@ if ge_recs and "unedited" in run_editors:
     rome_ge.loc["unedited"] = [round(float(means.loc["unedited", "mean"]), 3),
                                int(means.loc["unedited", "count"]), ""]
     rome_ge = rome_ge.reindex(ev.editor_order(rome_ge.index))
+    control_root = (store or repo_path("results")) / f"sampling-seed{seed + 1}"
+    again = generations_for_editors(model, [get_editor("unedited", model)], ge_recs,
+                                    n_prompts=rome_ge_prompts, seed=seed + 1, split=split,
+                                    root=control_root)
+    pair = pd.concat([gens[gens.editor == "unedited"],
+                      again.assign(editor="unedited (sampler seed + 1)")])
+    ctrl = cl.paired_effect(pair.assign(known=True), "unedited (sampler seed + 1)", "GE",
+                            n_resamples=n_bootstrap, seed=seed)
+    rome_ge.loc["unedited (sampler seed + 1)"] = [
+        round(float(again["GE"].mean()), 3), ctrl["n"],
+        f"{ctrl['effect']:+.3f} [{ctrl['ci_low']:+.3f}, {ctrl['ci_high']:+.3f}]"]
     display(rome_ge)
     save_table(rome_ge, "06_rome_ge")
     with pd.option_context("display.max_colwidth", 300):
