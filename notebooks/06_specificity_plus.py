@@ -354,7 +354,8 @@ if ge_recs and "unedited" in run_editors:
                             n_resamples=n_bootstrap, seed=seed)
     rome_ge.loc["unedited (sampler seed + 1)"] = [
         round(float(again["GE"].mean()), 3), ctrl["n"],
-        f"{ctrl['effect']:+.3f} [{ctrl['ci_low']:+.3f}, {ctrl['ci_high']:+.3f}]"]
+        f"{ctrl['effect']:+.3f}" + ("" if pd.isna(ctrl["ci_low"]) else
+                                     f" [{ctrl['ci_low']:+.3f}, {ctrl['ci_high']:+.3f}]")]
     display(rome_ge)
     save_table(rome_ge, "06_rome_ge")
     with pd.option_context("display.max_colwidth", 300):
