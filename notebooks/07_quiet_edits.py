@@ -32,9 +32,9 @@
 # edits. `loudfacts.leak` holds the machinery; its docstring states each quantity. The first
 # editor designed to stay quiet, `rome-quiet` (`loudfacts.editing.quiet`: v* with a KL term on
 # tangential mentions, computed on the edit's exact write from the coefficient above), is
-# registered and tested, but not yet swept here. A gated hook edit, `hook-gated`, is scored
-# at the end against ROME on notebook 06's metrics, with its gate's hit and false-trigger
-# rates, and swept over its threshold with and without its sentence rule.
+# scored at the end against ROME on notebook 06's metrics at each weight of that term in
+# `quiet_factors`. So is a gated hook edit, `hook-gated`, with its gate's hit and
+# false-trigger rates, swept over its threshold with and without its sentence rule.
 
 # %% tags=["colab-setup", "remove-cell"]
 import sys
@@ -58,6 +58,9 @@ top_k = 10  # heads compared between loud prompts and the rewrite prompt
 rome_overrides = {}  # ROME hyper-parameters (smoke runs: fewer prefixes, steps, tokens)
 # hook-gated settings scored against ROME: [clause_rule, tau]; the first is the editor's default
 gate_sweep = [[True, 0.0], [True, 0.3], [True, 0.6], [False, 0.0], [False, 0.6]]
+# rome-quiet's quiet_factor values scored against ROME on the same edits ([]: skip); their rows
+# are kept in results/<model>/<split>/variants/rome-quiet/ and reused
+quiet_factors = []
 # The rule again on notebook 06's committed rows (results/) of its first this many records,
 # read and never computed here (None: skip). They must exist under notebook 06's settings:
 study_records = None
@@ -503,6 +506,7 @@ save_figure(fig, "07_gate_curves", caption=(
 # and the tables report it next to ES.
 
 # %%
+from loudfacts import evaluation as ev
 from loudfacts.evaluation import evaluate
 
 
@@ -526,11 +530,31 @@ def scores_of(ed, label=None):
     return df.assign(editor=label) if label else df
 
 
+def quiet_label(factor):
+    return f"rome-quiet (λ={factor:g})"
+
+
+quiet_rows = []
+for f in quiet_factors:  # rows kept under results/ (`variant_study`): computed once
+    if rome_overrides:
+        raise ValueError(f"quiet_factors={quiet_factors!r} keeps its rows in results/, made "
+                         f"with ROME's defaults; rome_overrides={rome_overrides!r} would mix "
+                         "in other edits (set quiet_factors: [])")
+    q = ev.variant_study(model, "rome-quiet", {"quiet_factor": float(f), "seed": seed},
+                         split=split, n=n_tried, n_neighbours=n_neighbours,
+                         pool="counterfact", top_up=neighbour_top_up, seed=seed,
+                         progress=False)
+    print(f"{quiet_label(f)}: {q.attrs['reused']} rows reused, {q.attrs['computed']} computed "
+          f"({q.attrs['path']})")
+    q = q[q["case_id"].isin({r.case_id for r in chosen})]
+    if len(q) != len(chosen):
+        raise ValueError(f"{quiet_label(f)}: rows for {len(q)} of the {len(chosen)} edits")
+    quiet_rows.append(q.assign(editor=quiet_label(f)))
 scored = pd.concat([scores_of(editor), scores_of(hook_delta)]
-                   + [scores_of(ed, label) for label, ed in gated_editors.items()],
-                   ignore_index=True)
+                   + [scores_of(ed, label) for label, ed in gated_editors.items()]
+                   + quiet_rows, ignore_index=True)
 metrics = ["ES", "PS", "NS", "NS+", "NS+cool", "NKL"]
-compared = ["hook-delta", *gated_editors]
+compared = ["hook-delta", *gated_editors, *map(quiet_label, quiet_factors)]
 vs_rome = []
 for name in compared:
     for met in metrics:
@@ -582,6 +606,12 @@ for ax, (x, y) in zip(axes, (("NS+", "ES"), ("NS+cool", "PS"))):
             ax.plot(xs, ys, color=colour, lw=1, label="hook-gated, " + (
                 "sentence rule" if rule else "no rule") + " (τ " + ", ".join(
                 f"{t:g}" for r, t in gate_sweep if bool(r) == rule) + ")")
+    if quiet_factors:
+        xy = [point(ax, scored[scored.editor == quiet_label(f)], x, y, fmt="^", color="C4",
+                    alpha=0.8) for f in sorted(quiet_factors)]
+        xs, ys = zip(*xy)
+        ax.plot(xs, ys, color="C4", lw=1, label="rome-quiet (λ " + ", ".join(
+            f"{f:g}" for f in sorted(quiet_factors)) + ")")
     ax.set_xlabel(f"{x} (higher: quieter)")
     ax.set_ylabel(f"{y} (higher: the edit took)")
 axes[0].legend(frameon=False, fontsize=8)
@@ -589,7 +619,8 @@ save_figure(fig, "07_gated_frontier", caption=(
     f"Efficacy against specificity on {len(chosen)} known records, notebook 06's metrics: "
     "ROME's weight edit, hook-delta (ROME's δ added at the subject's last token) and "
     "hook-gated (the same write, used only where the gate opens) at each swept setting, joined "
-    "in order of τ for each rule. Means over records with 95% bootstrap intervals. Left: ES "
+    "in order of τ for each rule, and rome-quiet (v* with a KL term on tangential mentions) at "
+    "each swept λ. Means over records with 95% bootstrap intervals. Left: ES "
     "against NS+ (CounterFact+ prompts); right: PS against NS+cool (tangential prompts)."))
 
 # %% [markdown]
@@ -608,8 +639,6 @@ save_figure(fig, "07_gated_frontier", caption=(
 # the reference's default hyper-parameters, so this section needs `rome_overrides` empty.
 
 # %%
-from loudfacts import evaluation as ev
-
 study_vs_rome = None
 if study_records:
     if rome_overrides:
@@ -734,6 +763,14 @@ if no_rule:
                  f"{b_ns['effect']:+.2f} [{b_ns['ci_low']:+.2f}, {b_ns['ci_high']:+.2f}] and "
                  f"PS by {b_ps['effect']:+.2f}, and "
                  f"{'meets' if verdicts[best] else 'does not meet'} the rule.")
+if quiet_factors:
+    q_best = max(map(quiet_label, quiet_factors), key=lambda n: vs_rome.loc[(n, "NS+"), "effect"])
+    q_ns, q_es = vs_rome.loc[(q_best, "NS+")], vs_rome.loc[(q_best, "ES")]
+    parts.append(f" The quiet v* (rome-quiet, λ swept over "
+                 f"{', '.join(f'{f:g}' for f in quiet_factors)}) raises NS+ most at {q_best}: "
+                 f"{q_ns['effect']:+.2f} [{q_ns['ci_low']:+.2f}, {q_ns['ci_high']:+.2f}] against "
+                 f"ROME, with ES {q_es['effect']:+.3f}; it "
+                 f"{'meets' if verdicts[q_best] else 'does not meet'} the rule.")
 passing = [n for n in compared if also_ps[n]]
 parts.append(" Settings quieter at ROME's ES and PS: " + (", ".join(passing) if passing
                                                           else "none") + ".")

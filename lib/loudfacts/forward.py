@@ -323,18 +323,17 @@ class KVCache:
         return k, v
 
 
-@torch.no_grad()
-def greedy_tokens(model, ids: list[int], max_new_tokens: int, stop_ids=()) -> list[int]:
-    """Greedy continuation of `ids` through the bridge with a growing `KVCache`: one forward of
-    the prompt, then one single-token forward per new token. Stops early at a token in
-    `stop_ids`. Returns the new token ids."""
+def _kv_decode(model, ids: list[int], max_new_tokens: int, pick, stop_ids=()) -> list[int]:
+    """Decode through the bridge with a growing `KVCache`: one forward of the prompt, then one
+    single-token forward per new token, each chosen by `pick(last logits)`. Stops early at a
+    token in `stop_ids`. Returns the new token ids."""
     cache = KVCache()
     x = torch.tensor([ids], dtype=torch.long, device=model.device)
     n = len(ids)
     logits = run_with_prefix(model, x, cache, torch.arange(n)[None])
     out: list[int] = []
     for _ in range(max_new_tokens):
-        nxt = int(logits[0, -1].argmax())
+        nxt = pick(logits[0, -1])
         out.append(nxt)
         if nxt in stop_ids or len(out) == max_new_tokens:
             break
@@ -343,6 +342,14 @@ def greedy_tokens(model, ids: list[int], max_new_tokens: int, stop_ids=()) -> li
         logits = run_with_prefix(model, torch.tensor([[nxt]], device=model.device), cache,
                                  torch.tensor([[pos]]), mask=mask)
     return out
+
+
+@torch.no_grad()
+def greedy_tokens(model, ids: list[int], max_new_tokens: int, stop_ids=()) -> list[int]:
+    """Greedy continuation of `ids` through the bridge with a growing `KVCache`: one forward of
+    the prompt, then one single-token forward per new token. Stops early at a token in
+    `stop_ids`. Returns the new token ids."""
+    return _kv_decode(model, ids, max_new_tokens, lambda lg: int(lg.argmax()), stop_ids)
 
 
 def _top_k_pick(logits: torch.Tensor, top_k: int, generator: torch.Generator) -> int:
@@ -370,20 +377,9 @@ def sampled_tokens(model, ids: list[int], max_new_tokens: int, top_k: int,
     out: list[int] = []
     if max_new_tokens <= 0:
         return out
-    n = len(ids)
     if supports_kv_prefix(model) and not model.active_hooks():
-        cache = KVCache()
-        x = torch.tensor([ids], dtype=torch.long, device=model.device)
-        logits = run_with_prefix(model, x, cache, torch.arange(n)[None])
-        for _ in range(max_new_tokens):
-            out.append(_top_k_pick(logits[0, -1], top_k, generator))
-            if len(out) == max_new_tokens:
-                break
-            pos = n + len(out) - 1
-            mask = prefix_causal_mask(1, pos, device=model.device)
-            logits = run_with_prefix(model, torch.tensor([[out[-1]]], device=model.device),
-                                     cache, torch.tensor([[pos]]), mask=mask)
-        return out
+        return _kv_decode(model, ids, max_new_tokens,
+                          lambda lg: _top_k_pick(lg, top_k, generator))
     seq = list(ids)
     for _ in range(max_new_tokens):
         x = torch.tensor([seq], dtype=torch.long, device=model.device)

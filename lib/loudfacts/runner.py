@@ -952,6 +952,47 @@ def all_records(model, editors, *, split: str, n: int, compute: bool = True, **s
     return out
 
 
+def variant_path(model, editor: str, overrides: dict, split: str, root=None) -> Path:
+    """Where the study keeps the rows of an editor under hyper-parameter overrides:
+    `results/<model>/<split>/variants/<editor>/<key>=<value>,....jsonl` (keys sorted; values as
+    canonical JSON). The file's header still holds the full hyper-parameters, and a row is
+    reused only when its digest matches (`evaluate`)."""
+    if not overrides:
+        raise ValueError("variant_path: no overrides; the editor's own rows are at store_path")
+    base = store_path(model, editor, split, root)
+    tag = ",".join(f"{k}={canonical_json(v)}" for k, v in sorted(overrides.items()))
+    tag = re.sub(r"[^A-Za-z0-9._+=,-]", "_", tag)
+    if ".." in tag or tag.startswith("."):
+        raise ValueError(f"overrides {overrides!r} cannot name a results file ({tag!r})")
+    return base.parent / "variants" / base.stem / f"{tag}.jsonl"
+
+
+def variant_study(model, editor: str, overrides: dict, *, split: str, n: int, root=None,
+                  n_neighbours: int = 10, pool: str = "counterfact", top_up: str = "none",
+                  seed: int = 0, batch_size: int = 32, progress: bool = True):
+    """`editor` with hyper-parameter `overrides` on the first `n` records of `split`, with the
+    study's neighbourhoods and without GE, its rows kept in `variant_path(...)` and reused
+    (only missing rows are computed, in this process). For run-to-run variation (ROME's random
+    context prefixes: `{"prefix_seed": 1}`) and strength sweeps.
+
+    Returns:
+        DataFrame of the rows of these records (attrs `path`, `reused`, `computed`).
+    """
+    from loudfacts.data import load_counterfact
+
+    records = load_counterfact(split, n=n, verbose=False)
+    path = variant_path(model, editor, overrides, split, root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ed = get_editor(editor, model, **overrides)
+    opts = dict(n_neighbours=n_neighbours, generation=False, n_generation=1, max_new_tokens=30,
+                generation_records=None, pool=pool, top_up=top_up, seed=seed)
+    ids = {r.case_id for r in records}
+    had = len({r["case_id"] for r in read_results(path)} & ids) if path.exists() else 0
+    df = evaluate(model, ed, records, out=path, batch_size=batch_size, progress=progress, **opts)
+    df.attrs.update(path=str(path), reused=had, computed=len(records) - had)
+    return df
+
+
 def read_study(model, editors, *, split: str, n: int, **settings):
     """The stored rows of `editors` on the first `n` records of `split`, as one DataFrame.
 

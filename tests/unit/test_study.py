@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -344,3 +345,30 @@ def test_cli_population_unknown_writes_its_own_study_file(tmp_path):
     assert len(rows) == 4
     assert all((r["ES"] is None) == r["known"] for r in rows)
     assert not (tmp_path / "tiny-llama" / "edit-1k" / "unedited.jsonl").exists()
+
+
+# -- variants: an editor under hyper-parameter overrides ----------------------------------------
+def test_variant_rows_are_kept_apart_reused_and_differ_only_where_the_override_acts(
+        tiny_llama, tmp_path):
+    from loudfacts.runner import variant_path, variant_study
+
+    kw = dict(split="edit-1k", n_neighbours=3, pool="counterfact", root=tmp_path,
+              progress=False)
+    p = variant_path(tiny_llama, "ft", {"seed": 1, "lr": 0.5}, "edit-1k", tmp_path)
+    assert p == tmp_path / "tiny-llama" / "edit-1k" / "variants" / "ft" / "lr=0.5,seed=1.jsonl"
+    with pytest.raises(ValueError, match="no overrides"):
+        variant_path(tiny_llama, "ft", {}, "edit-1k", tmp_path)
+    a = variant_study(tiny_llama, "ft", {"seed": 1}, n=3, **kw)
+    assert (a.attrs["reused"], a.attrs["computed"]) == (0, 3)
+    b = variant_study(tiny_llama, "ft", {"seed": 1}, n=5, **kw)
+    assert (b.attrs["reused"], b.attrs["computed"]) == (3, 2)
+    assert b["settings_digest"].tolist()[:3] == a["settings_digest"].tolist()
+    header = json.loads(Path(b.attrs["path"]).read_text().splitlines()[0])
+    assert next(iter(header["runs"].values()))["hparams"]["seed"] == 1
+    # FT is deterministic: its seed changes the settings (another file) but not the numbers
+    base = study(tiny_llama, ["ft"], n=5, fresh=False, **{k: v for k, v in kw.items()
+                                                        if k != "progress"},
+                 generation=False)["ft"]
+    assert base["run_key"][0] != b["run_key"][0]
+    np.testing.assert_allclose(base["ES"].astype(float), b["ES"].astype(float), rtol=1e-5,
+                               equal_nan=True)
