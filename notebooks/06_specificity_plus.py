@@ -609,6 +609,12 @@ if variation is not None:
                  f"{int(variation.loc[worst, 'n'])} known records, ROME's effects move by at "
                  f"most {variation.loc[worst, 'spread (max - min)']:.3f} ({worst}), against a "
                  f"95% interval {variation.loc[worst, '95% CI width at seed 0']:.3f} wide.")
+if rome_ge is not None and "rome" in rome_ge.index:
+    ctrl_row = rome_ge.loc["unedited (sampler seed + 1)"]
+    parts.append(f" GE as ROME's code computes it (sampled, {int(ctrl_row['n'])} known records): "
+                 f"ROME minus unedited is {rome_ge.loc['rome', 'ΔGE']}, and the unedited model "
+                 f"at the next sampler seed differs from itself by {ctrl_row['ΔGE']}: a ΔGE of "
+                 "that size is sampling noise, not lost fluency.")
 for name, why in headline.attrs["excluded"].items():
     parts.append(f" {name} is left out of the headline table: {why}.")
 save_findings("06", "".join(parts), figure="06_ns_vs_nsplus")

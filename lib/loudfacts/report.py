@@ -382,14 +382,18 @@ LIMITATIONS = [
     "(\"X's greatest weakness is\"), not ROME-form paraphrases; PS is computed on them as given. "
     "PS_para scores the true paraphrases only (column PS_para, \"PS (true paraphrases)\" in "
     "the headline; a record's count is n_true_paraphrases, and records with none are left out).",
-    "GE is computed on lower-cased, greedily decoded 30-token generations for a few records; "
-    "the published GE samples 100 tokens.",
+    "GE in the headline is computed on lower-cased, greedily decoded 30-token generations for "
+    "a few records; the published GE samples 100 tokens. Notebook 06 also computes GE as "
+    "ROME's code does, on a few known records, beside a sampling-noise control (the unedited "
+    "model at another sampler seed).",
     "Intervals are 95% percentile bootstraps over records or cases; the published "
     "Specificity+ intervals are 99% hierarchical bootstraps.",
     "Causal-trace averages use 3 noise draws on each of 200 known facts (ROME: 10 draws over "
     "1,000 facts on GPT-2 XL); the edit layer comes from windowed MLP "
     "restoration (notebook 01 shows the criteria with and without windows that contain MLP 0).",
-    "Results come from one seed; run-to-run variation over seeds is not yet measured.",
+    "The headline comes from one seed. ROME, whose random context prefixes are the only "
+    "randomness in the evaluation, was rerun at more prefix seeds on the first records; notebook 06 "
+    "gives the spread of its effects beside their 95% intervals.",
 ]
 
 
