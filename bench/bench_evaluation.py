@@ -26,7 +26,7 @@ from loudfacts.data import load_counterfact
 from loudfacts.editing.base import available_editors
 from loudfacts.editing.rome import clear_components_memo
 from loudfacts.evaluation import evaluate
-from loudfacts.models import load_model
+from loudfacts.models import cpu_info, load_model
 from loudfacts.paths import repo_path
 from loudfacts.plotting import EDITOR_ORDER
 
@@ -72,7 +72,8 @@ def _write(path, model, known, results, complete):
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "cpu_count": os.cpu_count(), "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(),
-                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "cpu": cpu_info(), "load_average": list(os.getloadavg())},
         "model": model.name, "n_records": len(known),
         "settings": {"n_neighbours": 10, "n_generation": 1, "max_new_tokens": 30},
         "complete": complete, "results": results,

@@ -32,7 +32,7 @@ os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
 
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
-from loudfacts.models import load_model
+from loudfacts.models import cpu_info, load_model
 from loudfacts.paths import cache_dir, repo_path
 
 REQUESTS = [
@@ -62,6 +62,7 @@ def machine() -> dict:
         "processor": platform.processor() or platform.machine(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "cpu": cpu_info(),
     }
 
 

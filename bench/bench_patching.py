@@ -25,6 +25,7 @@ import torch
 os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
 
 from loudfacts.editing import EditRequest, get_editor
+from loudfacts.models import cpu_info
 from loudfacts.paths import repo_path
 
 REQ = EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris")
@@ -106,7 +107,8 @@ def main(argv=None):
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": sys.version.split()[0], "torch": torch.__version__,
                     "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")},
+                    "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+                    "cpu": cpu_info(), "load_average": list(os.getloadavg())},
         "model": model.name,
         "device": str(model.device),
         "batch": list(ids.shape),

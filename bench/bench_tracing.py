@@ -2,6 +2,7 @@
 vs the PyPI package causal-tracer (1.1.0), on the embedded model and a ~10-token prompt.
 
     python bench/bench_tracing.py [--samples 10,1] [--kinds hidden,mlp,attn] [--no-causal-tracer]
+                                  [--no-flops]
 
 Writes bench/results/tracing.json: per kind, wall and CPU seconds of each implementation, the
 speed-up of the fast path over the reference (`speedup_vs_naive`, at the first sample count),
@@ -13,6 +14,13 @@ layer), `reference` (ROME's loop), causal-tracer. The second sample count (1) is
 report's averages use. CPU seconds are the process's CPU time: on a shared machine they are
 closer than wall time to what a free machine would take with the same thread count. Ratios are
 measured in one run.
+
+The file also names the CPU (`loudfacts.models.cpu_info`) and, unless `--no-flops`, gives the
+FLOPs each implementation runs at the first sample count (matrix products and attention,
+`FlopCounterMode`, as in bench_ceiling.py) and the machine's float32 matmul ceiling. The ratio of
+the reference's FLOPs to the fast path's is the speed-up the fast path would reach at equal
+FLOP rates: the target of 10x over the reference is out of reach without fewer FLOPs when that
+ratio is below 10.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from loudfacts.models import load_model
+from loudfacts.models import cpu_info, load_model
 from loudfacts.tracing import noise_scale, trace
 
 PROMPT = "The Colosseum is located in the city of"
@@ -63,6 +71,27 @@ def _plain_hf(model):
     return _PLAIN["hf"]
 
 
+def _count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _matmul_ceiling(n: int = 2048, reps: int = 8) -> float:
+    """GFLOP/s of the best of 3 timings of `reps` float32 n x n matrix products."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, (time.perf_counter() - t) / reps)
+    return 2 * n ** 3 / best / 1e9
+
+
 def _causal_tracer(model, kind, samples, window, noise):
     """The same trace with causal-tracer 1.1.0, run unmodified on a plain HF copy."""
     from causal_tracer import CausalTracer
@@ -81,6 +110,8 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=10)
     ap.add_argument("--kinds", default="hidden,mlp,attn")
     ap.add_argument("--no-causal-tracer", action="store_true")
+    ap.add_argument("--no-flops", action="store_true",
+                    help="skip counting FLOPs (counting reruns each implementation once)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     kinds = args.kinds.split(",")
@@ -100,6 +131,7 @@ def main(argv=None):
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
             "python": sys.version.split()[0],
+            "cpu": cpu_info(),
         },
         "model": model.name,
         "prompt": PROMPT,
@@ -121,6 +153,8 @@ def main(argv=None):
             "noise). speedup ratios use CPU seconds; wall seconds are also given."
         ),
     }
+    if not args.no_flops:
+        result["machine"]["float32_matmul_gflop_s"] = _matmul_ceiling()
     if not args.no_causal_tracer:
         try:  # load outside the timed region
             _plain_hf(model)
@@ -147,6 +181,16 @@ def main(argv=None):
             entry["speedup_vs_naive_cpu"] = rc / fc
             entry["speedup_vs_naive_wall"] = rw / fw
             entry["speedup_of_fast_over_fast_full_cpu"] = uc / fc
+            if not args.no_flops and n_samples == sample_counts[0]:
+                flops = {m: _count_flops(lambda k=kind, kw=kw, m=m: trace(
+                    model, PROMPT, SUBJECT, kind=k, method=m, **kw))
+                    for m in ("fast", "fast-full", "reference")}
+                ceiling = result["machine"]["float32_matmul_gflop_s"]
+                for m, (sec, key) in {"fast": (fw, "fast"), "fast-full": (uw, "fast_full"),
+                                      "reference": (rw, "reference")}.items():
+                    entry[key]["gflop"] = flops[m] / 1e9
+                    entry[key]["fraction_of_ceiling_wall"] = flops[m] / sec / 1e9 / ceiling
+                entry["flop_ratio_reference_over_fast"] = flops["reference"] / flops["fast"]
             if not args.no_causal_tracer and n_samples == sample_counts[0]:
                 try:
                     flow, cw, cc = _timed(lambda k=kind, n=n_samples: _causal_tracer(

@@ -34,7 +34,9 @@
 # tangential mentions, computed on the edit's exact write from the coefficient above), is
 # scored at the end against ROME on notebook 06's metrics at each weight of that term in
 # `quiet_factors`. So is a gated hook edit, `hook-gated`, with its gate's hit and
-# false-trigger rates, swept over its threshold with and without its sentence rule.
+# false-trigger rates, swept over its threshold with and without its sentence rule. Both are
+# measured against the plainest way to write less: ROME's own update times a factor
+# (`rome-scaled`, `loudfacts.editing.scaled`), at each factor in `scale_factors`.
 
 # %% tags=["colab-setup", "remove-cell"]
 import sys
@@ -61,6 +63,9 @@ gate_sweep = [[True, 0.0], [True, 0.3], [True, 0.6], [False, 0.0], [False, 0.6]]
 # rome-quiet's quiet_factor values scored against ROME on the same edits ([]: skip); their rows
 # are kept in results/<model>/<split>/variants/rome-quiet/ and reused
 quiet_factors = []
+# rome-scaled's delta_scale values (ROME's update times each factor; the baseline a quiet edit
+# must beat: writing less); they reuse ROME's v* from the edits above ([]: skip)
+scale_factors = [0.5, 0.75]
 # The rule again on notebook 06's committed rows (results/) of its first this many records,
 # read and never computed here (None: skip). They must exist under notebook 06's settings:
 study_records = None
@@ -495,9 +500,9 @@ save_figure(fig, "07_gate_curves", caption=(
 
 # %% [markdown]
 # Then the edit's scores, notebook 06's metrics on the same records and neighbourhoods
-# (`evaluation.evaluate`, no generation): ROME's weight edit, hook-delta (the ungated write)
-# and hook-gated at each setting of `gate_sweep` (the first is the editor's default), all from
-# the same v*. Paired differences against ROME per record, with 95% bootstrap intervals over
+# (`evaluation.evaluate`, no generation): ROME's weight edit, hook-delta (the ungated write),
+# hook-gated at each setting of `gate_sweep` (the first is the editor's default) and ROME's
+# update scaled by each factor of `scale_factors` (`rome-scaled`), all from the same v*. Paired differences against ROME per record, with 95% bootstrap intervals over
 # records. The question this notebook's issue asks is stated once: **an edit is quieter at
 # ROME's efficacy when its NS+ exceeds ROME's by at least 0.1 (mean, with the interval
 # excluding 0) while its mean ES is within 0.05 of ROME's.** A gate that compares queries with
@@ -534,6 +539,14 @@ def quiet_label(factor):
     return f"rome-quiet (λ={factor:g})"
 
 
+def scale_label(factor):
+    return f"rome-scaled (×{factor:g})"
+
+
+scaled_editors = {scale_label(f): get_editor("rome-scaled", model, delta_scale=float(f),
+                                             **rome_hp) for f in scale_factors}
+
+
 quiet_rows = []
 for f in quiet_factors:  # rows kept under results/ (`variant_study`): computed once
     if rome_overrides:
@@ -552,9 +565,10 @@ for f in quiet_factors:  # rows kept under results/ (`variant_study`): computed 
     quiet_rows.append(q.assign(editor=quiet_label(f)))
 scored = pd.concat([scores_of(editor), scores_of(hook_delta)]
                    + [scores_of(ed, label) for label, ed in gated_editors.items()]
+                   + [scores_of(ed, label) for label, ed in scaled_editors.items()]
                    + quiet_rows, ignore_index=True)
 metrics = ["ES", "PS", "NS", "NS+", "NS+cool", "NKL"]
-compared = ["hook-delta", *gated_editors, *map(quiet_label, quiet_factors)]
+compared = ["hook-delta", *gated_editors, *scaled_editors, *map(quiet_label, quiet_factors)]
 vs_rome = []
 for name in compared:
     for met in metrics:
@@ -585,6 +599,36 @@ sweep = pd.DataFrame({"quieter at ROME's ES (the rule)": yes_no(verdicts),
 save_table(sweep, "07_gated_verdicts")
 display(sweep)
 
+# %% [markdown]
+# ### Against writing less
+#
+# A quiet setting that loses efficacy could have got its quiet by writing a smaller edit.
+# `rome-scaled` writes ROME's own update times a factor, so it traces what writing less buys.
+# The second rule of this notebook, stated once: **a setting is quieter than writing less when
+# its NS+ exceeds, paired by record with the 95% interval above 0, the NS+ of the scaled edit
+# (a factor of `scale_factors`, or ROME itself at factor 1) whose mean PS is closest to its
+# own.** PS is the efficacy matched because it is the one the quiet settings lose; ES is in
+# the table beside it.
+
+# %%
+vs_less = None
+if scale_factors:
+    ladder = ["rome", *scaled_editors]
+    less_rows = []
+    for name in [n for n in compared if n not in scaled_editors and n != "hook-delta"]:
+        match = min(ladder, key=lambda n: abs(means.loc[n, "PS"] - means.loc[name, "PS"]))
+        r = cl.paired_effect(scored, name, "NS+", baseline=match, n_resamples=n_bootstrap,
+                             seed=seed)
+        less_rows.append({"setting": name, "PS": means.loc[name, "PS"],
+                          "ES": means.loc[name, "ES"], "matched scaled edit": match,
+                          "its PS": means.loc[match, "PS"], "its ES": means.loc[match, "ES"],
+                          "NS+ minus matched": r["effect"], "ci_low": r["ci_low"],
+                          "ci_high": r["ci_high"], "n": r["n"],
+                          "quieter than writing less": "yes" if r["ci_low"] > 0 else "no"})
+    vs_less = pd.DataFrame(less_rows).set_index("setting")
+    save_table(vs_less, "07_vs_writing_less")
+    display(vs_less.round(3))
+
 
 def point(ax, sub, x, y, **kw):
     mx = cl.bootstrap_mean(sub[x].to_numpy(float), n_bootstrap, seed)
@@ -606,6 +650,13 @@ for ax, (x, y) in zip(axes, (("NS+", "ES"), ("NS+cool", "PS"))):
             ax.plot(xs, ys, color=colour, lw=1, label="hook-gated, " + (
                 "sentence rule" if rule else "no rule") + " (τ " + ", ".join(
                 f"{t:g}" for r, t in gate_sweep if bool(r) == rule) + ")")
+    if scale_factors:
+        ladder_pts = sorted([(float(f), scale_label(f)) for f in scale_factors] + [(1.0, "rome")])
+        xy = [point(ax, scored[scored.editor == n], x, y, fmt="v", color="k", alpha=0.6)
+              for _, n in ladder_pts]
+        xs, ys = zip(*xy)
+        ax.plot(xs, ys, color="k", lw=1, ls="--", label="rome-scaled: ROME's update × (" + ", ".join(
+            f"{f:g}" for f, _ in ladder_pts) + "; 1 = ROME)")
     if quiet_factors:
         xy = [point(ax, scored[scored.editor == quiet_label(f)], x, y, fmt="^", color="C4",
                     alpha=0.8) for f in sorted(quiet_factors)]
@@ -619,8 +670,8 @@ save_figure(fig, "07_gated_frontier", caption=(
     f"Efficacy against specificity on {len(chosen)} known records, notebook 06's metrics: "
     "ROME's weight edit, hook-delta (ROME's δ added at the subject's last token) and "
     "hook-gated (the same write, used only where the gate opens) at each swept setting, joined "
-    "in order of τ for each rule, and rome-quiet (v* with a KL term on tangential mentions) at "
-    "each swept λ. Means over records with 95% bootstrap intervals. Left: ES "
+    "in order of τ for each rule, rome-quiet (v* with a KL term on tangential mentions) at "
+    "each swept λ, and, dashed, ROME's own update scaled down (rome-scaled: writing less). Means over records with 95% bootstrap intervals. Left: ES "
     "against NS+ (CounterFact+ prompts); right: PS against NS+cool (tangential prompts)."))
 
 # %% [markdown]
@@ -771,6 +822,14 @@ if quiet_factors:
                  f"{q_ns['effect']:+.2f} [{q_ns['ci_low']:+.2f}, {q_ns['ci_high']:+.2f}] against "
                  f"ROME, with ES {q_es['effect']:+.3f}; it "
                  f"{'meets' if verdicts[q_best] else 'does not meet'} the rule.")
+if vs_less is not None:
+    sc = ", ".join(f"×{f:g}: NS+ {vs_rome.loc[(scale_label(f), 'NS+'), 'effect']:+.2f}, PS "
+                   f"{vs_rome.loc[(scale_label(f), 'PS'), 'effect']:+.2f}"
+                   for f in sorted(scale_factors))
+    beat = [n for n in vs_less.index if vs_less.loc[n, "quieter than writing less"] == "yes"]
+    parts.append(f" Writing less is the baseline: ROME's own update scaled down changes, against "
+                 f"ROME, {sc}. Quieter than the scaled edit of the closest PS (paired NS+, "
+                 f"interval above 0): {', '.join(beat) if beat else 'none of the settings'}.")
 passing = [n for n in compared if also_ps[n]]
 parts.append(" Settings quieter at ROME's ES and PS: " + (", ".join(passing) if passing
                                                           else "none") + ".")

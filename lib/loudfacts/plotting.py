@@ -49,7 +49,7 @@ EDITOR_COLORS = {"unedited": "#949494", "rome": _COLORBLIND[0], "ft": _COLORBLIN
                  "ft-l": _COLORBLIND[2], "patch-donor": _COLORBLIND[3],
                  "patch-context": _COLORBLIND[4], "hook-delta": _COLORBLIND[5],
                  "hook-gated": _COLORBLIND[6], "r-rome": _COLORBLIND[9],
-                 "rome-quiet": _COLORBLIND[8]}
+                 "rome-quiet": _COLORBLIND[8], "rome-scaled": "#000000"}  # a baseline: black
 
 
 def editor_palette(editors) -> dict:

@@ -41,3 +41,4 @@ __all__ = [
 # Editors that live outside base's built-in list register themselves on import.
 from loudfacts.editing import quiet as _quiet  # noqa: E402,F401
 from loudfacts.editing import gated as _gated  # noqa: E402,F401
+from loudfacts.editing import scaled as _scaled  # noqa: E402,F401
