@@ -39,6 +39,9 @@ import numpy as np
 import torch
 
 from loudfacts.models import cpu_info, load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_ceiling import count_flops, matmul_ceiling  # noqa: E402  (the same FLOP count and ceiling)
 from loudfacts.tracing import noise_scale, trace
 
 PROMPT = "The Colosseum is located in the city of"
@@ -69,27 +72,6 @@ def _plain_hf(model):
         hf = AutoModelForCausalLM.from_pretrained(copies[-1], dtype=torch.float32).eval()
         _PLAIN["hf"] = hf
     return _PLAIN["hf"]
-
-
-def _count_flops(fn) -> int:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def _matmul_ceiling(n: int = 2048, reps: int = 8) -> float:
-    """GFLOP/s of the best of 3 timings of `reps` float32 n x n matrix products."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = min(best, (time.perf_counter() - t) / reps)
-    return 2 * n ** 3 / best / 1e9
 
 
 def _causal_tracer(model, kind, samples, window, noise):
@@ -154,7 +136,7 @@ def main(argv=None):
         ),
     }
     if not args.no_flops:
-        result["machine"]["float32_matmul_gflop_s"] = _matmul_ceiling()
+        result["machine"]["float32_matmul_gflop_s"] = matmul_ceiling()
     if not args.no_causal_tracer:
         try:  # load outside the timed region
             _plain_hf(model)
@@ -182,7 +164,7 @@ def main(argv=None):
             entry["speedup_vs_naive_wall"] = rw / fw
             entry["speedup_of_fast_over_fast_full_cpu"] = uc / fc
             if not args.no_flops and n_samples == sample_counts[0]:
-                flops = {m: _count_flops(lambda k=kind, kw=kw, m=m: trace(
+                flops = {m: count_flops(lambda k=kind, kw=kw, m=m: trace(
                     model, PROMPT, SUBJECT, kind=k, method=m, **kw))
                     for m in ("fast", "fast-full", "reference")}
                 ceiling = result["machine"]["float32_matmul_gflop_s"]
