@@ -13,6 +13,15 @@ number of the study goes through. These tests pin, before that move, what the co
   one (ROME's v* is a float32 optimisation, and the summation order follows the kernels and
   thread count), so the bound sits ten times above the drift between machines and below any
   change of computation worth the name.
+- **FT is held to 3e-3.** Its rows and implication scores move more between CPUs: on an Intel
+  Xeon with AVX-512 and no native bf16 (2026-12-07) they differ from the AMD EPYC's golden
+  values by up to 2.6e-4 (implications) and 5.7e-5 (NKL), with one thread or two, while every
+  other editor's stay within 5.8e-6 on the same machine. Adam divides each gradient component
+  by its own running RMS, so components whose gradient is near zero step by about ±lr (5e-4)
+  with a sign that rounding decides, and 25 such steps carry the kernels' last-bit differences
+  into the trained weights. `FT_TOL` is ten times the largest drift seen, and a change of FT's
+  recipe moves the implication scores by far more (measured on the same machine): lr ±10% by
+  0.026-0.028, one step fewer (24) by 0.011, stopping at P = 0.98 instead of 0.99 by 0.064.
 - **Implications and the ladder.** One implication case per family (symmetric, transitive
   subject-side, transitive object-side, inverse) for rome, hook-delta, ft and patch-donor, and
   the loud-fact ladder of one ROME edit, against `tests/golden/smollm2-135m.json`.
@@ -38,6 +47,8 @@ from loudfacts.paths import repo_path
 pytestmark = pytest.mark.integration
 
 TOL = 1e-5
+FT_TOL = 3e-3  # Adam turns the kernels' rounding into weight changes (docstring)
+TOLERANCE = {"ft": FT_TOL}  # editor -> its bound where it is not TOL
 N_RECORDS = 8  # the first 8 edit-1k records: 5 known, all with GE (generation_records 8)
 ROW_EDITORS = ["unedited", "rome", "hook-delta", "ft", "patch-donor"]
 CASE_EDITORS = ["rome", "hook-delta", "ft", "patch-donor"]
@@ -80,8 +91,9 @@ def test_rows_reproduce_the_committed_study_rows(model, records, name, report_pa
             a, b = row.get(m), gold.get(m)
             assert _missing(a) == _missing(b), f"{where}: {m} is {a!r}, committed {b!r}"
             if not _missing(a):
-                rel = 1e-5 if m in UNBOUNDED else 0.0
-                assert math.isclose(float(a), float(b), rel_tol=rel, abs_tol=TOL), (
+                tol = TOLERANCE.get(name, TOL)
+                rel = tol if m in UNBOUNDED else 0.0
+                assert math.isclose(float(a), float(b), rel_tol=rel, abs_tol=tol), (
                     f"{where}: {m} {a!r} vs committed {b!r}")
 
 
@@ -118,12 +130,12 @@ def _ladder_values(model) -> list[dict]:
                          "top1_post"]].to_dict("records")]
 
 
-def _compare(got, gold, where: str):
+def _compare(got, gold, where: str, tol: float = TOL):
     assert len(got) == len(gold), f"{where}: {len(got)} rows, golden {len(gold)}"
     for g, h in zip(got, gold):
         for k, v in h.items():
             if isinstance(v, float):
-                assert abs(g[k] - v) <= TOL, f"{where}, {g.get('prompt')!r}: {k} {g[k]!r} vs {v!r}"
+                assert abs(g[k] - v) <= tol, f"{where}, {g.get('prompt')!r}: {k} {g[k]!r} vs {v!r}"
             else:
                 assert g[k] == v, f"{where}, {g.get('prompt')!r}: {k} {g[k]!r} vs {v!r}"
 
@@ -163,7 +175,7 @@ def test_implication_scores_match_the_golden_file(implication_values, golden):
         if name.endswith("(could not edit)"):
             assert got[name] == rows, f"implications, {name}: {got[name]} vs golden {rows}"
         else:
-            _compare(got[name], rows, f"implications, {name}")
+            _compare(got[name], rows, f"implications, {name}", TOLERANCE.get(name, TOL))
 
 
 def test_ladder_matches_the_golden_file(ladder_values, golden):
