@@ -14,9 +14,10 @@ number of the study goes through. These tests pin, before that move, what the co
   thread count), so the bound sits ten times above the drift between machines and below any
   change of computation worth the name.
 - **FT is held to 3e-3.** Its rows and implication scores move more between CPUs: on an Intel
-  Xeon with AVX-512 and no native bf16 (2026-12-07) they differ from the AMD EPYC's golden
-  values by up to 2.6e-4 (implications) and 5.7e-5 (NKL), with one thread or two, while every
-  other editor's stay within 5.8e-6 on the same machine. Adam divides each gradient component
+  Xeon with AVX-512 and no native bf16, CI found FT's NKL 2.8e-5 and an implication score
+  1.8e-5 from the AMD EPYC's golden values; on an Intel Xeon with AMX and avx512_bf16
+  (2026-12-07) they differ by up to 2.6e-4 (implications) and 5.7e-5 (NKL), with one thread
+  or two, while every other editor's stay within 5.8e-6 on the same machine. Adam divides each gradient component
   by its own running RMS, so components whose gradient is near zero step by about ±lr (5e-4)
   with a sign that rounding decides, and 25 such steps carry the kernels' last-bit differences
   into the trained weights. `FT_TOL` is ten times the largest drift seen, and a change of FT's
