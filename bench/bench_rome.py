@@ -1,8 +1,8 @@
 """ROME: seconds per edit for the default recipe and for each named option, in one run, and how
 far each option moves δ; key-statistics throughput against plain forwards.
 
-Run: `python bench/bench_rome.py [N_COUNTERFACT]` (default 4, embedded model). Writes
-bench/results/rome.json with the CPU (`torch.backends.cpu.get_cpu_capability()`, model name,
+Run: `python bench/bench_rome.py [N_COUNTERFACT] [--out PATH]` (default 4, embedded model). Writes
+bench/results/rome.json (or PATH, for a second CPU kind) with the CPU (`torch.backends.cpu.get_cpu_capability()`, model name,
 flags), so numbers from machines with and without native bf16 are never confused.
 
 Edits timed: two landmark requests of the seed report, then the first N CounterFact records
@@ -24,8 +24,8 @@ import datetime
 import json
 import os
 import platform
-import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -63,7 +63,7 @@ def forward_throughput(model, tokens, n_batches=3, seq_len=128, per_batch=16):
     return ids.numel() / (time.perf_counter() - t)
 
 
-def main(n_cf: int = 4):
+def main(n_cf: int = 4, out_path=None):
     torch.manual_seed(0)
     model = load_model(os.environ.get("LOUDFACTS_MODEL"))
     editors = {k: get_editor("rome", model, **hp) for k, hp in VARIANTS.items()}
@@ -150,7 +150,7 @@ def main(n_cf: int = 4):
         "default_meets_target": summary["default"]["seconds_per_edit"] <= 5.0,
         "edits": edits,
     }
-    path = repo_path("bench", "results", "rome.json")
+    path = Path(out_path) if out_path else repo_path("bench", "results", "rome.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2, default=str) + "\n")
     print(json.dumps({k: {kk: round(vv, 3) if isinstance(vv, float) else vv
@@ -160,4 +160,10 @@ def main(n_cf: int = 4):
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 4)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("n_cf", nargs="?", type=int, default=4, help="CounterFact edits timed")
+    ap.add_argument("--out", default=None, help="results file (default bench/results/rome.json)")
+    a = ap.parse_args()
+    main(a.n_cf, a.out)

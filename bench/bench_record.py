@@ -1,0 +1,98 @@
+"""Wall seconds for notebook 06's editors on one known record, as the study computes them.
+
+Run: `python bench/bench_record.py [--n 12] [--out bench/results/record.json]` (embedded model).
+
+The speed issue's target is "the 7-editor evaluation of one known record <= 10 s wall on 2
+cores". This times exactly that work: `runner.study` with notebook 06's editors and settings
+(`params/report.yaml`: 10 neighbours, the CounterFact pool topped up object-then-relation)
+on the first `--n` records of its split, into a scratch folder (never `results/`), fresh, with
+ROME's on-disk components cache off, so every edit is computed (hook-delta and hook-gated
+reuse ROME's v* from memory, as in the study). GE is left out: the study generates only for
+its first 8 records. Two ways of using the 2 cores are timed in one run:
+
+- `in-process`: one process, torch's default thread count (the cores);
+- `2 workers`: two one-thread worker processes, one shard each (`workers=2`, the study's and
+  the report's way).
+
+Unknown records are scored but not edited; the per-known-record figure charges all the wall
+time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
+own `edit_seconds`, which count a reused v* at what it cost ROME (so hook-delta's and
+hook-gated's look like ROME's though the wall time paid for v* once). Shards split records by
+case id parity (`runner.shard_records`), so with few records the two workers' shares can be
+uneven and the wall is the larger one's. Writes the CPU, load and seconds to `--out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"  # time fresh optimisations
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+from loudfacts import evaluation as ev  # noqa: E402
+from loudfacts.models import cpu_info, load_model  # noqa: E402
+from loudfacts.paths import repo_path  # noqa: E402
+
+TARGET_S = 10.0
+
+
+def main(n: int, out: Path):
+    params = yaml.safe_load(repo_path("params", "report.yaml").read_text())
+    p = {**params["common"], **params["06_specificity_plus"]}
+    editors = p["editors"]
+    model = load_model(p["model_name"])
+    opts = dict(split=p["split"], n=n, n_neighbours=p["n_neighbours"], generation=False,
+                top_up=p["neighbour_top_up"], seed=p["seed"], pool="counterfact",
+                progress=False, fresh=True)
+    model.top_tokens("The Louvre is located in")  # warm-up (kernels, caches), not timed
+    results = {}
+    for label, workers in (("in-process", 1), ("2 workers", 2)):
+        with tempfile.TemporaryDirectory() as root:
+            t = time.perf_counter()
+            frames = ev.study(model, editors, workers=workers, root=root, **opts)
+            wall = time.perf_counter() - t
+        rows = frames["unedited"]
+        known = int(rows["known"].sum())
+        edit_s = {e: float(frames[e].loc[frames[e]["known"], "edit_seconds"].mean())
+                  for e in editors if e != "unedited"}
+        results[label] = {
+            "workers": workers, "torch_threads": torch.get_num_threads() if workers == 1 else 1,
+            "records": len(rows), "known": known, "wall_s": wall,
+            "wall_s_per_record": wall / len(rows),
+            "wall_s_per_known_record": wall / max(known, 1),
+            "meets_target": wall / max(known, 1) <= TARGET_S,
+            "edit_s_per_known_record": edit_s,
+        }
+        print(f"{label:10s}: {wall:6.1f} s for {len(rows)} records ({known} known): "
+              f"{wall / max(known, 1):5.2f} s per known record", flush=True)
+    doc = {
+        "benchmark": "record", "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch": torch.__version__, "cpu": cpu_info(),
+                    "load_average": list(os.getloadavg())},
+        "model": model.name, "editors": editors, "settings": {k: v for k, v in opts.items()
+                                                             if k not in ("progress", "fresh")},
+        "target_s_per_known_record": TARGET_S, "results": results,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=12, help="first records of notebook 06's split")
+    ap.add_argument("--out", type=Path, default=repo_path("bench", "results", "record.json"))
+    a = ap.parse_args()
+    if a.n < 1:
+        ap.error(f"--n {a.n}: at least one record")
+    main(a.n, a.out)
