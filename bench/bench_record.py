@@ -4,7 +4,7 @@ Run: `python bench/bench_record.py [--n 12] [--out bench/results/record.json]` (
 
 The speed issue's target is "the 7-editor evaluation of one known record <= 10 s wall on 2
 cores". This times exactly that work: `runner.study` with notebook 06's editors and settings
-(`params/report.yaml`: 10 neighbours, the CounterFact pool topped up object-then-relation)
+(its parameters cell and `params/report.yaml`: 10 neighbours, the CounterFact pool topped up object-then-relation)
 on the first `--n` records of its split, into a scratch folder (never `results/`), fresh, with
 ROME's on-disk components cache off, so every edit is computed (hook-delta and hook-gated
 reuse ROME's v* from memory, as in the study). GE is left out: the study generates only for
@@ -36,22 +36,24 @@ from pathlib import Path
 os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"  # time fresh optimisations
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
 from loudfacts import evaluation as ev  # noqa: E402
 from loudfacts.models import cpu_info, load_model  # noqa: E402
 from loudfacts.paths import repo_path  # noqa: E402
+from loudfacts.report import declared_parameters, load_params  # noqa: E402
 
 TARGET_S = 10.0
+NOTEBOOK = "06_specificity_plus"
 
 
 def main(n: int, out: Path):
-    params = yaml.safe_load(repo_path("params", "report.yaml").read_text())
-    p = {**params["common"], **params["06_specificity_plus"]}
+    # notebook 06's parameters as `make report` runs it: its parameters cell, then the file
+    p = {**declared_parameters(repo_path("notebooks", f"{NOTEBOOK}.py")),
+         **load_params(repo_path("params", "report.yaml"), NOTEBOOK)}
     editors = p["editors"]
     model = load_model(p["model_name"])
     opts = dict(split=p["split"], n=n, n_neighbours=p["n_neighbours"], generation=False,
-                top_up=p["neighbour_top_up"], seed=p["seed"], pool="counterfact",
+                top_up=p["neighbour_top_up"], seed=p["seed"], pool=p["neighbour_pool"],
                 progress=False, fresh=True)
     model.top_tokens("The Louvre is located in")  # warm-up (kernels, caches), not timed
     results = {}

@@ -1,9 +1,10 @@
 """ROME: seconds per edit for the default recipe and for each named option, in one run, and how
 far each option moves δ; key-statistics throughput against plain forwards.
 
-Run: `python bench/bench_rome.py [N_COUNTERFACT] [--out PATH]` (default 4, embedded model). Writes
-bench/results/rome.json (or PATH, for a second CPU kind) with the CPU (`torch.backends.cpu.get_cpu_capability()`, model name,
-flags), so numbers from machines with and without native bf16 are never confused.
+Run: `python bench/bench_rome.py [N_COUNTERFACT] [--out PATH]` (default 4, embedded model).
+Writes bench/results/rome.json (or PATH, for a second CPU kind) with the CPU
+(`torch.backends.cpu.get_cpu_capability()`, model name, flags), so numbers from machines with
+and without native bf16 are never confused.
 
 Edits timed: two landmark requests of the seed report, then the first N CounterFact records
 the model knows. Each edit is made with every variant below, interleaved (variant order within

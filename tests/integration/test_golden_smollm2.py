@@ -17,10 +17,10 @@ number of the study goes through. These tests pin, before that move, what the co
   Xeon with AVX-512 and no native bf16, CI found FT's NKL 2.8e-5 and an implication score
   1.8e-5 from the AMD EPYC's golden values; on an Intel Xeon with AMX and avx512_bf16
   (2026-12-07) they differ by up to 2.6e-4 (implications) and 5.7e-5 (NKL), with one thread
-  or two, while every other editor's stay within 5.8e-6 on the same machine. Adam divides each gradient component
-  by its own running RMS, so components whose gradient is near zero step by about ±lr (5e-4)
-  with a sign that rounding decides, and 25 such steps carry the kernels' last-bit differences
-  into the trained weights. `FT_TOL` is ten times the largest drift seen, and a change of FT's
+  or two, while every other editor's stay within 5.8e-6 on the same machine. Adam divides each
+  gradient component by its own running RMS, so components whose gradient is near zero step by
+  about ±lr (5e-4) with a sign that rounding decides, and 25 such steps carry the kernels' last-bit differences
+  into the trained weights. FT's bound (`TOLERANCE`) is ten times the largest drift seen, and a change of FT's
   recipe moves the implication scores by far more (measured on the same machine): lr ±10% by
   0.026-0.028, one step fewer (24) by 0.011, stopping at P = 0.98 instead of 0.99 by 0.064.
 - **Implications and the ladder.** One implication case per family (symmetric, transitive
@@ -48,8 +48,7 @@ from loudfacts.paths import repo_path
 pytestmark = pytest.mark.integration
 
 TOL = 1e-5
-FT_TOL = 3e-3  # Adam turns the kernels' rounding into weight changes (docstring)
-TOLERANCE = {"ft": FT_TOL}  # editor -> its bound where it is not TOL
+TOLERANCE = {"ft": 3e-3}  # editor -> its bound where it is not TOL (FT: Adam; docstring)
 N_RECORDS = 8  # the first 8 edit-1k records: 5 known, all with GE (generation_records 8)
 ROW_EDITORS = ["unedited", "rome", "hook-delta", "ft", "patch-donor"]
 CASE_EDITORS = ["rome", "hook-delta", "ft", "patch-donor"]
