@@ -53,6 +53,8 @@ rome_ge_prompts = None  # generation prompts per record for it (None: all the re
 all_records_n = 0  # first this many records also with no known filter, as ROME and Specificity+ (0: skip)
 seed_records = 0  # first this many records: ROME again with other context-prefix seeds (0: skip)
 prefix_seeds = [1, 2]  # ROME's prefix_seed values besides its default, 0
+quiet_factors = []  # rome-quiet (notebook 07) at these quiet_factor values in the effects table ([]: skip) ...
+quiet_records = 0  # ... on the first this many records: rows read from results/, never computed here
 n_bootstrap = 1000
 
 # %%
@@ -466,9 +468,49 @@ headline
 # fire only where the edited subject appears, and neighbourhood prompts never mention it).
 
 # %%
-effects = cl.paired_effects_table(results, n_resamples=n_bootstrap, seed=seed)
+def quiet_label(factor: float) -> str:
+    return f"rome-quiet (λ={factor:g})"
+
+
+quiet = {}  # label: rome-quiet's rows at one quiet_factor (no GE)
+if quiet_factors and quiet_records:
+    if quiet_records > n_records:
+        raise ValueError(f"quiet_records={quiet_records} exceeds n_records={n_records}: the "
+                         "quiet rows are paired with this study's unedited rows")
+    for f in quiet_factors:
+        # read only: 1,000 records of rome-quiet take hours, so they are computed beforehand
+        # (the error names the command) and kept under results/<model>/<split>/variants/
+        q = ev.variant_study(model, "rome-quiet", {"quiet_factor": float(f), "seed": seed},
+                             split=split, n=quiet_records, root=store, n_neighbours=n_neighbours,
+                             pool=neighbour_pool, top_up=neighbour_top_up, seed=seed,
+                             compute=False)
+        where = os.path.relpath(q.attrs["path"], repo_path())
+        print(f"  {quiet_label(f)}: {len(q)} rows read from {where}")
+        quiet[quiet_label(f)] = q.assign(editor=quiet_label(f))
+with_quiet = pd.concat([results, *quiet.values()], ignore_index=True)
+effects = cl.paired_effects_table(with_quiet, n_resamples=n_bootstrap, seed=seed)
 save_table(effects, "06_paired_effects")
 effects
+
+# %% [markdown]
+# The quiet edit of notebook 07 (`rome-quiet`: ROME's v* optimised with an extra KL term that
+# keeps the unedited next-token distribution on tangential mentions of the subject) is in the
+# table above at the strengths `quiet_factors`, on the known records among the first
+# `quiet_records`, with the same neighbourhoods (its n says how many). Its rows carry no GE.
+# Beside ROME, the fair comparison is on the same records: rome-quiet minus ROME, paired.
+
+# %%
+quiet_vs_rome = None
+if quiet and "rome" in run_editors:
+    quiet_vs_rome = cl.paired_effects_table(
+        pd.concat([results[results["editor"] == "rome"], *quiet.values()], ignore_index=True),
+        metrics=["ES", "PS", "NS", "NS+", "NS+cool", "NKL"], baseline="rome",
+        n_resamples=n_bootstrap, seed=seed)
+    quiet_vs_rome.index = [f"{e} − rome" for e in quiet_vs_rome.index]
+    save_table(quiet_vs_rome, "06_quiet_vs_rome")
+    display(quiet_vs_rome)
+else:
+    print("quiet_factors = [] or quiet_records = 0: rome-quiet not shown")
 
 # %% [markdown]
 # ## Run-to-run variation: ROME's random context prefixes
@@ -615,6 +657,22 @@ if rome_ge is not None and "rome" in rome_ge.index:
                  f"ROME minus unedited is {rome_ge.loc['rome', 'ΔGE']}, and the unedited model "
                  f"at the next sampler seed differs from itself by {ctrl_row['ΔGE']}: a ΔGE of "
                  "that size is sampling noise, not lost fluency.")
+if quiet_vs_rome is not None:
+    for label in quiet:
+        d = {m: cl.paired_effect(with_quiet, label, m, n_resamples=n_bootstrap, seed=seed)
+             for m in ("ES", "NS+", "NS+cool")}
+        vs = {m: cl.paired_effect(pd.concat([results[results["editor"] == "rome"],
+                                             quiet[label]]), label, m, baseline="rome",
+                                  n_resamples=n_bootstrap, seed=seed)
+              for m in ("ES", "NS+")}
+        parts.append(f" The quiet edit {label} (notebook 07), on {d['ES']['n']} known records "
+                     f"among the first {quiet_records}, moves " + ", ".join(
+                         f"{m} by {r['effect']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                         for m, r in d.items())
+                     + "; against ROME on the same records its ES differs by "
+                     f"{vs['ES']['effect']:+.3f} [{vs['ES']['ci_low']:+.3f}, "
+                     f"{vs['ES']['ci_high']:+.3f}] and its NS+ by {vs['NS+']['effect']:+.3f} "
+                     f"[{vs['NS+']['ci_low']:+.3f}, {vs['NS+']['ci_high']:+.3f}].")
 for name, why in headline.attrs["excluded"].items():
     parts.append(f" {name} is left out of the headline table: {why}.")
 save_findings("06", "".join(parts), figure="06_ns_vs_nsplus")

@@ -71,6 +71,10 @@ scale_factors = [0.5, 0.75]
 study_records = None
 study_n_neighbours = 10  # notebook 06's n_neighbours ...
 study_generation_records = 8  # ... and generation_records (part of the rows' settings)
+# rome-quiet at these quiet_factor values on the first study_quiet_records of those records,
+# from its rows kept in results/<model>/<split>/variants/rome-quiet/, read only ([] or None: skip)
+study_quiet_factors = []
+study_quiet_records = None
 n_bootstrap = 1000
 
 # %%
@@ -688,6 +692,9 @@ save_figure(fig, "07_gated_frontier", caption=(
 # read, not recomputed: `study(compute=False)` stops with the runner command that would make
 # any missing row. The rule and the paired bootstrap are the same as above. The rows' ROME has
 # the reference's default hyper-parameters, so this section needs `rome_overrides` empty.
+# rome-quiet at `study_quiet_factors` joins them from its own rows, computed beforehand on the
+# first `study_quiet_records` records with the study's neighbourhoods (no GE) and read here
+# (`variant_study(compute=False)`), paired with ROME's rows on the same records.
 
 # %%
 study_vs_rome = None
@@ -714,6 +721,29 @@ if study_records:
     print(f"{study_rows[study_rows.known].case_id.nunique()} known of the first "
           f"{study_records} records of {split} (notebook 06's rows); hook-gated "
           f"{'is' if study_verdict else 'is not'} quieter at ROME's ES by the rule")
+    quiet_study = {}  # label: (paired against ROME, meets the rule)
+    if study_quiet_factors and study_quiet_records:
+        if study_quiet_records > study_records:
+            raise ValueError(f"study_quiet_records={study_quiet_records} exceeds "
+                             f"study_records={study_records}: ROME's rows pair with them")
+        for f in study_quiet_factors:
+            q = ev.variant_study(model, "rome-quiet", {"quiet_factor": float(f), "seed": seed},
+                                 split=split, n=study_quiet_records,
+                                 n_neighbours=study_n_neighbours, pool="counterfact",
+                                 top_up=neighbour_top_up, seed=seed, compute=False)
+            both = pd.concat([stored["rome"], q.assign(editor=quiet_label(f))],
+                             ignore_index=True)
+            eff = pd.DataFrame([{"editor": quiet_label(f), "metric": met,
+                                 **cl.paired_effect(both, quiet_label(f), met, baseline="rome",
+                                                    n_resamples=n_bootstrap, seed=seed)}
+                                for met in metrics]).set_index(["editor", "metric"])
+            ns_q, es_q = eff.loc[(quiet_label(f), "NS+")], eff.loc[(quiet_label(f), "ES")]
+            quiet_study[quiet_label(f)] = (eff, bool(ns_q["effect"] >= 0.1 and ns_q["ci_low"] > 0
+                                                     and abs(es_q["effect"]) <= 0.05))
+            print(f"{quiet_label(f)}: {int(ns_q['n'])} known of the first {study_quiet_records} "
+                  f"records; {'meets' if quiet_study[quiet_label(f)][1] else 'does not meet'} "
+                  "the rule")
+        study_vs_rome = pd.concat([study_vs_rome, *(e for e, _ in quiet_study.values())])
     save_table(study_vs_rome, "07_gated_vs_rome_study")
     display(study_vs_rome.round(3))
 
@@ -746,6 +776,14 @@ claim_rows.append(cl.claim("A gated hook edit (ROME's δ used only where its gat
                            "quieter on CounterFact+ prompts than ROME's weight edit",
                            "NS+, hook-gated − ROME, same records", gated_pop, r, "increase",
                            "07_quiet_edits", reproduce))
+if study_vs_rome is not None:
+    for label in quiet_study:
+        claim_rows.append(cl.claim(
+            f"The quiet v* ({label}: ROME with a KL term on tangential mentions) is quieter on "
+            "CounterFact+ prompts than ROME's edit", f"NS+, {label} − ROME, same records",
+            f"Edits of known CounterFact records ({split}, first {study_quiet_records}; its "
+            "rows in results/, variants)", study_vs_rome.loc[(label, "NS+")], "increase",
+            "07_quiet_edits", reproduce))
 cl.save_claims("07", claim_rows)
 pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", "ci_high",
                                               "verdict"]]
@@ -755,6 +793,15 @@ pd.DataFrame(claim_rows, columns=cl.COLUMNS)[["claim", "n", "effect", "ci_low", 
 # the quiet result it hopes for, and "supported" would mean even unrelated prompts leak.
 
 # %%
+def study_sentence(head, table, name, meets):
+    """`head` (a clause naming the records), then `name`'s paired effects against ROME."""
+    cell = lambda m: (f"{table.loc[(name, m), 'effect']:+.3f} "  # noqa: E731
+                      f"[{table.loc[(name, m), 'ci_low']:+.3f}, "
+                      f"{table.loc[(name, m), 'ci_high']:+.3f}]")
+    return (f" {head} changes NS+ by {cell('NS+')}, ES by {cell('ES')} and PS by {cell('PS')}; "
+            f"it {'meets' if meets else 'does not meet'} the rule there.")
+
+
 sm = paths.loc[("loud prompts", "MLP L at the subject's tokens")]
 di = paths.loc[("loud prompts", "MLP L at the last position (direct)")]
 rho_t = predictor.loc[("tangential", "c_max", "dp")]
@@ -797,14 +844,14 @@ parts.append(f" A gated hook edit (ROME's δ, used only where the edited subject
              f"falsely on {gate_rates.loc['same-sentence', 'mean']:.0%} of same-sentence "
              "mentions.")
 if study_vs_rome is not None:
-    s_ns, s_es = study_vs_rome.loc[("hook-gated", "NS+")], study_vs_rome.loc[("hook-gated", "ES")]
-    s_ps = study_vs_rome.loc[("hook-gated", "PS")]
-    parts.append(f" On notebook 06's rows ({int(s_ns['n'])} known of the first {study_records} "
-                 f"records) the same gate changes NS+ by {s_ns['effect']:+.2f} "
-                 f"[{s_ns['ci_low']:+.2f}, {s_ns['ci_high']:+.2f}], ES by "
-                 f"{s_es['effect']:+.3f} [{s_es['ci_low']:+.3f}, {s_es['ci_high']:+.3f}] and PS "
-                 f"by {s_ps['effect']:+.3f} [{s_ps['ci_low']:+.3f}, {s_ps['ci_high']:+.3f}]; it "
-                 f"{'meets' if study_verdict else 'does not meet'} the rule there.")
+    n_gated = int(study_vs_rome.loc[("hook-gated", "NS+"), "n"])
+    parts.append(study_sentence(f"On notebook 06's rows ({n_gated} known of the first "
+                                f"{study_records} records) the same gate", study_vs_rome,
+                                "hook-gated", study_verdict))
+    for label, (eff, meets) in quiet_study.items():
+        parts.append(study_sentence(f"{label}, on {int(eff.loc[(label, 'NS+'), 'n'])} known of "
+                                    f"the first {study_quiet_records} records against ROME's "
+                                    "rows there,", eff, label, meets))
 no_rule = [gate_label(r, t) for r, t in gate_sweep if not r]
 if no_rule:
     best = max(no_rule, key=lambda n: vs_rome.loc[(n, "NS+"), "effect"])

@@ -969,23 +969,49 @@ def variant_path(model, editor: str, overrides: dict, split: str, root=None) -> 
 
 def variant_study(model, editor: str, overrides: dict, *, split: str, n: int, root=None,
                   n_neighbours: int = 10, pool: str = "counterfact", top_up: str = "none",
-                  seed: int = 0, batch_size: int = 32, progress: bool = True):
+                  seed: int = 0, batch_size: int = 32, progress: bool = True,
+                  compute: bool = True):
     """`editor` with hyper-parameter `overrides` on the first `n` records of `split`, with the
     study's neighbourhoods and without GE, its rows kept in `variant_path(...)` and reused
     (only missing rows are computed, in this process). For run-to-run variation (ROME's random
     context prefixes: `{"prefix_seed": 1}`) and strength sweeps.
 
+    `compute=False` only reads, as `study(compute=False)`: the file's settings and the rows'
+    digests are checked as for a run, and a record with no row raises a `ResultsFileError`
+    naming the file, how many rows are missing and the command that computes them (a notebook
+    that shows another notebook's long runs must not silently start hours of edits).
+
     Returns:
-        DataFrame of the rows of these records (attrs `path`, `reused`, `computed`).
+        DataFrame of the rows of these records, in their order (attrs `path`, `reused`,
+        `computed`).
     """
     from loudfacts.data import load_counterfact
 
     records = load_counterfact(split, n=n, verbose=False)
     path = variant_path(model, editor, overrides, split, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
     ed = get_editor(editor, model, **overrides)
     opts = dict(n_neighbours=n_neighbours, generation=False, n_generation=1, max_new_tokens=30,
                 generation_records=None, pool=pool, top_up=top_up, seed=seed)
+    if not compute:
+        plan = plan_run(model, ed, records, shard=None, **opts)
+        have = (open_for_resume(path, plan.settings, plan.rkey, plan.digests)
+                if path.exists() else {})  # reading only: create nothing
+        missing = [r.case_id for r in records if r.case_id not in have]
+        if missing:
+            call = (f"ev.variant_study(load_model({model.name!r}), {editor!r}, {overrides!r}, "
+                    f"split={str(split)!r}, n={n!r}, n_neighbours={n_neighbours}, "
+                    f"pool={pool!r}, top_up={top_up!r}, seed={seed}"
+                    + (f", root={str(root)!r}" if root is not None else "") + ")")
+            raise ResultsFileError(
+                f"variant_study(compute=False): {editor} with {overrides} has no row for "
+                f"{len(missing)} of the first {len(records)} records of {split} (first missing: "
+                f"case id {missing[0]!r}) in {path}. Compute them first (resumable): python -c "
+                f"\"from loudfacts import evaluation as ev; from loudfacts.models import "
+                f"load_model; {call}\"")
+        df = to_frame(have[r.case_id] for r in records)
+        df.attrs.update(path=str(path), reused=len(records), computed=0)
+        return df
+    path.parent.mkdir(parents=True, exist_ok=True)
     ids = {r.case_id for r in records}
     had = len({r["case_id"] for r in read_results(path)} & ids) if path.exists() else 0
     df = evaluate(model, ed, records, out=path, batch_size=batch_size, progress=progress, **opts)

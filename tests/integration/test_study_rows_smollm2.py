@@ -89,6 +89,28 @@ def test_notebooks_that_read_the_study_ask_for_notebook_06s_rows(stem, report_pa
     assert p["seed"] == six["seed"]
 
 
+def test_committed_quiet_rows_cover_what_notebooks_06_and_07_read(model, report_params_of,
+                                                                  report_params_06):
+    """rome-quiet's variant rows are computed beforehand (hours of edits) and only read by the
+    report (`variant_study(compute=False)`): the committed file must hold a row, made under the
+    report's settings, for each of the records 06 and 07 ask for."""
+    six, seven = report_params_06, report_params_of("07_quiet_edits")
+    asks = {("06", f, six["quiet_records"]) for f in six["quiet_factors"]}
+    asks |= {("07", f, seven["study_quiet_records"]) for f in seven["study_quiet_factors"]}
+    assert asks, "params/report.yaml shows rome-quiet on the study's rows in neither notebook"
+    assert seven["study_quiet_records"] <= seven["study_records"]
+    assert six["quiet_records"] <= six["n_records"]
+    for stem, f, n in sorted(asks):
+        rows = ev.variant_study(model, "rome-quiet", {"quiet_factor": float(f),
+                                                      "seed": six["seed"]},
+                                split=six["split"], n=n, n_neighbours=six["n_neighbours"],
+                                pool=six["neighbour_pool"], top_up=six["neighbour_top_up"],
+                                seed=six["seed"], compute=False, progress=False)
+        assert len(rows) == n and rows.attrs["computed"] == 0, stem
+        assert rows["ES"].notna().sum() == rows["known"].sum() > n // 2, stem
+        assert rows["GE"].isna().all(), f"{stem}: variant rows carry no GE"
+
+
 def test_committed_tracing_records_cover_the_report_averages(model, report_params_of,
                                                              monkeypatch):
     """Notebook 01's averages read their per-fact records from results/<model>/tracing/: under

@@ -372,3 +372,36 @@ def test_variant_rows_are_kept_apart_reused_and_differ_only_where_the_override_a
     assert base["run_key"][0] != b["run_key"][0]
     np.testing.assert_allclose(base["ES"].astype(float), b["ES"].astype(float), rtol=1e-5,
                                equal_nan=True)
+
+
+def test_variant_study_compute_false_reads_checks_and_names_the_command(tiny_llama, tmp_path):
+    from loudfacts.runner import variant_path, variant_study
+
+    kw = dict(split="edit-1k", n_neighbours=3, pool="counterfact", root=tmp_path,
+              progress=False)
+    with pytest.raises(ResultsFileError, match="no row for 3 of the first 3") as e:
+        variant_study(tiny_llama, "ft", {"seed": 1}, n=3, compute=False, **kw)
+    path = variant_path(tiny_llama, "ft", {"seed": 1}, "edit-1k", tmp_path)
+    assert not path.exists() and str(path) in str(e.value)  # reading creates nothing
+    made = variant_study(tiny_llama, "ft", {"seed": 1}, n=3, **kw)
+    text = path.read_text()
+    got = variant_study(tiny_llama, "ft", {"seed": 1}, n=3, compute=False, **kw)
+    assert (got.attrs["reused"], got.attrs["computed"]) == (3, 0)
+    assert got["case_id"].tolist() == made["case_id"].tolist()
+    assert got["settings_digest"].tolist() == made["settings_digest"].tolist()
+    np.testing.assert_array_equal(got["NS+"].astype(float), made["NS+"].astype(float))
+    with pytest.raises(ResultsFileError, match="no row for 1 of the first 4") as e:
+        variant_study(tiny_llama, "ft", {"seed": 1}, n=4, compute=False, **kw)
+    assert path.read_text() == text  # nothing computed or appended
+    # the message's command computes exactly the missing rows
+    cmd = str(e.value).split('python -c "', 1)[1].rstrip('"')
+    assert "ev.variant_study(load_model('tiny-llama'), 'ft', {'seed': 1}" in cmd
+    assert "n=4" in cmd and f"root={str(tmp_path)!r}" in cmd
+    exec(cmd, {})
+    assert len(variant_study(tiny_llama, "ft", {"seed": 1}, n=4, compute=False, **kw)) == 4
+    text = path.read_text()
+    # rows made under other settings are refused, not read
+    with pytest.raises(ResultsFileError, match="other settings"):
+        variant_study(tiny_llama, "ft", {"seed": 1}, n=3, compute=False,
+                      **{**kw, "n_neighbours": 2})
+    assert path.read_text() == text
