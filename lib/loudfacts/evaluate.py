@@ -18,6 +18,12 @@
         # (with the known ones: the all-records population, loudfacts.runner.all_records)
         # one Slurm job per shard (submitit), merged into --store when all finish
         # (--launcher local: the same jobs as local processes; see loudfacts.launch)
+    python -m loudfacts.evaluate --editors rome-quiet --set quiet_factor=4.0 --set seed=0 \
+        --n 1000 --no-generation --pool counterfact --top-up object-then-relation \
+        --store results --shard 0/2
+        # an editor under hyper-parameter overrides (--set, JSON values): its variant file,
+        # results/<model>/<split>/variants/<editor>/quiet_factor=4.0,seed=0.jsonl, the rows
+        # that loudfacts.runner.variant_study reads (notebooks 06 and 07)
 
 Rows are appended to `--out` one record at a time, so rerunning the same command after an
 interruption continues where it stopped. A rerun with other settings (another editor, its
@@ -66,6 +72,20 @@ def _count(minimum: int):
         return v
 
     return parse
+
+
+def _override(text: str) -> tuple[str, object]:
+    """--set KEY=VALUE: the key and the value read as JSON (a bare word stays a string)."""
+    import json
+
+    key, eq, raw = text.partition("=")
+    if not eq or not key.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
 
 
 def parse_args(argv):
@@ -129,7 +149,22 @@ def parse_args(argv):
     ap.add_argument("--merge", nargs="+", default=None, metavar="JSONL",
                     help="merge these shard files into --out instead of evaluating")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", type=_override,
+                    help="an editor hyper-parameter override (the value is read as JSON: 4.0, "
+                         "true, [1, 2], else a string); repeatable; needs --editors: with "
+                         "--store the rows go to the editors' variant files "
+                         "(runner.variant_path), with --out-dir under variants/<key>=<value>,.../")
     args = ap.parse_args(argv)
+    args.overrides = {}
+    for key, value in args.set:
+        if key in args.overrides:
+            ap.error(f"--set {key}: given twice")
+        args.overrides[key] = value
+    if args.overrides and not args.editors:
+        ap.error("--set writes an editor's variant files: give --editors (with --store or "
+                 "--out-dir)")
+    if args.overrides and args.population != "known":
+        ap.error("--set: variant files hold the known population only")
     if args.editors:
         if (not args.out_dir) == (not args.store) or args.out or args.merge:
             ap.error("--editors writes one file per editor: give --out-dir or --store "
@@ -247,6 +282,7 @@ def run_editors(args, merged_root=None) -> dict:
     import torch
 
     from loudfacts.data import load_counterfact
+    from loudfacts.editing.base import get_editor
     from loudfacts.runner import (
         evaluate,
         parse_shard,
@@ -254,6 +290,8 @@ def run_editors(args, merged_root=None) -> dict:
         shard_path,
         split_label,
         store_path,
+        variant_path,
+        variant_tag,
     )
     from loudfacts.models import load_model
 
@@ -275,14 +313,33 @@ def run_editors(args, merged_root=None) -> dict:
                             seed=args.seed, root=root, pool=args.pool, top_up=args.top_up,
                             population=args.population)
 
+    overrides = getattr(args, "overrides", {})
+
+    def stored(name, root):
+        """The study's file of `name` under `root`, or its variant file under --set."""
+        if overrides:
+            return variant_path(model, name, overrides, args.split, root)
+        return store_path(model, name, args.split, root, args.population)
+
+    def out_file(name, out_dir):
+        """The --out-dir file of `name` (under --set: in `variants/<key>=<value>,.../`)."""
+        if overrides:
+            out_dir = Path(out_dir) / "variants" / variant_tag(overrides)
+        return settings_path(name, out_dir)
+
     for name in args.editors.split(","):
+        try:
+            editor = get_editor(name, model, **overrides) if overrides else name
+        except ValueError as e:  # an unknown hyper-parameter or a bad value
+            raise SystemExit(f"{PROG}: error: --set {overrides}: {e}") from None
         if args.store:  # every shard appends to the study's file (under a lock)
-            path = store_path(model, name, args.split, args.store, args.population)
+            path = stored(name, args.store)
+            path.parent.mkdir(parents=True, exist_ok=True)
         else:
-            path = settings_path(name, args.out_dir)
+            path = out_file(name, args.out_dir)
             if shard:
                 path = shard_path(path, *shard)
-        evaluate(model, name, records, out=path, shard=args.shard,
+        evaluate(model, editor, records, out=path, shard=args.shard,
                  n_neighbours=args.n_neighbours, batch_size=args.batch_size,
                  generation=not args.no_generation, generation_records=args.generation_records,
                  max_new_tokens=args.max_new_tokens, n_generation=args.n_generation,
@@ -291,9 +348,8 @@ def run_editors(args, merged_root=None) -> dict:
         written[name] = str(path)
         if merged_root is not None:
             written["@" + name] = str(
-                store_path(model, name, args.split, merged_root[1], args.population)
-                if merged_root[0] == "store"
-                else settings_path(name, merged_root[1]))
+                stored(name, merged_root[1]) if merged_root[0] == "store"
+                else out_file(name, merged_root[1]))
     return written
 
 

@@ -960,11 +960,17 @@ def variant_path(model, editor: str, overrides: dict, split: str, root=None) -> 
     if not overrides:
         raise ValueError("variant_path: no overrides; the editor's own rows are at store_path")
     base = store_path(model, editor, split, root)
+    return base.parent / "variants" / base.stem / f"{variant_tag(overrides)}.jsonl"
+
+
+def variant_tag(overrides: dict) -> str:
+    """`<key>=<value>,...` of hyper-parameter overrides (keys sorted, values as canonical
+    JSON), safe as a file name."""
     tag = ",".join(f"{k}={canonical_json(v)}" for k, v in sorted(overrides.items()))
     tag = re.sub(r"[^A-Za-z0-9._+=,-]", "_", tag)
     if ".." in tag or tag.startswith("."):
         raise ValueError(f"overrides {overrides!r} cannot name a results file ({tag!r})")
-    return base.parent / "variants" / base.stem / f"{tag}.jsonl"
+    return tag
 
 
 def variant_study(model, editor: str, overrides: dict, *, split: str, n: int, root=None,
@@ -998,16 +1004,18 @@ def variant_study(model, editor: str, overrides: dict, *, split: str, n: int, ro
                 if path.exists() else {})  # reading only: create nothing
         missing = [r.case_id for r in records if r.case_id not in have]
         if missing:
-            call = (f"ev.variant_study(load_model({model.name!r}), {editor!r}, {overrides!r}, "
-                    f"split={str(split)!r}, n={n!r}, n_neighbours={n_neighbours}, "
-                    f"pool={pool!r}, top_up={top_up!r}, seed={seed}"
-                    + (f", root={str(root)!r}" if root is not None else "") + ")")
+            import shlex
+
+            args = _worker_args(model, [editor], split=split, n=n, batch_size=batch_size, **opts)
+            for k, v in sorted(overrides.items()):
+                args += ["--set", f"{k}={canonical_json(v)}"]
+            args += ["--store", str(path.parents[4])]
             raise ResultsFileError(
                 f"variant_study(compute=False): {editor} with {overrides} has no row for "
                 f"{len(missing)} of the first {len(records)} records of {split} (first missing: "
-                f"case id {missing[0]!r}) in {path}. Compute them first (resumable): python -c "
-                f"\"from loudfacts import evaluation as ev; from loudfacts.models import "
-                f"load_model; {call}\"")
+                f"case id {missing[0]!r}) in {path}. Compute them first (resumable; add "
+                "--shard i/k to run k processes side by side): python -m loudfacts.evaluate "
+                + " ".join(shlex.quote(a) for a in args))
         df = to_frame(have[r.case_id] for r in records)
         df.attrs.update(path=str(path), reused=len(records), computed=0)
         return df

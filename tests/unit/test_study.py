@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -393,15 +394,51 @@ def test_variant_study_compute_false_reads_checks_and_names_the_command(tiny_lla
     with pytest.raises(ResultsFileError, match="no row for 1 of the first 4") as e:
         variant_study(tiny_llama, "ft", {"seed": 1}, n=4, compute=False, **kw)
     assert path.read_text() == text  # nothing computed or appended
-    # the message's command computes exactly the missing rows
-    cmd = str(e.value).split('python -c "', 1)[1].rstrip('"')
-    assert "ev.variant_study(load_model('tiny-llama'), 'ft', {'seed': 1}" in cmd
-    assert "n=4" in cmd and f"root={str(tmp_path)!r}" in cmd
-    exec(cmd, {})
-    assert len(variant_study(tiny_llama, "ft", {"seed": 1}, n=4, compute=False, **kw)) == 4
+    # the message's command computes exactly the missing rows, in two shards
+    from loudfacts.evaluate import main
+
+    cmd = shlex.split(str(e.value).split("python -m loudfacts.evaluate ", 1)[1])
+    assert cmd[cmd.index("--set") + 1] == "seed=1" and cmd[cmd.index("--n") + 1] == "4"
+    assert cmd[cmd.index("--store") + 1] == str(tmp_path) and "--no-generation" in cmd
+    for i in (0, 1):
+        assert main(cmd + ["--shard", f"{i}/2"]) == 0
+    got4 = variant_study(tiny_llama, "ft", {"seed": 1}, n=4, compute=False, **kw)
+    assert got4["settings_digest"].tolist()[:3] == made["settings_digest"].tolist()
+    assert len(read_results(path)) == 4  # one file, no row twice
     text = path.read_text()
     # rows made under other settings are refused, not read
     with pytest.raises(ResultsFileError, match="other settings"):
         variant_study(tiny_llama, "ft", {"seed": 1}, n=3, compute=False,
                       **{**kw, "n_neighbours": 2})
     assert path.read_text() == text
+
+
+def test_cli_set_needs_a_store_and_names_a_bad_override(tiny_llama, tmp_path, capsys):
+    from loudfacts.evaluate import main
+    from loudfacts.runner import variant_path
+
+    base = ["--editors", "ft", "--model", "tiny-llama", "--n", "2", "--no-generation",
+            "--n-neighbours", "2", "--pool", "counterfact"]
+    with pytest.raises(SystemExit):
+        main(base[2:] + ["--editor", "ft", "--out", str(tmp_path / "x.jsonl"), "--set", "seed=1"])
+    assert "--set writes an editor's variant files" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(base + ["--store", str(tmp_path), "--set", "seed"])
+    assert "'seed' is not KEY=VALUE" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--set \{'bogus': 1\}: unknown hyper-parameter"):
+        main(base + ["--store", str(tmp_path), "--set", "bogus=1"])
+    assert not (tmp_path / "tiny-llama" / "edit-1k" / "variants").exists()  # nothing written
+    # values are JSON: the file is named by the override's canonical form
+    assert main(base + ["--store", str(tmp_path), "--set", "lr=0.5", "--set", "seed=1"]) == 0
+    assert (tmp_path / "tiny-llama" / "edit-1k" / "variants" / "ft" / "lr=0.5,seed=1.jsonl"
+            ).exists()
+    # the launcher's shard jobs merge into the same variant file, never the study's
+    launched = base + ["--store", str(tmp_path / "L"), "--set", "seed=1", "--threads", "1"]
+    assert main(launched + ["--launcher", "local", "--shards", "2"]) == 0
+    v = variant_path(tiny_llama, "ft", {"seed": 1}, "edit-1k", tmp_path / "L")
+    assert sorted(r["case_id"] for r in read_results(v)) == [
+        r.case_id for r in load_counterfact("edit-1k", n=2, verbose=False)]
+    assert not store_path(tiny_llama, "ft", "edit-1k", tmp_path / "L").exists()
+    # --out-dir keeps each override's files apart
+    assert main(base + ["--out-dir", str(tmp_path / "D"), "--set", "seed=1"]) == 0
+    assert [p.parent.name for p in (tmp_path / "D").rglob("*.jsonl")] == ["seed=1"]
