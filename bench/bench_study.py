@@ -12,6 +12,9 @@ the rows, and what every editor on all 1,000 records of edit-1k and on all of Co
 them where they have the field (`machine`); rows made before it existed do not. Rows come from
 several CPU kinds, whose speeds differ by several times, so each editor's seconds are also given
 per machine (`by_machine`), with the projection for every machine whose rows cover every editor.
+Each variant file (`variants/<editor>/<key>=<value>,....jsonl`: an editor under hyper-parameter
+overrides, such as rome-quiet at λ = 4) gets the same rates under `variants`, outside the
+projection.
 """
 
 from __future__ import annotations
@@ -50,6 +53,25 @@ def _rates(known) -> dict:
             "records_with_ge": len(ge)}
 
 
+def _file_entry(rows: list[dict]) -> dict:
+    """One results file's rates: pooled, per machine, and the CPU-hours of its known rows."""
+    known = [r for r in rows if r.get("known")]
+    secs = sum(float(r.get("edit_seconds") or 0) + float(r.get("eval_seconds") or 0)
+               for r in known)
+    by_machine = {}
+    for r in known:
+        by_machine.setdefault(str(r.get("machine") or "not recorded"), []).append(r)
+    reuses = bool(_mean(r.get("edit_reused") for r in known) or 0)
+    return {
+        "records": len(rows), **_rates(known),
+        "reuses_rome_v_star": reuses,
+        "cpu_hours_of_these_rows": secs / 3600,
+        "machines": sorted({str(r.get("machine")) for r in rows if r.get("machine")}),
+        "by_machine": {m: {**_rates(rs), "reuses_rome_v_star": reuses}
+                       for m, rs in sorted(by_machine.items())},
+    }
+
+
 def _projection(editors: dict, share: float) -> dict | None:
     """CPU-hours of every editor (evaluation without GE) on edit-1k and all of CounterFact, from
     per-editor rates {name: {edit_s..., eval_s..., reuses_rome_v_star}}; None if any editor has
@@ -85,24 +107,13 @@ def main(argv=None) -> int:
         return 2
     editors, total_s, known_share = {}, 0.0, []
     for path in files:
-        rows = read_results(path)
-        known = [r for r in rows if r.get("known")]
-        known_share.append(len(known) / len(rows))
-        secs = sum(float(r.get("edit_seconds") or 0) + float(r.get("eval_seconds") or 0)
-                   for r in known)
-        total_s += secs
-        by_machine = {}
-        for r in known:
-            by_machine.setdefault(str(r.get("machine") or "not recorded"), []).append(r)
-        reuses = bool(_mean(r.get("edit_reused") for r in known) or 0)
-        editors[path.stem] = {
-            "records": len(rows), **_rates(known),
-            "reuses_rome_v_star": reuses,
-            "cpu_hours_of_these_rows": secs / 3600,
-            "machines": sorted({str(r.get("machine")) for r in rows if r.get("machine")}),
-            "by_machine": {m: {**_rates(rs), "reuses_rome_v_star": reuses}
-                           for m, rs in sorted(by_machine.items())},
-        }
+        editors[path.stem] = _file_entry(read_results(path))
+        known_share.append(editors[path.stem]["known"] / editors[path.stem]["records"])
+        total_s += editors[path.stem]["cpu_hours_of_these_rows"] * 3600
+    # an editor under hyper-parameter overrides (variants/<editor>/<key>=<value>,....jsonl):
+    # its own rates, outside the projection (the study's editors are the report's)
+    variants = {f"{p.parent.name}/{p.stem}": _file_entry(read_results(p))
+                for p in sorted((folder / "variants").glob("*/*.jsonl"))}
     share = float(np.mean(known_share))
     machines = sorted({m for e in editors.values() for m in e["by_machine"]})
     per_machine = {}
@@ -129,6 +140,7 @@ def main(argv=None) -> int:
                 "made the rows; by_machine gives each machine's own.",
         "editors": editors,
         "cpu_hours_of_all_rows": total_s / 3600,
+        "variants": variants,
         "known_share": share,
         "projection_cpu_hours_every_editor_without_ge": _projection(editors, share),
         "projection_cpu_hours_by_machine": per_machine,
@@ -140,6 +152,10 @@ def main(argv=None) -> int:
         print(f"{name:14s} {e['known']:4d} known: edit {e['edit_s_per_known_record'] or 0:6.1f} s, "
               f"eval {e['eval_s_per_known_record_without_ge'] or 0:5.1f} s "
               f"(with GE {e['eval_s_per_known_record_with_ge'] or 0:5.1f} s)")
+    for name, e in variants.items():
+        print(f"{name}: {e['known']} known: edit {e['edit_s_per_known_record'] or 0:.1f} s, "
+              f"eval {e['eval_s_per_known_record_without_ge'] or 0:.1f} s, "
+              f"{e['cpu_hours_of_these_rows']:.2f} CPU-hours")
     print(f"-> {args.out}")
     return 0
 

@@ -31,7 +31,7 @@ from loudfacts.runner import (  # noqa: F401
     open_row_store,
     parse_shard, plan_run, read_results, read_results_file, read_study, record_content,
     results_path, row_digest, run_key, run_settings, settings_diff, shard_path, variant_path,
-    variant_study,
+    variant_study, variant_tag,
     shard_records, split_label, store_path, study, study_effects, study_effects_sentence, to_frame,
     write_results,
 )

@@ -44,3 +44,14 @@ def test_projection_counts_rome_seconds_once_for_an_editor_that_reuses_v_star(be
     # an editor without a measured rate gives no projection rather than a silent zero
     editors["ft"] = rate(None, 3)
     assert bench_study._projection(editors, share=0.5) is None
+
+
+def test_file_entry_counts_known_rows_per_machine(bench_study):
+    rows = [_row(10, 2), _row(20, 4, machine="B"), {"known": False, "edit_seconds": None,
+                                                    "eval_seconds": 1.0, "machine": "B"}]
+    got = bench_study._file_entry(rows)
+    assert (got["records"], got["known"]) == (3, 2)
+    assert got["cpu_hours_of_these_rows"] == pytest.approx((12 + 24) / 3600)
+    assert got["machines"] == ["A", "B"]
+    assert got["by_machine"]["B"]["edit_s_per_known_record"] == pytest.approx(20)
+    assert got["reuses_rome_v_star"] is False
