@@ -413,7 +413,7 @@ def test_variant_study_compute_false_reads_checks_and_names_the_command(tiny_lla
     assert path.read_text() == text
 
 
-def test_cli_set_needs_a_store_and_names_a_bad_override(tiny_llama, tmp_path, capsys):
+def test_cli_set_needs_editors_and_names_a_bad_override(tiny_llama, tmp_path, capsys):
     from loudfacts.evaluate import main
     from loudfacts.runner import variant_path
 
