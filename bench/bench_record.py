@@ -12,7 +12,12 @@ its first 8 records. Two ways of using the 2 cores are timed in one run:
 
 - `in-process`: one process, torch's default thread count (the cores);
 - `2 workers`: two one-thread worker processes, one shard each (`workers=2`, the study's and
-  the report's way).
+  the report's way);
+- `in-process, padded`: as `in-process`, with packed scoring off (`scoring.packing(False)`:
+  every probe forward right-padded, the route before prefix-tree packing), so the two
+  in-process lines give packing's effect on the whole record in one run.
+
+`--modes` picks which (default: all three).
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
 time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
@@ -38,15 +43,18 @@ os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"  # time fresh optimisations
 import torch  # noqa: E402
 
 from loudfacts import evaluation as ev  # noqa: E402
+from loudfacts import scoring  # noqa: E402
+from loudfacts.editing.rome import clear_components_memo  # noqa: E402
 from loudfacts.models import cpu_info, load_model  # noqa: E402
 from loudfacts.paths import repo_path  # noqa: E402
 from loudfacts.report import declared_parameters, load_params  # noqa: E402
 
 TARGET_S = 10.0
+MODES = {"in-process": (1, True), "2 workers": (2, True), "in-process, padded": (1, False)}
 NOTEBOOK = "06_specificity_plus"
 
 
-def main(n: int, out: Path):
+def main(n: int, out: Path, modes=tuple(MODES)):
     # notebook 06's parameters as `make report` runs it: its parameters cell, then the file
     p = {**declared_parameters(repo_path("notebooks", f"{NOTEBOOK}.py")),
          **load_params(repo_path("params", "report.yaml"), NOTEBOOK)}
@@ -55,10 +63,20 @@ def main(n: int, out: Path):
     opts = dict(split=p["split"], n=n, n_neighbours=p["n_neighbours"], generation=False,
                 top_up=p["neighbour_top_up"], seed=p["seed"], pool=p["neighbour_pool"],
                 progress=False, fresh=True)
-    model.top_tokens("The Louvre is located in")  # warm-up (kernels, caches), not timed
+    # warm-up, not timed: kernels, and what every editor loads once per process (C, context
+    # prefixes, patch-donor's fact pool), on one record, both scoring routes
+    for packed in (True, False):
+        with tempfile.TemporaryDirectory() as root, scoring.packing(packed):
+            ev.study(model, editors, workers=1, root=root, **{**opts, "n": 1})
     results = {}
-    for label, workers in (("in-process", 1), ("2 workers", 2)):
-        with tempfile.TemporaryDirectory() as root:
+    for label in modes:
+        workers, packed = MODES[label]
+        # each in-process mode starts from nothing remembered: ROME's v* (hook-delta and
+        # hook-gated still reuse it within the mode) and the unedited model's scores
+        clear_components_memo()
+        ev.UNEDITED.probs.clear()
+        ev.UNEDITED.logprobs.clear()
+        with tempfile.TemporaryDirectory() as root, scoring.packing(packed):
             t = time.perf_counter()
             frames = ev.study(model, editors, workers=workers, root=root, **opts)
             wall = time.perf_counter() - t
@@ -68,6 +86,7 @@ def main(n: int, out: Path):
                   for e in editors if e != "unedited"}
         results[label] = {
             "workers": workers, "torch_threads": torch.get_num_threads() if workers == 1 else 1,
+            "packed_scoring": packed,
             "records": len(rows), "known": known, "wall_s": wall,
             "wall_s_per_record": wall / len(rows),
             "wall_s_per_known_record": wall / max(known, 1),
@@ -94,7 +113,9 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=12, help="first records of notebook 06's split")
     ap.add_argument("--out", type=Path, default=repo_path("bench", "results", "record.json"))
+    ap.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                    help="which ways to run (default: all)")
     a = ap.parse_args()
     if a.n < 1:
         ap.error(f"--n {a.n}: at least one record")
-    main(a.n, a.out)
+    main(a.n, a.out, a.modes)

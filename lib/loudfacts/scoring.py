@@ -4,14 +4,33 @@ The probability of a (possibly multi-token) target after a prompt is exp(-mean t
 target's tokens, teacher-forced: P("New York" | prompt) = exp(-(nll(" New") + nll(" York")) / 2).
 For single-token targets that is the plain next-token probability.
 
-`target_probs(model, prompts, targets)` scores many (prompt, target) pairs in padded batches
-(right padding, an attention mask, one forward per batch), so evaluation is a handful of forward
-passes rather than one per pair. Forwards go through `model.hf`; since the TransformerLens
-bridge wraps that module in place, hook edits that are applied take effect here too.
+`target_probs(model, prompts, targets)` scores many (prompt, target) pairs in a handful of
+forward passes rather than one per pair. Forwards go through `model.hf`; since the
+TransformerLens bridge wraps that module in place, hook edits that are applied take effect here
+too.
+
+Two ways to batch, chosen per call (`logits_at`):
+
+* **packed** (no hook anywhere on the model, and the model passed `supports_packing`): the
+  sequences go into a prefix tree, so a token that several sequences share from their start
+  (the CounterFact+ statement before ten neighbour prompts, the same prompt scored for its
+  true and its new object) is one position, computed once. The tree's positions lie side by
+  side in a row of at most `PACK_TOKENS`, each attending to its own ancestors only (a 4-D mask)
+  at its depth (`position_ids`): the attention each sequence sees is the one it would see
+  alone, and no padding is computed. On notebook 06's probes this computes about a third of
+  the padded batches' positions (`bench/bench_scoring.py`).
+* **padded** (a hook is applied, e.g. a hook edit, whose positions mean "row, position" of a
+  batch of separate prompts): right padding and an attention mask, `batch_size` prompts per
+  forward.
+
+The two agree to float rounding (`tests/unit/test_scoring.py`); `packing(False)` turns the
+packed path off for a block.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -25,16 +44,24 @@ def _batches(n: int, size: int):
 
 
 def logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Tensor:
-    """Logits at chosen (row, position) pairs of a right-padded batch of `seqs`.
+    """Logits at chosen (row, position) pairs of `seqs` (row j: sequence `seqs[j]`).
 
-    One forward of the HF base model (the TransformerLens bridge wraps its modules in place,
-    so applied hook edits take effect), then the unembedding of just the requested positions:
+    Forwards of the HF base model (the TransformerLens bridge wraps its modules in place, so
+    applied hook edits take effect), then the unembedding of just the requested positions:
     for a small model the (batch, pos, d_vocab) unembedding of every position costs about as
-    much as the transformer itself.
+    much as the transformer itself. Packed into prefix trees when no hook is on the model
+    (`packed_logits_at`), else one right-padded batch.
 
     Returns:
         Float tensor (len(rows), d_vocab).
     """
+    if _PACKING["on"] and not _any_hooks(model) and supports_packing(model):
+        return packed_logits_at(model, seqs, rows, positions)
+    return padded_logits_at(model, seqs, rows, positions)
+
+
+def padded_logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Tensor:
+    """`logits_at` by one forward of a right-padded batch of `seqs` with an attention mask."""
     pad = model.tokenizer.pad_token_id or 0
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad, dtype=torch.long)
@@ -50,6 +77,185 @@ def logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Te
         return model.hf(ids, attention_mask=mask).logits[rows, positions]
     hidden = model.hf.base_model(ids, attention_mask=mask).last_hidden_state
     return model.hf.get_output_embeddings()(hidden[rows, positions])
+
+
+# -- packed forwards: shared prefixes once, no padding ------------------------------------------
+PACK_TOKENS = 512  # positions per packed row (attention over a row grows with its square;
+# bench/bench_scoring.py times 128, 256 and 512 on notebook 06's probes: 512 was fastest)
+PACK_ROWS = 4      # packed rows per forward
+_PACKING = {"on": True}
+_MODULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> its modules
+
+
+@contextlib.contextmanager
+def packing(enabled: bool):
+    """Turn the packed path of `logits_at` on or off inside the block (benchmarks compare the
+    two; results agree to float rounding either way)."""
+    before, _PACKING["on"] = _PACKING["on"], bool(enabled)
+    try:
+        yield
+    finally:
+        _PACKING["on"] = before
+
+
+def _any_hooks(model) -> bool:
+    """Whether any module of the model has a forward (pre-)hook other than the bridge's own
+    capture hooks (TransformerLens blocks keep their handles in `_capture_hook_handles`): a
+    hook edit, a patch or a recording hook may read positions as (row, position) of separate
+    prompts, so such forwards stay padded."""
+    got = _MODULES.get(model.bridge)
+    if got is None:  # the bridge's module tree is fixed once loaded
+        mods = list(model.bridge.modules())
+        got = _MODULES[model.bridge] = (
+            mods, [m for m in mods if "_capture_hook_handles" in m.__dict__])
+    mods, blocks = got
+    hooked = [m for m in mods if m._forward_hooks or m._forward_pre_hooks]
+    if not hooked:
+        return False
+    own = {h.id for b in blocks for h in b.__dict__["_capture_hook_handles"]}
+    return any(k not in own for m in hooked for k in (*m._forward_hooks, *m._forward_pre_hooks))
+
+
+class PrefixPack:
+    """Sequences merged into one prefix tree: position i holds token `ids[i]` at depth
+    `depth[i]`, and attends to the positions on its path from the root (`ancestors[i, j]`).
+
+    `paths[k][t]` is the position of token t of the k-th sequence added.
+    """
+
+    def __init__(self):
+        self.ids: list[int] = []
+        self.depth: list[int] = []
+        self.parent: list[int] = []
+        self.paths: list[list[int]] = []
+        self._child: dict[tuple[int, int], int] = {}
+
+    def new_positions(self, seq: Sequence[int]) -> int:
+        """How many positions adding `seq` would create."""
+        node = -1
+        for d, t in enumerate(seq):
+            node = self._child.get((node, int(t)))
+            if node is None:
+                return len(seq) - d
+        return 0
+
+    def add(self, seq: Sequence[int]) -> int:
+        node, path = -1, []
+        for d, t in enumerate(seq):
+            nxt = self._child.get((node, int(t)))
+            if nxt is None:
+                nxt = len(self.ids)
+                self.ids.append(int(t))
+                self.depth.append(d)
+                self.parent.append(node)
+                self._child[(node, int(t))] = nxt
+            path.append(nxt)
+            node = nxt
+        self.paths.append(path)
+        return len(self.paths) - 1
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def ancestors(self) -> torch.Tensor:
+        """Bool (n, n): position i sees j where j is i or one of its ancestors."""
+        n = len(self.ids)
+        anc = torch.zeros(n, n, dtype=torch.bool)
+        for i, p in enumerate(self.parent):  # parents come before their children
+            if p >= 0:
+                anc[i] = anc[p]
+            anc[i, i] = True
+        return anc
+
+
+def pack_sequences(seqs: Sequence[Sequence[int]], max_tokens: int | None = None):
+    """Sequences into prefix trees of at most `max_tokens` (default `PACK_TOKENS`) positions each
+    (a longer sequence gets a tree of its own), in order. Returns
+    [(PrefixPack, [index into seqs of each path])]."""
+    max_tokens = PACK_TOKENS if max_tokens is None else int(max_tokens)
+    packs: list[tuple[PrefixPack, list[int]]] = []
+    for j, s in enumerate(seqs):
+        if not s:
+            raise ValueError(f"sequence {j} is empty")
+        if not packs or len(packs[-1][0]) + packs[-1][0].new_positions(s) > max_tokens:
+            packs.append((PrefixPack(), []))
+        packs[-1][0].add(s)
+        packs[-1][1].append(j)
+    return packs
+
+
+def _packed_forward(model, packs: list[PrefixPack]) -> torch.Tensor:
+    """Final hidden states of packed rows, (len(packs), width, d_model); a pad position sees
+    only itself and is never read."""
+    pad = model.tokenizer.pad_token_id or 0
+    width = max(len(p) for p in packs)
+    dtype = next(model.hf.parameters()).dtype
+    ids = torch.full((len(packs), width), pad, dtype=torch.long)
+    pos = torch.zeros((len(packs), width), dtype=torch.long)
+    seen = torch.eye(width, dtype=torch.bool).repeat(len(packs), 1, 1)
+    for r, p in enumerate(packs):
+        n = len(p)
+        ids[r, :n] = torch.tensor(p.ids, dtype=torch.long)
+        pos[r, :n] = torch.tensor(p.depth, dtype=torch.long)
+        seen[r, :n, :n] = p.ancestors()
+    mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, torch.finfo(dtype).min)
+    out = model.hf.base_model(ids.to(model.device), attention_mask=mask[:, None].to(model.device),
+                              position_ids=pos.to(model.device))
+    return out.last_hidden_state
+
+
+def packed_logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Tensor:
+    """`logits_at` with `seqs` packed into prefix trees (`pack_sequences`), `PACK_ROWS` trees per
+    forward. Positions a requested (row, position) does not need are still computed (every
+    sequence's tokens up to its end), as in the padded batch."""
+    rows = [int(r) for r in rows]
+    positions = [int(q) for q in positions]
+    packs = pack_sequences(seqs)
+    where = {}  # sequence index -> (pack index, path)
+    for i, (p, members) in enumerate(packs):
+        for k, j in enumerate(members):
+            where[j] = (i, p.paths[k])
+    out = torch.empty(len(rows), model.d_vocab)
+    for start in range(0, len(packs), PACK_ROWS):
+        group = list(range(start, min(len(packs), start + PACK_ROWS)))
+        hidden = _packed_forward(model, [packs[i][0] for i in group])
+        pick = [(k, group.index(where[r][0]), where[r][1][q])
+                for k, (r, q) in enumerate(zip(rows, positions)) if where[r][0] in group]
+        if not pick:
+            continue
+        k_idx = torch.tensor([k for k, _, _ in pick])
+        h = hidden[torch.tensor([g for _, g, _ in pick]), torch.tensor([n for _, _, n in pick])]
+        out[k_idx] = model.hf.get_output_embeddings()(h).float().cpu()
+    return out
+
+
+_PACK_SUPPORT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> bool
+
+
+@torch.no_grad()
+def supports_packing(model) -> bool:
+    """Whether packed forwards give the padded batch's logits on this model (checked once per
+    model object, on random sequences that share prefixes, to 1e-4 of the logits; False where
+    the architecture ignores `position_ids` or a 4-D mask)."""
+    key = model.bridge
+    if key in _PACK_SUPPORT:
+        return _PACK_SUPPORT[key]
+    ok = False
+    try:
+        gen = torch.Generator().manual_seed(0)
+        base = torch.randint(1, min(model.d_vocab, 1000), (9,), generator=gen).tolist()
+        seqs = [base[:6] + [base[7]], base[:4], base[:6] + [base[8], base[2]], base[3:9], base[:6]]
+        rows = [j for j, s in enumerate(seqs) for _ in s]
+        positions = [q for s in seqs for q in range(len(s))]
+        want = padded_logits_at(model, seqs, rows, positions).float().cpu()
+        got = packed_logits_at(model, seqs, rows, positions)
+        scale = float(want.abs().max()) or 1.0
+        ok = bool(torch.isfinite(got).all()) and float(
+            (got - want).abs().max()) <= 1e-4 * max(1.0, scale)
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError):
+        ok = False
+    _PACK_SUPPORT[key] = ok
+    return ok
 
 
 def _output_hooks_attached(model) -> bool:

@@ -1,5 +1,6 @@
 """Batched target probabilities agree with one-at-a-time forwards."""
 
+import pytest
 import torch
 
 from loudfacts.scoring import next_token_logprobs, target_nll, target_probs, top1_matches
@@ -41,3 +42,105 @@ def test_score_targets_top1_agrees_with_greedy_decoding(tiny_llama):
     nll, top1 = score_targets(tiny_llama, prompts, targets)
     torch.testing.assert_close(nll, target_nll(tiny_llama, prompts, targets))
     assert top1.tolist() == top1_matches(tiny_llama, prompts, targets).tolist()
+
+
+# -- packed forwards (prefix trees) against padded batches and single sequences -----------------
+_SHARED = ["The Louvre is located in the city of", "The Louvre is located in the country of",
+           "Miles Davis plays the", "The", "The Louvre is located in the city of Rome. Miles Davis",
+           "The Louvre is located in the city of Rome. Paris is", "Miles Davis plays the"]
+
+
+def _all_positions(seqs):
+    rows = [j for j, s in enumerate(seqs) for _ in s]
+    return rows, [q for s in seqs for q in range(len(s))]
+
+
+def test_a_prefix_pack_stores_a_shared_start_once_and_each_position_sees_only_its_path():
+    from loudfacts.scoring import PrefixPack
+
+    p = PrefixPack()
+    assert p.new_positions([1, 2, 3]) == 3
+    p.add([1, 2, 3])
+    assert p.new_positions([1, 2, 4, 5]) == 2 and p.new_positions([1, 2]) == 0
+    p.add([1, 2, 4, 5])
+    p.add([1, 2])  # already there: no new position
+    p.add([7])
+    assert p.ids == [1, 2, 3, 4, 5, 7] and p.depth == [0, 1, 2, 2, 3, 0]
+    assert p.paths == [[0, 1, 2], [0, 1, 3, 4], [0, 1], [5]]
+    anc = p.ancestors()
+    assert anc[4].nonzero().flatten().tolist() == [0, 1, 3, 4]  # not its sibling at position 2
+    assert anc[2].nonzero().flatten().tolist() == [0, 1, 2]
+    assert anc[5].nonzero().flatten().tolist() == [5]  # another tree: sees nothing shared
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_packed_logits_equal_single_sequence_forwards(arch, monkeypatch):
+    """Every position of every sequence, packed (also split over several trees and forwards,
+    with small limits), equals the sequence's own unbatched forward."""
+    from loudfacts import scoring
+    from loudfacts.models import tiny_model
+
+    m = tiny_model(arch)
+    seqs = [m.encode(p) for p in _SHARED]
+    rows, positions = _all_positions(seqs)
+    want = torch.cat([m.hf(torch.tensor([s])).logits[0].float() for s in seqs])
+    assert scoring.supports_packing(m)
+    got = scoring.packed_logits_at(m, seqs, rows, positions)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(scoring, "PACK_TOKENS", 12)
+    monkeypatch.setattr(scoring, "PACK_ROWS", 2)
+    packs = scoring.pack_sequences(seqs)
+    assert len(packs) > 2  # several trees, and more than one forward
+    got = scoring.packed_logits_at(m, seqs, rows, positions)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packing_computes_a_shared_start_once(tiny_llama):
+    from loudfacts.scoring import pack_sequences
+
+    seqs = [tiny_llama.encode(p) for p in _SHARED]
+    (pack, members), = pack_sequences(seqs)
+    assert members == list(range(len(seqs)))
+    assert len(pack) < sum(map(len, seqs)) - len(seqs[0])  # the repeat and the shared starts
+
+
+def test_a_hook_on_the_model_keeps_the_padded_path_and_its_effect(tiny_llama, monkeypatch):
+    """Hooks read positions as (row, position) of separate prompts: with one attached,
+    `logits_at` does not pack, and the hook's change shows in the result."""
+    from loudfacts import scoring
+
+    seqs = [tiny_llama.encode(p) for p in _SHARED[:3]]
+    rows, positions = [0, 1, 2], [len(s) - 1 for s in seqs]
+    plain = scoring.logits_at(tiny_llama, seqs, rows, positions)
+    assert not scoring._any_hooks(tiny_llama)
+
+    def refuse(*a, **k):
+        raise AssertionError("packed with a hook attached")
+
+    monkeypatch.setattr(scoring, "packed_logits_at", refuse)
+    with tiny_llama.bridge.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda a, hook: a * 2)]):
+        assert scoring._any_hooks(tiny_llama)
+        hooked = scoring.logits_at(tiny_llama, seqs, rows, positions)
+    assert (hooked - plain).abs().max() > 1e-3
+    monkeypatch.undo()
+    handle = tiny_llama.hf.model.layers[0].mlp.register_forward_hook(lambda *a: None)
+    try:  # a plain torch hook on an HF module counts too
+        assert scoring._any_hooks(tiny_llama)
+    finally:
+        handle.remove()
+    assert not scoring._any_hooks(tiny_llama)
+
+
+def test_packing_off_gives_the_padded_numbers_and_is_restored(tiny_llama, monkeypatch):
+    from loudfacts import scoring
+
+    calls = []
+    real = scoring.packed_logits_at
+    monkeypatch.setattr(scoring, "packed_logits_at", lambda *a: calls.append(1) or real(*a))
+    prompts, targets = _SHARED[:3], ["Paris", "France", "trumpet"]
+    with scoring.packing(False):
+        off = target_nll(tiny_llama, prompts, targets)
+    assert not calls
+    on = target_nll(tiny_llama, prompts, targets)
+    assert calls
+    torch.testing.assert_close(on, off, atol=1e-5, rtol=1e-5)
