@@ -588,13 +588,14 @@ vs_rome.round(3)
 
 
 # %%
-def quieter_at_equal_efficacy(name):
-    """The rule above, for one editor against ROME."""
-    ns, es = vs_rome.loc[(name, "NS+")], vs_rome.loc[(name, "ES")]
+def quieter_at_equal_efficacy(name, table):
+    """The rule above, for one editor against ROME: `table` holds its paired effects against
+    ROME, indexed by (editor, metric). The sweep, the study's rows and rome-quiet all use it."""
+    ns, es = table.loc[(name, "NS+")], table.loc[(name, "ES")]
     return bool(ns["effect"] >= 0.1 and ns["ci_low"] > 0 and abs(es["effect"]) <= 0.05)
 
 
-verdicts = {name: quieter_at_equal_efficacy(name) for name in compared}
+verdicts = {name: quieter_at_equal_efficacy(name, vs_rome) for name in compared}
 also_ps = {name: verdicts[name] and abs(vs_rome.loc[(name, "PS"), "effect"]) <= 0.05
            for name in compared}
 yes_no = lambda d: {k: "yes" if v else "no" for k, v in d.items()}  # noqa: E731
@@ -715,9 +716,7 @@ if study_records:
                             seed=seed)}
         for name in ("hook-delta", "hook-gated") for met in metrics
     ]).set_index(["editor", "metric"])
-    ns_s, es_s = study_vs_rome.loc[("hook-gated", "NS+")], study_vs_rome.loc[("hook-gated", "ES")]
-    study_verdict = bool(ns_s["effect"] >= 0.1 and ns_s["ci_low"] > 0
-                         and abs(es_s["effect"]) <= 0.05)
+    study_verdict = quieter_at_equal_efficacy("hook-gated", study_vs_rome)
     print(f"{study_rows[study_rows.known].case_id.nunique()} known of the first "
           f"{study_records} records of {split} (notebook 06's rows); hook-gated "
           f"{'is' if study_verdict else 'is not'} quieter at ROME's ES by the rule")
@@ -737,10 +736,9 @@ if study_records:
                                  **cl.paired_effect(both, quiet_label(f), met, baseline="rome",
                                                     n_resamples=n_bootstrap, seed=seed)}
                                 for met in metrics]).set_index(["editor", "metric"])
-            ns_q, es_q = eff.loc[(quiet_label(f), "NS+")], eff.loc[(quiet_label(f), "ES")]
-            quiet_study[quiet_label(f)] = (eff, bool(ns_q["effect"] >= 0.1 and ns_q["ci_low"] > 0
-                                                     and abs(es_q["effect"]) <= 0.05))
-            print(f"{quiet_label(f)}: {int(ns_q['n'])} known of the first {study_quiet_records} "
+            quiet_study[quiet_label(f)] = (eff, quieter_at_equal_efficacy(quiet_label(f), eff))
+            n_q = int(eff.loc[(quiet_label(f), "NS+"), "n"])
+            print(f"{quiet_label(f)}: {n_q} known of the first {study_quiet_records} "
                   f"records; {'meets' if quiet_study[quiet_label(f)][1] else 'does not meet'} "
                   "the rule")
         study_vs_rome = pd.concat([study_vs_rome, *(e for e, _ in quiet_study.values())])

@@ -313,7 +313,7 @@ def run_editors(args, merged_root=None) -> dict:
                             seed=args.seed, root=root, pool=args.pool, top_up=args.top_up,
                             population=args.population)
 
-    overrides = getattr(args, "overrides", {})
+    overrides = args.overrides
 
     def stored(name, root):
         """The study's file of `name` under `root`, or its variant file under --set."""
