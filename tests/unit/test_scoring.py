@@ -131,9 +131,12 @@ def test_a_hook_on_the_model_keeps_the_padded_path_and_its_effect(tiny_llama, mo
     assert not scoring._any_hooks(tiny_llama)
 
 
-def test_packing_off_gives_the_padded_numbers_and_is_restored(tiny_llama, monkeypatch):
+def test_packing_off_gives_the_padded_numbers_and_is_restored(monkeypatch):
     from loudfacts import scoring
+    from loudfacts.models import tiny_model
 
+    tiny_llama = tiny_model("llama")  # its own: no hook or state left by other tests
+    assert not scoring._any_hooks(tiny_llama) and scoring.supports_packing(tiny_llama)
     calls = []
     real = scoring.packed_logits_at
     monkeypatch.setattr(scoring, "packed_logits_at", lambda *a: calls.append(1) or real(*a))
@@ -144,3 +147,4 @@ def test_packing_off_gives_the_padded_numbers_and_is_restored(tiny_llama, monkey
     on = target_nll(tiny_llama, prompts, targets)
     assert calls
     torch.testing.assert_close(on, off, atol=1e-5, rtol=1e-5)
+
