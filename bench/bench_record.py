@@ -15,9 +15,13 @@ its first 8 records. Two ways of using the 2 cores are timed in one run:
   the report's way);
 - `in-process, padded`: as `in-process`, with packed scoring off (`scoring.packing(False)`:
   every probe forward right-padded, the route before prefix-tree packing), so the two
-  in-process lines give packing's effect on the whole record in one run.
+  in-process lines give packing's effect on the whole record in one run;
+- `in-process, as at a5e5ad8`: as `in-process`, with the two savings made after commit
+  a5e5ad8 turned off: hook edits' probes padded (`scoring.packing(True, hooks=False)`) and the
+  weights hashed on every request for their digest
+  (`digests.remembering_weight_digests(False)`).
 
-`--modes` picks which (default: all three).
+`--modes` picks which (default: all four).
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
 time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
@@ -44,13 +48,17 @@ import torch  # noqa: E402
 
 from loudfacts import evaluation as ev  # noqa: E402
 from loudfacts import scoring  # noqa: E402
+from loudfacts.digests import remembering_weight_digests  # noqa: E402
 from loudfacts.editing.rome import clear_components_memo  # noqa: E402
 from loudfacts.models import cpu_info, load_model  # noqa: E402
 from loudfacts.paths import repo_path  # noqa: E402
 from loudfacts.report import declared_parameters, load_params  # noqa: E402
 
 TARGET_S = 10.0
-MODES = {"in-process": (1, True), "2 workers": (2, True), "in-process, padded": (1, False)}
+# label: (workers, packed scoring, hook edits packed, weight digests remembered)
+MODES = {"in-process": (1, True, True, True), "2 workers": (2, True, True, True),
+         "in-process, padded": (1, False, True, True),
+         "in-process, as at a5e5ad8": (1, True, False, False)}
 NOTEBOOK = "06_specificity_plus"
 
 
@@ -68,15 +76,26 @@ def main(n: int, out: Path, modes=tuple(MODES)):
     for packed in (True, False):
         with tempfile.TemporaryDirectory() as root, scoring.packing(packed):
             ev.study(model, editors, workers=1, root=root, **{**opts, "n": 1})
+    # count the full hashes of the weights (each ~0.5 s on this model): remembering digests
+    # saves exactly those, whatever the machine's speed
+    hashes = []
+    real_digest = type(model).weight_digest
+    model.weight_digest = lambda: hashes.append(1) or real_digest(model)
+    t = time.perf_counter()
+    for _ in range(3):
+        real_digest(model)
+    hash_s = (time.perf_counter() - t) / 3
     results = {}
     for label in modes:
-        workers, packed = MODES[label]
+        workers, packed, hooks, remember = MODES[label]
         # each in-process mode starts from nothing remembered: ROME's v* (hook-delta and
         # hook-gated still reuse it within the mode) and the unedited model's scores
         clear_components_memo()
         ev.UNEDITED.probs.clear()
         ev.UNEDITED.logprobs.clear()
-        with tempfile.TemporaryDirectory() as root, scoring.packing(packed):
+        with (tempfile.TemporaryDirectory() as root, scoring.packing(packed, hooks),
+              remembering_weight_digests(remember)):
+            hashes.clear()
             t = time.perf_counter()
             frames = ev.study(model, editors, workers=workers, root=root, **opts)
             wall = time.perf_counter() - t
@@ -86,12 +105,15 @@ def main(n: int, out: Path, modes=tuple(MODES)):
                   for e in editors if e != "unedited"}
         results[label] = {
             "workers": workers, "torch_threads": torch.get_num_threads() if workers == 1 else 1,
-            "packed_scoring": packed,
+            "packed_scoring": packed, "hook_edits_packed": packed and hooks,
+            "weight_digests_remembered": remember,
             "records": len(rows), "known": known, "wall_s": wall,
             "wall_s_per_record": wall / len(rows),
             "wall_s_per_known_record": wall / max(known, 1),
             "meets_target": wall / max(known, 1) <= TARGET_S,
             "edit_s_per_known_record": edit_s,
+            # in this process only (a worker process hashes on its own)
+            "weight_hashes": len(hashes) if workers == 1 else None,
         }
         print(f"{label:10s}: {wall:6.1f} s for {len(rows)} records ({known} known): "
               f"{wall / max(known, 1):5.2f} s per known record", flush=True)
@@ -102,7 +124,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
                     "load_average": list(os.getloadavg())},
         "model": model.name, "editors": editors, "settings": {k: v for k, v in opts.items()
                                                              if k not in ("progress", "fresh")},
-        "target_s_per_known_record": TARGET_S, "results": results,
+        "target_s_per_known_record": TARGET_S, "s_per_weight_hash": hash_s, "results": results,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")

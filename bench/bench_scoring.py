@@ -6,14 +6,21 @@ model). Writes bench/results/scoring.json, naming the CPU and the load.
 What is timed is `cases.score` of notebook 06's probes for a record (rewrite, paraphrase,
 neighbourhood, CounterFact+ and tangential prompts, P(new) and P(true), with the CounterFact+
 next-token distributions the runner reads for NKL), on the unedited model: a weight edit
-(ROME, FT, FT-L) is scored by the same forwards, so its scoring costs the same. Hook edits
-keep the padded path (`scoring.logits_at`) and are not timed here.
+(ROME, FT, FT-L) is scored by the same forwards, so its scoring costs the same.
 
 Variants, interleaved within each repetition so that every ratio is measured under the same
 load: "padded" (`scoring.packing(False)`: right-padded batches of 32 prompts, the route before
 packing) and "packed" at `PACK_TOKENS` = 128, 256 and 512 (the default) positions per tree.
 For each, the positions the forwards compute (padding included) are counted, and the largest
 relative difference of P(new) and P(true) from the padded route is recorded.
+
+Hook edits (`hook_edits` in the output): the same probes scored with notebook 06's hook edits
+applied (patch-donor, hook-delta, hook-gated; ROME's v* from the components cache when it holds
+them), packed (their hooks are `scoring.pack_aware`) against padded
+(`scoring.packing(True, hooks=False)`, the route before hooks could pack), interleaved the same
+way, with the calls a hook sent back to padding (`PackingRefused`) counted. patch-context is
+left out: it never takes an edit on this model (notebook 04), and its hooks are those of
+patch-donor's "last" positions.
 """
 
 from __future__ import annotations
@@ -68,6 +75,72 @@ def _positions(model, cases, variant):
     return total
 
 
+HOOK_EDITORS = ("patch-donor", "hook-delta", "hook-gated")
+
+
+def _hook_edits(model, cases):
+    """Seconds per record scoring each hook edit's probes, packed and padded (module doc)."""
+    from loudfacts.editing import EditError, get_editor
+
+    editors = {name: get_editor(name, model) for name in HOOK_EDITORS}
+    edits = {name: [] for name in HOOK_EDITORS}
+    for c in cases:
+        for name, ed in editors.items():
+            try:
+                edits[name].append((c, ed.edit(c.request)))
+            except EditError as e:  # e.g. no donor: that record is left out for this editor
+                print(f"{name}: {c.request.subject!r} skipped ({e})")
+    routes = ("padded", "packed")
+
+    def run(name, route):
+        with scoring.packing(True, hooks=route == "packed"):
+            out = []
+            for c, edit in edits[name]:
+                with edit.applied():
+                    out.append(score(model, c.probes, 32, next_token_of=[
+                        p.prompt for p in c.of_role("counterfact+")]))
+            return out
+
+    table = {}
+    for name in HOOK_EDITORS:
+        if not edits[name]:
+            continue
+        for route in routes:  # warm-up
+            run(name, route)
+        seconds = dict.fromkeys(routes, 0.0)
+        results, refused = {}, 0
+        for rep in range(REPEATS):
+            for route in (routes if rep % 2 == 0 else routes[::-1]):
+                before = scoring._PACKING["refused"]
+                t = time.perf_counter()
+                results[route] = run(name, route)
+                seconds[route] += time.perf_counter() - t
+                if route == "packed":
+                    refused += scoring._PACKING["refused"] - before
+        worst = {}
+        for col in ("p_new", "p_true"):
+            w = 0.0
+            for a, b in zip(results["packed"], results["padded"]):
+                x, y = a[col].to_numpy(float), b[col].to_numpy(float)
+                ok = ~np.isnan(y)
+                w = max(w, float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(y[ok], 1e-30))))
+            worst[col] = w
+        k = len(edits[name])
+        table[name] = {
+            "records": k,
+            "padded_s_per_record": seconds["padded"] / (REPEATS * k),
+            "packed_s_per_record": seconds["packed"] / (REPEATS * k),
+            "speedup_vs_padded": seconds["padded"] / seconds["packed"],
+            "calls_sent_back_to_padding_per_repeat": refused / REPEATS,
+            "max_rel_diff_p_new": worst["p_new"], "max_rel_diff_p_true": worst["p_true"],
+        }
+        print(f"{name:>12}: padded {table[name]['padded_s_per_record']:.3f} s, packed "
+              f"{table[name]['packed_s_per_record']:.3f} s per record "
+              f"({table[name]['speedup_vs_padded']:.2f}x), P(new) within {worst['p_new']:.1e}, "
+              f"{refused / REPEATS:.0f} calls padded by refusal")
+    return table
+
+
 def main(n: int = 8, out_path=None):
     torch.manual_seed(0)
     model = load_model(os.environ.get("LOUDFACTS_MODEL"))
@@ -120,6 +193,7 @@ def main(n: int = 8, out_path=None):
         print(f"{str(v):>7}: {s:.3f} s per record, {table[str(v)]['speedup_vs_padded']:.2f}x, "
               f"{table[str(v)]['positions']} positions, P(new) within "
               f"{table[str(v)]['max_rel_diff_p_new']:.1e}")
+    hook_table = _hook_edits(model, cases)
     out = {
         "benchmark": "scoring",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -133,6 +207,7 @@ def main(n: int = 8, out_path=None):
         "repeats": REPEATS,
         "default_pack_tokens": default_size,
         "variants": table,
+        "hook_edits": hook_table,
     }
     path = out_path or repo_path("bench", "results", "scoring.json")
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 
 from loudfacts.atomic import atomic_path
-from loudfacts.digests import cache_file, digest_text
+from loudfacts.digests import cache_file, digest_text, weight_digest
 from loudfacts.editing.base import EditRequest, get_editor
 
 
@@ -94,7 +94,7 @@ def bricking_table(model, editors: dict, request: EditRequest, targets, prompts,
     if same:
         raise ValueError(f"targets {same} equal the true object {request.target_true!r}: no edit")
     key_doc = {
-        "model": model.name, "digest": model.weight_digest(),
+        "model": model.name, "digest": weight_digest(model),
         "editors": {k: {"name": e.name, "hparams": e.hparams} for k, e in editors.items()},
         "request": request.to_dict(), "targets": targets, "prompts": prompts,
         "text": digest_text(held_text),

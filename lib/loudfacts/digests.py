@@ -12,13 +12,18 @@ package.
   (the key itself, or the settings in it) before using it.
 
 The weights have one digest too: `LoadedModel.weight_digest` (SHA-256 over every parameter's
-name and bytes, in name order); `weights_fingerprint` is its first 16 digits.
+name and bytes, in name order); `weights_fingerprint` is its first 16 digits. Hashing
+SmolLM2's 540 MB takes 0.5-0.7 s, and an evaluation asks for it several times per record (run
+settings, the unedited scores' key), so `weight_digest(model)` here remembers the last digest
+of each model while its parameters are untouched (see there).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import weakref
 from pathlib import Path
 
 from loudfacts.paths import cache_dir
@@ -66,3 +71,57 @@ def _check_n(n) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 64:
         raise ValueError(f"n={n!r} must be an int from 1 to 64 (hex digits of SHA-256)")
     return n
+
+
+_WEIGHT_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # hf -> (state, digest)
+_REMEMBER = {"on": True}
+
+
+@contextlib.contextmanager
+def remembering_weight_digests(enabled: bool):
+    """Inside the block, `weight_digest` remembers (True, the default) or hashes on every call
+    (False, as before it remembered; for benchmarks)."""
+    before, _REMEMBER["on"] = _REMEMBER["on"], bool(enabled)
+    try:
+        yield
+    finally:
+        _REMEMBER["on"] = before
+
+
+def _weights_state(model) -> list:
+    """Each parameter's name, the tensor itself, its version counter and data pointer."""
+    return [(name, p, p._version, p.data_ptr()) for name, p in model.hf.named_parameters()]
+
+
+def _same_state(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        x[0] == y[0] and x[1] is y[1] and x[2] == y[2] and x[3] == y[3] for x, y in zip(a, b))
+
+
+def weight_digest(model) -> str:
+    """`model.weight_digest()` (SHA-256 of every parameter's name and bytes), remembered per
+    model until a parameter changes.
+
+    "Changes" is read from torch's version counters: every in-place write to a parameter
+    (`add_`, `copy_`, an optimiser step, `load_state_dict`), under `no_grad` or not, bumps
+    its counter, and a parameter replaced by another object, or moved to new memory, is noticed
+    too. A write through `.data` (`p.data.copy_(x)`) bypasses the counter and would not be
+    noticed: nothing in this package writes weights that way. `model.weight_digest()` itself
+    always hashes.
+    """
+    hf = getattr(model, "hf", None)
+    if hf is None or not _REMEMBER["on"]:
+        return model.weight_digest()
+    state = _weights_state(model)
+    got = _WEIGHT_DIGESTS.get(hf)
+    if got is not None and _same_state(got[0], state):
+        return got[1]
+    value = model.weight_digest()
+    _WEIGHT_DIGESTS[hf] = (state, value)
+    return value
+
+
+def weights_fingerprint(model) -> str:
+    """The first 16 hex digits of `weight_digest(model)` (`LoadedModel.weights_fingerprint`,
+    remembered as `weight_digest` is)."""
+    return weight_digest(model)[:16]

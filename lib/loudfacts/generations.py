@@ -18,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from loudfacts.digests import canonical_json, digest
+from loudfacts.digests import canonical_json, digest, weights_fingerprint
 from loudfacts.editing.base import EditRequest, get_editor
 from loudfacts.fluency import ROME_GE, rome_ngram_entropy_of_text, rome_texts
 from loudfacts.jsonlines import append_line
@@ -42,7 +42,7 @@ def generation_settings(model, editor, n_prompts: int | None = None, seed: int =
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed={seed!r} must be an int")
     return json.loads(canonical_json({
-        "model": model.name, "weights": model.weights_fingerprint(), "editor": editor.name,
+        "model": model.name, "weights": weights_fingerprint(model), "editor": editor.name,
         "hparams": editor.hparams, "generation_version": GENERATION_VERSION,
         "recipe": dict(ROME_GE), "n_prompts": n_prompts, "seed": seed}))
 

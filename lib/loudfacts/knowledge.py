@@ -18,6 +18,7 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
+from loudfacts.digests import weight_digest
 from loudfacts.atomic import atomic_path
 from loudfacts.data import (
     COUNTERFACT_SPLITS,
@@ -99,7 +100,7 @@ def known_facts_table(
     key = "-".join(
         [
             model.name.replace("/", "_"),
-            model.weight_digest()[:12],
+            weight_digest(model)[:12],
             split,
             file_digest(data_path(COUNTERFACT_SPLITS[split])),
             str(n_counterfact),
@@ -134,7 +135,7 @@ def latest_known_facts_table(model) -> pd.DataFrame:
     Largest, not latest: a smoke run writes small tables, and a choice by modification time made
     notebook 01 draw its facts from whichever run had written last.
     """
-    prefix = f"known_facts-{model.name.replace('/', '_')}-{model.weight_digest()[:12]}-"
+    prefix = f"known_facts-{model.name.replace('/', '_')}-{weight_digest(model)[:12]}-"
     best, best_key = None, None
     for path in cache_dir("knowledge").glob(prefix + "*.csv"):
         try:

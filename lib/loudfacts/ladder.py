@@ -21,7 +21,7 @@ from loudfacts.jsonlines import append_line
 from loudfacts.tokens import target_ids
 from loudfacts.cases import Probe, ladder_probes, score
 from loudfacts.probes import UNRELATED_PROMPTS, ladder_prefixes
-from loudfacts.digests import canonical_json, digest
+from loudfacts.digests import canonical_json, digest, weights_fingerprint
 from loudfacts.runner import fresh_requested, open_row_store, record_content, run_key, store_path
 
 # -- loud-fact ladder --------------------------------------------------------------------------
@@ -94,7 +94,7 @@ def ladder_settings(model, editor, unrelated_prompts=UNRELATED_PROMPTS) -> dict:
     if isinstance(editor, str):
         editor = get_editor(editor, model)
     return json.loads(canonical_json({
-        "model": model.name, "weights": model.weights_fingerprint(), "editor": editor.name,
+        "model": model.name, "weights": weights_fingerprint(model), "editor": editor.name,
         "hparams": editor.hparams, "ladder_version": LADDER_VERSION,
         "unrelated_prompts": list(unrelated_prompts)}))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from loudfacts.digests import weight_digest
 from loudfacts.editing.base import EditRequest
 from loudfacts.scoring import next_token_logprobs, target_probs
 from loudfacts.tokens import fill, target_ids
@@ -162,11 +163,10 @@ class UneditedCache:
         self.probs: dict[tuple, float] = {}
         self.logprobs: dict[tuple, torch.Tensor] = {}
         self.max_logprob_rows = max_logprob_rows
-        self._digests: dict[int, tuple] = {}
 
     def digest(self, model) -> str:
-        # Hashing 135M parameters takes ~1 s: do it once per model object and evaluate() call.
-        return model.weight_digest()
+        # hashed once while the weights are untouched (`digests.weight_digest`)
+        return weight_digest(model)
 
     def target_probs(self, model, key, prompts, targets, batch_size) -> list[float]:
         missing = [(p, t) for p, t in zip(prompts, targets) if (key, p, t) not in self.probs]

@@ -55,7 +55,7 @@ import numpy as np
 import torch
 
 from loudfacts.atomic import atomic_path
-from loudfacts.digests import canonical_json, digest, digest_file
+from loudfacts.digests import canonical_json, digest, digest_file, weights_fingerprint
 from loudfacts.editing.base import EditError, Editor, EditRequest, get_editor
 from loudfacts.jsonlines import append_line, locked
 from loudfacts.cases import Case, score
@@ -137,7 +137,7 @@ def run_settings(model, editor, *, n_neighbours: int = 10, generation: bool = Tr
     generation = bool(generation)
     return json.loads(canonical_json({
         "model": model.name,
-        "weights": model.weights_fingerprint(),
+        "weights": weights_fingerprint(model),
         "editor": editor.name,
         "hparams": editor.hparams,
         "metrics_version": METRICS_VERSION,

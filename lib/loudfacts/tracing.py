@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from loudfacts.digests import weights_fingerprint as _weights_fingerprint
 from loudfacts.digests import cache_file, digest_text
 from loudfacts.atomic import atomic_path, write_json
 from loudfacts.forward import (
@@ -164,7 +165,7 @@ class TraceResult:
 def weights_fingerprint(model) -> str:
     """A cheap fingerprint of the weights (`LoadedModel.weights_fingerprint`), so a trace cached
     before an edit is not reused after it."""
-    return model.weights_fingerprint()
+    return _weights_fingerprint(model)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -107,3 +107,64 @@ def test_a_legacy_averages_store_is_rekeyed_not_retraced(tiny_llama, tmp_path, m
     assert [r["key"] for r in again.per_fact] == [r["key"] for r in records]
     assert np.allclose(again.effects["hidden"], fresh.effects["hidden"], equal_nan=True)
     assert again.per_fact[0]["classes"] == records[0]["classes"]  # carried over as stored
+
+
+def test_remembered_weight_digest_follows_every_write_to_the_weights():
+    """`digests.weight_digest` hashes once while the weights are untouched, and hashes again
+    after an in-place write (under no_grad), an optimiser step, a replaced parameter, and an
+    edit applied and restored (whose bytes are the original ones again)."""
+    import torch
+
+    from loudfacts import digests
+    from loudfacts.editing import EditRequest, get_editor
+    from loudfacts.models import tiny_model
+
+    m = tiny_model("llama")
+    calls = []
+    real = type(m).weight_digest
+    m.weight_digest = lambda: calls.append(1) or real(m)  # count the hashes
+    d0 = digests.weight_digest(m)
+    assert d0 == real(m) and digests.weights_fingerprint(m) == d0[:16]
+    assert digests.weight_digest(m) == d0 and len(calls) == 1  # remembered
+    w = m.hf.model.layers[0].mlp.down_proj.weight
+    saved = w.detach().clone()
+    with torch.no_grad():
+        w[0, 0] += 1.0
+    d1 = digests.weight_digest(m)
+    assert d1 != d0 and d1 == real(m) and len(calls) == 2
+    with torch.no_grad():
+        w.copy_(saved)
+    assert digests.weight_digest(m) == d0 and len(calls) == 3
+    opt = torch.optim.SGD([w], lr=0.1)
+    w.grad = torch.ones_like(w)
+    opt.step()
+    assert digests.weight_digest(m) == real(m) != d0
+    with torch.no_grad():
+        w.copy_(saved)
+    layer = m.hf.model.layers[1].mlp.up_proj
+    layer.weight = torch.nn.Parameter(layer.weight.detach() * 2)  # a new object
+    assert digests.weight_digest(m) == real(m) != d0
+    layer.weight = torch.nn.Parameter(layer.weight.detach() / 2)
+    assert digests.weight_digest(m) == d0
+    ed = get_editor("ft", m, steps=2)
+    edit = ed.edit(EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris"))
+    with edit.applied():
+        assert digests.weight_digest(m) == real(m) != d0
+    assert digests.weight_digest(m) == d0
+
+
+def test_weight_digests_can_be_hashed_on_every_call():
+    from loudfacts import digests
+    from loudfacts.models import tiny_model
+
+    m = tiny_model("llama")
+    calls = []
+    real = type(m).weight_digest
+    m.weight_digest = lambda: calls.append(1) or real(m)
+    with digests.remembering_weight_digests(False):
+        digests.weight_digest(m)
+        digests.weight_digest(m)
+    assert len(calls) == 2
+    digests.weight_digest(m)
+    digests.weight_digest(m)
+    assert len(calls) == 3

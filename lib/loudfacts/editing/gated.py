@@ -41,6 +41,10 @@ the sentence test (in_clause_t becomes "the subject occurs at or before t"), so 
 decides; notebook 07 sweeps `tau` under both and reads the gate's rates for every `tau` from
 `GatedHookEdit.gate_scores`, which returns the threshold-free score at each prompt's last token.
 
+In a packed forward (`loudfacts.scoring`: prompts merged into prefix trees) the gate is
+decided for each prompt along its own path (`scoring.current_layout`) and put at its tree
+positions, so scoring keeps its packed route under this edit too.
+
 A forward that does not go through `model.hf.base_model` (the partial forwards of
 `loudfacts.forward`, used by ROME's v* and `leak.patch_paths`) cannot compute the gate; the
 write hook raises `EditError` there instead of writing ungated. Forwards given a KV cache are
@@ -56,6 +60,7 @@ import torch
 
 from loudfacts.editing.base import EditError, HookEdit, EditRequest, register_editor
 from loudfacts.editing.patching import SITES, HookDeltaEditor, SubjectLocator, activations_at
+from loudfacts.scoring import PackingRefused, current_layout, pack_aware
 
 RESID_POST = "blocks.{}.hook_resid_post"
 BOUNDARY_CHARS = (".", "!", "?", "\n")
@@ -123,6 +128,7 @@ class GatedHookEdit(HookEdit):
         loc = st.locator
         last = RESID_POST.format(self.model.n_layers - 1)
 
+        @pack_aware
         def write(act, hook):
             if st.inner:
                 return act
@@ -138,11 +144,13 @@ class GatedHookEdit(HookEdit):
             loc.n_patched += int(m.sum())
             return act + m[..., None].to(act.dtype) * self.delta.to(act.device, act.dtype)
 
+        @pack_aware
         def keep_gate(act, hook):
             if st.inner:
                 st.h = act.detach()
             return act
 
+        @pack_aware
         def mix(act, hook):
             if st.inner:
                 st.final0 = act.detach()
@@ -157,11 +165,12 @@ class GatedHookEdit(HookEdit):
         hooks = [("embed.hook_in", loc.read_ids_hook),
                  (SITES["mlp_out"].format(self.layer), write)]
         if self.gate_layer == self.model.n_layers - 1:
-            hooks.append((last, lambda a, hook: mix(keep_gate(a, hook), hook)))
+            hooks.append((last, pack_aware(lambda a, hook: mix(keep_gate(a, hook), hook))))
         else:
             hooks += [(RESID_POST.format(self.gate_layer), keep_gate), (last, mix)]
         return hooks + [("ln_final.hook_normalized", loc.clear_hook)]
 
+    @pack_aware
     def _before(self, module, args, kwargs):
         """Forward pre-hook on the HF base model: the unedited pass, then the gate."""
         st = self.state
@@ -192,11 +201,22 @@ class GatedHookEdit(HookEdit):
         boundary = self.boundary.to(ids.device)[ids.clamp(0, len(self.boundary) - 1)]
         subj = subj.to(ids.device)
         cut = boundary if self.clause_rule else torch.zeros_like(boundary)
-        st.stack.append({"open": gate_mask(subj, cut, cos >= self.tau), "final0": st.final0,
+        layout = current_layout(ids)
+        if layout is None:
+            gate = gate_mask(subj, cut, cos >= self.tau)
+        else:  # packed: decide along each prompt's own path, then back to tree positions
+            seq = [layout.per_sequence(x, False) for x in (subj, cut, cos >= self.tau)]
+            gate, agree = layout.to_positions(gate_mask(*seq), False)
+            if not bool(agree.all()):  # cannot happen (the gate reads only earlier tokens)
+                st.h = st.final0 = None
+                raise PackingRefused("hook-gated: prompts sharing a packed position disagree "
+                                     "about its gate")
+        st.stack.append({"open": gate, "final0": st.final0,
                          "cos": cos, "subject": subj, "boundary": boundary})
         st.h = st.final0 = None
         return None
 
+    @pack_aware
     def _after(self, module, args, kwargs, output):
         """Forward hook on the HF base model: this forward's gate is done."""
         st = self.state

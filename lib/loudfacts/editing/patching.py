@@ -33,7 +33,11 @@ batch row, and keeps a (batch, pos) mask of last-subject-token positions; the la
 that mask. Matching on ids works for any prompt, for batches with right (or left) padding, and for
 several occurrences per row. A hook on ``ln_final.hook_normalized`` clears the mask at the end of
 each forward, so a forward that skips the embedding (``bridge(resid, start_at_layer=L)``) is not
-patched with a stale mask.
+patched with a stale mask. In a packed forward (`loudfacts.scoring`: prompts merged into prefix
+trees, one position per shared token) the locator matches each prompt along its own path
+(`scoring.current_layout`) and marks the tree positions, so the hooks are `pack_aware` and
+scoring keeps its packed route under these edits; a tree position that would be a subject token
+for one prompt and not for another makes the call fall back to padded rows.
 
 Generation (``model.generate`` / ``hf.generate``) with a KV cache: the first step runs the whole
 prompt, so every subject occurrence in the prompt is patched and the patched states are stored in
@@ -66,6 +70,7 @@ from loudfacts.editing.base import (
     HookEdit,
     register_editor,
 )
+from loudfacts.scoring import PackingRefused, current_layout, pack_aware
 from loudfacts.tokens import fill, find_subject_spans
 
 SITES = {
@@ -205,22 +210,44 @@ class SubjectLocator:
 
     `read_ids_hook` (on ``embed.hook_in``) sets `mask` (batch, pos) from the input ids;
     `clear_hook` (on ``ln_final.hook_normalized``) resets it after the forward.
+
+    In a packed forward (`scoring.current_layout` knows the ids) each sequence is matched along
+    its own path and the results are put at its tree positions: `mask` and `offsets` then have
+    the packed rows' shape. A position that sequences sharing it see differently (a subject's
+    last token on one path, inside a longer match on another) raises
+    `scoring.PackingRefused` for the mask; for the offsets, `offsets_agree` says whether they
+    can be used (`replace_aligned_at_subject_hook` refuses the packed forward if not).
     """
 
     def __init__(self, patterns: Sequence[Sequence[int]]):
         self.patterns = [tuple(p) for p in patterns]
         self.mask: torch.Tensor | None = None
         self.offsets: torch.Tensor | None = None
+        self.offsets_agree = True
         self.n_patched = 0  # positions patched since creation (for tests and diagnostics)
 
+    @pack_aware
     def read_ids_hook(self, ids, hook):
+        self.offsets_agree = True
         if ids.dtype in (torch.long, torch.int32, torch.int64) and ids.dim() in (1, 2):
-            self.offsets = subject_token_offsets(ids, self.patterns)
-            self.mask = self.offsets == 0
+            layout = current_layout(ids) if ids.dim() == 2 else None
+            if layout is None:
+                self.offsets = subject_token_offsets(ids, self.patterns)
+                self.mask = self.offsets == 0
+            else:
+                offs = subject_token_offsets(layout.per_sequence(ids, -1), self.patterns)
+                self.mask, mask_agree = layout.to_positions(offs == 0, False)
+                if not bool(mask_agree.all()):
+                    self.mask = self.offsets = None
+                    raise PackingRefused("a packed position is a subject's last token for one "
+                                         "prompt and not for another")
+                self.offsets, agree = layout.to_positions(offs, -1)
+                self.offsets_agree = bool(agree.all())
         else:  # inputs_embeds or something unexpected: no ids, no patching
             self.mask = self.offsets = None
         return ids
 
+    @pack_aware
     def clear_hook(self, act, hook):
         self.mask = self.offsets = None
         return act
@@ -233,6 +260,7 @@ class SubjectLocator:
         return m.to(act.device)
 
 
+@pack_aware
 def replace_at_subject_hook(act, hook, *, locator: SubjectLocator, value: torch.Tensor):
     """Replace act[b, pos] by `value` (d_model,) at the subject's last tokens."""
     m = locator.current_mask(act)
@@ -242,12 +270,16 @@ def replace_at_subject_hook(act, hook, *, locator: SubjectLocator, value: torch.
     return torch.where(m[..., None], value.to(act.device, act.dtype), act)
 
 
+@pack_aware
 def replace_aligned_at_subject_hook(act, hook, *, locator: SubjectLocator, values: torch.Tensor):
     """Replace the subject's tokens by `values` (k, d_model), right-aligned: the subject's last
     token gets values[-1], the one before values[-2], ...; subject tokens beyond k stay."""
     m = locator.current_mask(act)
     if m is None or not m.any():
         return act
+    if not locator.offsets_agree:  # packed: a shared position's offset differs between prompts
+        raise PackingRefused("a packed position is a subject token for one prompt and not "
+                             "for another")
     off = locator.offsets.to(act.device)
     k = values.shape[0]
     inside = (off >= 0) & (off < k)
@@ -256,6 +288,7 @@ def replace_aligned_at_subject_hook(act, hook, *, locator: SubjectLocator, value
     return torch.where(inside[..., None], src, act)
 
 
+@pack_aware
 def add_at_subject_hook(act, hook, *, locator: SubjectLocator, delta: torch.Tensor):
     """Add `delta` (d_model,) to act[b, pos] at the subject's last tokens."""
     m = locator.current_mask(act)
