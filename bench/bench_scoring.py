@@ -75,6 +75,16 @@ def _positions(model, cases, variant):
     return total
 
 
+def _max_rel_diff(got, ref, col) -> float:
+    """Largest |got - ref| / ref of column `col` over records' score frames (NaN refs skipped)."""
+    worst = 0.0
+    for a, b in zip(got, ref):
+        x, y = a[col].to_numpy(float), b[col].to_numpy(float)
+        ok = ~np.isnan(y)
+        worst = max(worst, float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(y[ok], 1e-30))))
+    return worst
+
+
 HOOK_EDITORS = ("patch-donor", "hook-delta", "hook-gated")
 
 
@@ -117,14 +127,8 @@ def _hook_edits(model, cases):
                 seconds[route] += time.perf_counter() - t
                 if route == "packed":
                     refused += scoring._PACKING["refused"] - before
-        worst = {}
-        for col in ("p_new", "p_true"):
-            w = 0.0
-            for a, b in zip(results["packed"], results["padded"]):
-                x, y = a[col].to_numpy(float), b[col].to_numpy(float)
-                ok = ~np.isnan(y)
-                w = max(w, float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(y[ok], 1e-30))))
-            worst[col] = w
+        worst = {col: _max_rel_diff(results["packed"], results["padded"], col)
+                 for col in ("p_new", "p_true")}
         k = len(edits[name])
         table[name] = {
             "records": k,
@@ -170,15 +174,6 @@ def main(n: int = 8, out_path=None):
             t = time.perf_counter()
             results[v] = run(v)
             seconds[v] += time.perf_counter() - t
-    ref = results["padded"]
-
-    def max_rel(col, v):
-        worst = 0.0
-        for a, b in zip(results[v], ref):
-            x, y = a[col].to_numpy(float), b[col].to_numpy(float)
-            ok = ~np.isnan(y)
-            worst = max(worst, float(np.max(np.abs(x[ok] - y[ok]) / np.maximum(y[ok], 1e-30))))
-        return worst
 
     table = {}
     for v in variants:
@@ -187,8 +182,8 @@ def main(n: int = 8, out_path=None):
             "s_per_record": s,
             "speedup_vs_padded": seconds["padded"] / seconds[v],
             "positions": _positions(model, cases, v),
-            "max_rel_diff_p_new": max_rel("p_new", v),
-            "max_rel_diff_p_true": max_rel("p_true", v),
+            "max_rel_diff_p_new": _max_rel_diff(results[v], results["padded"], "p_new"),
+            "max_rel_diff_p_true": _max_rel_diff(results[v], results["padded"], "p_true"),
         }
         print(f"{str(v):>7}: {s:.3f} s per record, {table[str(v)]['speedup_vs_padded']:.2f}x, "
               f"{table[str(v)]['positions']} positions, P(new) within "
