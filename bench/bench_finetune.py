@@ -7,7 +7,12 @@ Timing: each editor edits the same few known facts (after one warm-up edit, not 
 report the median and mean seconds per `editor.edit(request)` and, for FT, the optimiser steps
 it ran (it stops early once P(target) reaches `stop_prob`). ROME is included when
 `loudfacts.editing.rome` exists; its key statistics are computed (or loaded from cache) during
-the warm-up, so the timed edits measure the edit, not the statistics.
+the warm-up, so the timed edits measure the edit, not the statistics, and its remembered
+components are cleared before every edit, so each one computes v*. Each edit is made twice,
+interleaved: by default, and with the lean route off (`lean.lean_route(False)`: every step
+through the TransformerLens bridge, as before `loudfacts.lean`); `bridge` gives those seconds,
+the ratio of the medians, and how far the edit's weight change moved, ‖ΔW_lean − ΔW_bridge‖ /
+‖ΔW_bridge‖.
 
 Sweep: the small grid behind `hparams/ft/<model>.json`'s "evidence": efficacy (P(target_new)
 on the rewrite prompt), a neighbourhood of other facts that should not move, and perplexity on
@@ -32,6 +37,8 @@ os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
 
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.base import available_editors
+from loudfacts.editing.rome import clear_components_memo
+from loudfacts.lean import lean_route
 from loudfacts.models import cpu_info, load_model
 from loudfacts.paths import cache_dir, repo_path
 
@@ -66,6 +73,13 @@ def machine() -> dict:
     }
 
 
+def _relative_change(a: dict, b: dict) -> float:
+    """‖a − b‖ / ‖b‖ over every weight change of two edits of the same paths."""
+    num = sum(float((a[k].double() - b[k].double()).pow(2).sum()) for k in b)
+    den = sum(float(b[k].double().pow(2).sum()) for k in b)
+    return (num / den) ** 0.5 if den else 0.0
+
+
 def bench(model_name: str, n_requests: int, out: str) -> dict:
     model = load_model(model_name)
     editors = ["ft", "ft-l"] + (["rome"] if "rome" in available_editors() else [])
@@ -74,20 +88,33 @@ def bench(model_name: str, n_requests: int, out: str) -> dict:
     for name in editors:
         editor = get_editor(name, model)
         editor.edit(reqs[0])  # warm-up: caches (ROME's statistics), allocator, kernels
-        secs, steps = [], []
-        for r in reqs:
-            t0 = time.perf_counter()
-            e = editor.edit(r)
-            secs.append(time.perf_counter() - t0)
-            steps.append(e.info.get("steps_run", e.info.get("v_steps")))
+        secs, steps, bridge_secs, moved = [], [], [], []
+        for i, r in enumerate(reqs):
+            made = {}
+            for lean in ((True, False) if i % 2 == 0 else (False, True)):
+                clear_components_memo()
+                with lean_route(lean):
+                    t0 = time.perf_counter()
+                    e = editor.edit(r)
+                    (secs if lean else bridge_secs).append(time.perf_counter() - t0)
+                made[lean] = e.deltas()
+                if lean:
+                    steps.append(e.info.get("steps_run", e.info.get("v_steps")))
+            moved.append(_relative_change(made[True], made[False]))
         results[name] = {
             "seconds_median": statistics.median(secs),
             "seconds_mean": statistics.fmean(secs),
             "seconds": secs,
             "steps_run": steps,
+            "bridge": {"seconds_median": statistics.median(bridge_secs),
+                       "seconds": bridge_secs,
+                       "ratio_lean_to_bridge": statistics.median(secs)
+                       / statistics.median(bridge_secs),
+                       "weight_change_moved_max": max(moved)},
             "hparams": {k: v for k, v in editor.hparams.items() if not isinstance(v, (dict, list))},
         }
-        print(f"{name:6s} median {results[name]['seconds_median']:.2f} s/edit  {secs}")
+        print(f"{name:6s} median {results[name]['seconds_median']:.2f} s/edit  {secs}; bridge "
+              f"{statistics.median(bridge_secs):.2f}; moved {max(moved):.1e}")
     ref = results.get("rome", {}).get("seconds_median")
     for r in results.values():
         r["ratio_to_rome"] = r["seconds_median"] / ref if ref else None

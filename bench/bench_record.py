@@ -8,7 +8,7 @@ cores". This times exactly that work: `runner.study` with notebook 06's editors 
 on the first `--n` records of its split, into a scratch folder (never `results/`), fresh, with
 ROME's on-disk components cache off, so every edit is computed (hook-delta and hook-gated
 reuse ROME's v* from memory, as in the study). GE is left out: the study generates only for
-its first 8 records. Two ways of using the 2 cores are timed in one run:
+its first 8 records. These ways of running it are timed in one run:
 
 - `in-process`: one process, torch's default thread count (the cores);
 - `2 workers`: two one-thread worker processes, one shard each (`workers=2`, the study's and
@@ -16,12 +16,15 @@ its first 8 records. Two ways of using the 2 cores are timed in one run:
 - `in-process, padded`: as `in-process`, with packed scoring off (`scoring.packing(False)`:
   every probe forward right-padded, the route before prefix-tree packing), so the two
   in-process lines give packing's effect on the whole record in one run;
-- `in-process, as at a5e5ad8`: as `in-process`, with the two savings made after commit
-  a5e5ad8 turned off: hook edits' probes padded (`scoring.packing(True, hooks=False)`) and the
+- `in-process, as at a5e5ad8`: as `in-process`, with the three savings made after commit
+  a5e5ad8 turned off: hook edits' probes padded (`scoring.packing(True, hooks=False)`), the
   weights hashed on every request for their digest
-  (`digests.remembering_weight_digests(False)`).
+  (`digests.remembering_weight_digests(False)`), and every ROME v* and FT step through the
+  bridge (`lean.lean_route(False)`);
+- `in-process, bridge`: as `in-process` with only the lean route off, so the two lines give
+  `loudfacts.lean`'s effect on the whole record in one run.
 
-`--modes` picks which (default: all four).
+`--modes` picks which (default: all five).
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
 time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
@@ -50,15 +53,17 @@ from loudfacts import evaluation as ev  # noqa: E402
 from loudfacts import scoring  # noqa: E402
 from loudfacts.digests import remembering_weight_digests  # noqa: E402
 from loudfacts.editing.rome import clear_components_memo  # noqa: E402
+from loudfacts.lean import lean_route  # noqa: E402
 from loudfacts.models import cpu_info, load_model  # noqa: E402
 from loudfacts.paths import repo_path  # noqa: E402
 from loudfacts.report import declared_parameters, load_params  # noqa: E402
 
 TARGET_S = 10.0
-# label: (workers, packed scoring, hook edits packed, weight digests remembered)
-MODES = {"in-process": (1, True, True, True), "2 workers": (2, True, True, True),
-         "in-process, padded": (1, False, True, True),
-         "in-process, as at a5e5ad8": (1, True, False, False)}
+# label: (workers, packed scoring, hook edits packed, weight digests remembered, lean route)
+MODES = {"in-process": (1, True, True, True, True), "2 workers": (2, True, True, True, True),
+         "in-process, padded": (1, False, True, True, True),
+         "in-process, as at a5e5ad8": (1, True, False, False, False),
+         "in-process, bridge": (1, True, True, True, False)}
 NOTEBOOK = "06_specificity_plus"
 
 
@@ -87,14 +92,14 @@ def main(n: int, out: Path, modes=tuple(MODES)):
     hash_s = (time.perf_counter() - t) / 3
     results = {}
     for label in modes:
-        workers, packed, hooks, remember = MODES[label]
+        workers, packed, hooks, remember, lean = MODES[label]
         # each in-process mode starts from nothing remembered: ROME's v* (hook-delta and
         # hook-gated still reuse it within the mode) and the unedited model's scores
         clear_components_memo()
         ev.UNEDITED.probs.clear()
         ev.UNEDITED.logprobs.clear()
         with (tempfile.TemporaryDirectory() as root, scoring.packing(packed, hooks),
-              remembering_weight_digests(remember)):
+              remembering_weight_digests(remember), lean_route(lean)):
             hashes.clear()
             t = time.perf_counter()
             frames = ev.study(model, editors, workers=workers, root=root, **opts)
@@ -106,7 +111,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
         results[label] = {
             "workers": workers, "torch_threads": torch.get_num_threads() if workers == 1 else 1,
             "packed_scoring": packed, "hook_edits_packed": packed and hooks,
-            "weight_digests_remembered": remember,
+            "weight_digests_remembered": remember, "lean_route": lean,
             "records": len(rows), "known": known, "wall_s": wall,
             "wall_s_per_record": wall / len(rows),
             "wall_s_per_known_record": wall / max(known, 1),

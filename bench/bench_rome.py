@@ -12,11 +12,14 @@ an edit rotates), so every ratio is measured under the same load; the components
 cleared before every edit. Statistics and context prefixes are filled first and not timed.
 
 Variants: "default" (the model's hparams: the reference recipe, plus the documented prefix
-start words for SmolLM2), "all_positions" (`suffix_only=False`: every position rerun in each v*
-step; the speed switch `suffix_only` must leave δ within 1e-3 relative to stay on), and the
+start words for SmolLM2), "bridge" (the same hparams with the lean route off,
+`lean.lean_route(False)`: every v* step through the TransformerLens bridge, as before
+`loudfacts.lean`), "all_positions" (`suffix_only=False`: every position rerun in each v*
+step; the speed switches must leave δ within 1e-3 relative to stay on), and the
 deviations: "bf16" (`v_autocast`), "p5" (`v_n_prefixes=5`), "nll_stop" (`early_stop_on=nll`),
 "wk_norm" (`norm_reference=w_k_star`). r-ROME's key changes only the update, not δ.
-Target on a 2-core CPU: <= 5 s per edit with the default recipe.
+Target on a 2-core CPU: <= 5 s per edit with the default recipe. `--variants` picks which
+(default: all; "default" is always run, as the reference for δ).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import platform
 import time
 from pathlib import Path
 
+import contextlib
+
 import torch
 
 # time fresh optimisations: ROME's on-disk components cache off
@@ -35,6 +40,7 @@ os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"
 
 from loudfacts.editing import EditRequest, get_editor
 from loudfacts.editing.rome import clear_components_memo
+from loudfacts.lean import lean_route
 from loudfacts.models import cpu_info, load_model
 from loudfacts.paths import repo_path
 from loudfacts.stats import corpus_tokens, second_moment
@@ -45,12 +51,14 @@ REQUESTS = [
 ]
 VARIANTS = {
     "default": {},
+    "bridge": {},
     "all_positions": {"suffix_only": False},
     "bf16": {"v_autocast": "bfloat16"},
     "p5": {"v_n_prefixes": 5},
     "nll_stop": {"early_stop_on": "nll"},
     "wk_norm": {"norm_reference": "w_k_star"},
 }
+ROUTES = {"bridge": lambda: lean_route(False)}  # variants that differ in route, not hparams
 DELTA_BAR = 1e-3  # a speed setting stays on by default only within this relative change of δ
 
 
@@ -64,10 +72,14 @@ def forward_throughput(model, tokens, n_batches=3, seq_len=128, per_batch=16):
     return ids.numel() / (time.perf_counter() - t)
 
 
-def main(n_cf: int = 4, out_path=None):
+def main(n_cf: int = 4, out_path=None, variants=tuple(VARIANTS)):
     torch.manual_seed(0)
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    names = ["default"] + [v for v in VARIANTS if v in variants and v != "default"]
     model = load_model(os.environ.get("LOUDFACTS_MODEL"))
-    editors = {k: get_editor("rome", model, **hp) for k, hp in VARIANTS.items()}
+    editors = {k: get_editor("rome", model, **VARIANTS[k]) for k in names}
     base = editors["default"]
     layer = base.layer
     tokens, _ = corpus_tokens(model)
@@ -91,7 +103,7 @@ def main(n_cf: int = 4, out_path=None):
     p_true = target_probs(model, texts, [r.target_true for r in recs])
     p_new = target_probs(model, texts, [r.target_new for r in recs])
     cf = [EditRequest.from_record(r) for r, a, b in zip(recs, p_true, p_new) if a > b][:n_cf]
-    edits, names = [], list(VARIANTS)
+    edits = []
     for i, (group, req) in enumerate([("landmarks", r) for r in REQUESTS]
                                      + [("counterfact", r) for r in cf]):
         row = {"group": group, "request": req.text + " -> " + req.target_new}
@@ -99,8 +111,9 @@ def main(n_cf: int = 4, out_path=None):
         deltas = {}
         for label in order:
             clear_components_memo()
-            t = time.perf_counter()
-            e = editors[label].edit(req)
+            with ROUTES.get(label, contextlib.nullcontext)():
+                t = time.perf_counter()
+                e = editors[label].edit(req)
             total = time.perf_counter() - t
             tm = e.info["timings"]
             deltas[label] = e.info["components"]["delta"]
@@ -122,6 +135,7 @@ def main(n_cf: int = 4, out_path=None):
     for label in names:
         summary[label] = {
             "hparams_override": VARIANTS[label],
+            "route": "bridge (lean route off)" if label == "bridge" else "default",
             "seconds_per_edit": mean(label, "total"),
             "v_seconds": mean(label, "v"),
             "v_steps": mean(label, "v_steps"),
@@ -129,8 +143,10 @@ def main(n_cf: int = 4, out_path=None):
             "delta_rel_change_max": max(e[label]["delta_rel_change"] for e in edits),
             "time_ratio_to_default": mean(label, "total") / mean("default", "total"),
         }
-    summary["all_positions"]["suffix_only_passes_delta_bar"] = (
-        summary["all_positions"]["delta_rel_change_max"] <= DELTA_BAR)
+    for label, switch in (("all_positions", "suffix_only"), ("bridge", "lean_route")):
+        if label in summary:
+            summary[label][f"{switch}_passes_delta_bar"] = (
+                summary[label]["delta_rel_change_max"] <= DELTA_BAR)
     out = {
         "benchmark": "rome",
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -166,5 +182,7 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("n_cf", nargs="?", type=int, default=4, help="CounterFact edits timed")
     ap.add_argument("--out", default=None, help="results file (default bench/results/rome.json)")
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="variants timed (default: all)")
     a = ap.parse_args()
-    main(a.n_cf, a.out)
+    main(a.n_cf, a.out, a.variants)

@@ -133,13 +133,14 @@ def _is_pack_aware(fn) -> bool:
     return bool(getattr(fn, "pack_aware", False))
 
 
-def _any_hooks(model) -> bool:
+def _any_hooks(model, pack_aware_ok: bool = True) -> bool:
     """Whether any module of the model has a forward (pre-)hook that a packed forward would
     mislead: any hook except the bridge's own capture hooks (TransformerLens blocks keep their
-    handles in `_capture_hook_handles`) and hooks marked `pack_aware` (for a TransformerLens
-    hook, the function given to it, which its `LensHandle.user_hook` keeps). A patch or a
-    recording hook may read positions as (row, position) of separate prompts, so such forwards
-    stay padded."""
+    handles in `_capture_hook_handles`) and, with `pack_aware_ok`, hooks marked `pack_aware`
+    (for a TransformerLens hook, the function given to it, which its `LensHandle.user_hook`
+    keeps). A patch or a recording hook may read positions as (row, position) of separate
+    prompts, so such forwards stay padded. `pack_aware_ok=False` counts every hook (the lean
+    route of `loudfacts.lean` runs no hook at all)."""
     got = _MODULES.get(model.bridge)
     if got is None:  # the module trees are fixed once loaded
         # the bridge's, and the HF model's (its containers, e.g. `hf.base_model`, which the
@@ -157,7 +158,8 @@ def _any_hooks(model) -> bool:
         lens = {h.hook.id: h.user_hook for h in (getattr(m, "fwd_hooks", None) or ())
                 if getattr(h, "hook", None) is not None and hasattr(h.hook, "id")}
         for k, fn in (*m._forward_hooks.items(), *m._forward_pre_hooks.items()):
-            if k not in own and not (_PACKING["hooks"] and _is_pack_aware(lens.get(k, fn))):
+            if k not in own and not (pack_aware_ok and _PACKING["hooks"]
+                                     and _is_pack_aware(lens.get(k, fn))):
                 return True
     return False
 

@@ -40,7 +40,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from loudfacts.digests import digest_text
+from loudfacts.digests import digest_text, weights_fingerprint
 from loudfacts.atomic import atomic_path
 from loudfacts.paths import cache_dir
 
@@ -92,9 +92,10 @@ def corpus_tokens(model, corpus: str = "all") -> tuple[torch.Tensor, str]:
 
 # -- cache ------------------------------------------------------------------------------------
 def _fingerprint(model) -> str:
-    """The model's weight digest (`LoadedModel.weights_fingerprint`, over every parameter), so
-    statistics cached for one set of weights are never served for another."""
-    return model.weights_fingerprint()[:16]
+    """The model's weight digest (`digests.weights_fingerprint`, over every parameter, hashed
+    again only when a parameter has changed), so statistics cached for one set of weights are
+    never served for another."""
+    return weights_fingerprint(model)[:16]
 
 
 def _meta(model, layer, corpus, digest, n_tokens, seq_len) -> dict:

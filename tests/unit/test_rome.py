@@ -202,3 +202,25 @@ def test_v_star_can_average_over_fewer_prefixes_than_k_star(tiny_llama):
     for bad in (-1, 2.5, True):
         with pytest.raises(ValueError, match="v_n_prefixes"):
             get_editor("rome", tiny_llama, **hp, v_n_prefixes=bad)
+
+
+def test_components_hash_the_weights_once_while_they_are_unchanged(monkeypatch):
+    """ROME's components key and its context prefixes take the weight digest remembered by
+    `digests.weight_digest`: one full hash while no parameter changes, another after a change."""
+    from loudfacts.editing.rome import clear_components_memo
+    from loudfacts.models import tiny_model
+
+    fresh = tiny_model("llama", seed=11)  # nothing remembered for it yet
+    calls = []
+    real = type(fresh).weight_digest
+    monkeypatch.setattr(type(fresh), "weight_digest",
+                        lambda self: calls.append(1) or real(self))
+    clear_components_memo()
+    editor = get_editor("rome", fresh, **FAST)
+    first = editor.components(REQ)
+    editor.components(EditRequest(REQ.prompt, REQ.subject, "Berlin", "Paris"))
+    assert len(calls) == 1 and not first["reused"]
+    with editor.edit(REQ).applied():  # the weights change: hashed again, nothing reused
+        assert not editor.components(REQ)["reused"]
+        assert len(calls) == 2
+    assert editor.components(REQ)["reused"] and len(calls) == 3  # restored: hashed once more

@@ -16,6 +16,12 @@ about *how* the matrix changes, not *which*. `module="mlp"` trains every weight 
 layer's MLP (Llama: gate, up and down projections). Biases are never trained (ROME's FT also
 trains `c_proj.bias` on GPT-2; our `WeightEdit` carries weights only).
 
+Only one layer's MLP changes, so on a Llama-family model with no hook set each step reuses one
+forward of the layers below and runs the blocks above through `loudfacts.lean` (plain tensor
+operations, checked against the bridge; the same loss to float rounding, the trained weights'
+change moved by ~1e-5 relative in bench/bench_finetune.py). Elsewhere, and inside
+`lean.lean_route(False)`, every step is the HF forward.
+
 The model is never left changed: training runs on the live parameter (so every forward is the
 ordinary one) inside a try/finally that writes the original values back bit-exactly and
 restores `requires_grad`; the trained values leave in a `WeightEdit`, which puts them in place
@@ -28,6 +34,7 @@ Hyper-parameters live in `hparams/ft/<model>.json` with one section per editor:
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -99,6 +106,68 @@ def _target_nll(model, ids, pos, tgt) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, tgt)
 
 
+def _lean_target_nll(model, ids, pos, tgt, layer: int, paths: list[str]):
+    """`_target_nll` through the lean route (`loudfacts.lean`), as a function of the live
+    trained weights, or None where that route is closed (not a checked Llama model, a hook set,
+    the last layer, or weights other than the layer's MLP matrices trained).
+
+    Only layer `layer`'s MLP is trained, so everything below it, and the residual entering
+    that MLP, are the same at every step: one forward (no gradients) keeps the residual after
+    the layer's attention and the MLP's input. Each step then adds the MLP's output, computed
+    with the live weights (for the down projection alone, from its stored input), and runs
+    blocks `layer + 1`.. lean; only the target positions are unembedded. The first forward's
+    residual after the layer must equal this reconstruction (to `lean.TOLERANCE` of its scale),
+    or the bridge's route is used.
+    """
+    from loudfacts.forward import (
+        StopForward,
+        SuffixBatch,
+        _keep_hook,
+        keep_activation_and_stop_hook,
+        unembed,
+    )
+    from loudfacts.lean import TOLERANCE, LeanSuffix, can_use, llama_mlp_hidden
+
+    if layer + 1 >= model.n_layers or ids.shape[0] != 1 or not can_use(model):
+        return None
+    mlp = model.arch.mlp.format(layer)
+    names = {p: f"{mlp}.{p}_proj" for p in ("gate", "up", "down")}
+    if not set(paths) <= set(names.values()):
+        return None
+    w = {p: model.module(path).weight for p, path in names.items()}
+    store: dict = {}
+    keep = {"mid": f"blocks.{layer}.hook_resid_mid", "x": f"blocks.{layer}.mlp.hook_in"}
+    hooks = [(name, partial(_keep_hook, store=store, key=k)) for k, name in keep.items()]
+    hooks.append((f"blocks.{layer}.hook_resid_post",
+                  partial(keep_activation_and_stop_hook, store=store, key="post", detach=True)))
+    with torch.no_grad():
+        try:
+            with model.bridge.hooks(fwd_hooks=hooks):
+                model.bridge(ids)
+        except StopForward:
+            pass
+        if set(store) != {"mid", "x", "post"}:
+            return None
+        mid, x, post = store["mid"], store["x"], store["post"]
+        hidden = llama_mlp_hidden(x, w["gate"], w["up"])
+        rebuilt = mid + torch.nn.functional.linear(hidden, w["down"])
+        scale = max(float(post.abs().max()), 1.0)
+        if not float((rebuilt - post).abs().max()) <= TOLERANCE * scale:
+            return None
+        batch = SuffixBatch([ids[0].tolist()], [0], model.tokenizer.pad_token_id or 0,
+                            device=model.device)
+        lean = LeanSuffix(model, batch, None, layer + 1)
+    only_down = set(paths) == {names["down"]}
+
+    def nll() -> torch.Tensor:
+        h = hidden if only_down else llama_mlp_hidden(x, w["gate"], w["up"])
+        final = lean(mid + torch.nn.functional.linear(h, w["down"]))
+        logits = unembed(model, final[0, pos]).float()
+        return torch.nn.functional.cross_entropy(logits, tgt)
+
+    return nll
+
+
 def linf_bounds(w0: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Lower and upper bounds with |bound - w0| <= eps exactly (measured in float64).
 
@@ -137,13 +206,16 @@ def finetune_weights(model, request: EditRequest, hparams: dict, name: str = "ft
     was_training = model.hf.training
     try:
         model.hf.eval()  # no dropout: the edit is a deterministic function of its inputs
+        # the same loss, lean where that route is open (`_lean_target_nll`)
+        nll = (_lean_target_nll(model, ids, pos, tgt, h["layer"], paths)
+               or partial(_target_nll, model, ids, pos, tgt))
         for p in params:
             p.requires_grad_(True)
         opt = torch.optim.Adam(params, lr=h["lr"], weight_decay=h["weight_decay"])
         with torch.enable_grad():
             for _ in range(h["steps"]):
                 opt.zero_grad(set_to_none=True)
-                loss = _target_nll(model, ids, pos, tgt)
+                loss = nll()
                 losses.append(float(loss.detach()))
                 if not math.isfinite(losses[-1]):
                     raise EditError(f"{name}: loss became {losses[-1]} for {request!r}")
@@ -158,7 +230,7 @@ def finetune_weights(model, request: EditRequest, hparams: dict, name: str = "ft
                             # Project onto the L-inf ball around the original weights.
                             p.copy_(torch.maximum(torch.minimum(p, hi), lo))
         with torch.no_grad():
-            final = float(_target_nll(model, ids, pos, tgt))
+            final = float(nll())
             new = {path: p.detach().clone() for path, p in zip(paths, params)}
     finally:
         with torch.no_grad():

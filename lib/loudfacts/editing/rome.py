@@ -46,7 +46,10 @@ Every deviation from that is a named hyper-parameter, off in the default `rome` 
   separator.
 
 `suffix_only` (each v\\* step reruns only the subject's last token onwards against stored
-keys/values) is a speed switch that computes the same δ to float rounding; it is on.
+keys/values) is a speed switch that computes the same δ to float rounding; it is on. On a
+Llama-family model with no hook set and float32 passes, those steps run through
+`loudfacts.lean` (the same blocks as plain tensor operations, checked against the bridge once
+per model), again the same δ to float rounding; `lean.lean_route(False)` turns that off.
 
 GPT-2 stores its down-projection (Conv1D) as (d_mlp, d_model); the update is transposed for it
 (`model.arch.mlp_out_transposed`).
@@ -70,7 +73,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from loudfacts.digests import cache_file, digest, digest_file
+from loudfacts.digests import cache_file, digest, digest_file, weight_digest, weights_fingerprint
 from loudfacts.atomic import atomic_path, write_json
 from loudfacts.editing.base import (
     EditError,
@@ -89,6 +92,8 @@ from loudfacts.forward import (
     supports_kv_prefix,
     unembed,
 )
+from loudfacts.lean import LeanSuffix
+from loudfacts.lean import can_use as lean_can_use
 from loudfacts.tokens import document_separator, find_subject_spans
 
 _COMPONENTS: OrderedDict = OrderedDict()  # see RomeEditor.components
@@ -115,11 +120,13 @@ def _code_digest() -> str:
     any of them makes earlier cached components unreachable."""
     import loudfacts.editing.base as base
     import loudfacts.forward as forward
+    import loudfacts.lean as lean
     import loudfacts.models as models
     import loudfacts.stats as stats
     import loudfacts.tokens as tokens
 
-    sources = {m.__name__: digest_file(m.__file__) for m in (base, forward, models, stats, tokens)}
+    sources = {m.__name__: digest_file(m.__file__)
+               for m in (base, forward, lean, models, stats, tokens)}
     return digest({"sources": sources, "rome": digest_file(__file__), "torch": torch.__version__})
 
 
@@ -168,7 +175,7 @@ def context_prefixes(model, recipe=REFERENCE_PREFIX_RECIPE, seed: int = 0,
     starts = tuple(starts) if starts else None
     tag = json.dumps({"recipe": recipe, "seed": seed, "starts": starts}, sort_keys=True)
     path = cache_file("rome", f"prefixes_{model.name}", {"settings": json.loads(tag),
-                      "weights": model.weights_fingerprint()}, ".json")
+                      "weights": weights_fingerprint(model)}, ".json")
     n_total = sum(n for _, n in recipe)
     try:
         cached = json.loads(path.read_text())
@@ -308,7 +315,8 @@ class RomeEditor(Editor):
         suffix_only: a speed switch, not a setting of the method: each step of v* reruns only
             the subject's last token and what follows it (the same δ up to float rounding,
             measured in bench/bench_rome.py; off, or where the bridge cannot reuse stored
-            keys/values, every position reruns).
+            keys/values, every position reruns). Where `loudfacts.lean` can run the model
+            (Llama family, no hooks, `v_autocast` None), those steps bypass the bridge.
         v_autocast: None (float32, ROME) or "bfloat16" / "float16": v*'s passes under autocast
             (`mixed_precision`); not the same δ (19-40% apart in the fidelity check).
         v_n_prefixes: None (v* over all of k*'s prompts, as ROME) or how many of the prefixes
@@ -496,7 +504,7 @@ class RomeEditor(Editor):
         hooks = self.model.active_hooks()
         content = {
             "format": _COMPONENTS_FORMAT, "code": _code_digest(), "model": self.model.name,
-            "weights": self.model.weight_digest(), "device": str(self.model.device),
+            "weights": weight_digest(self.model), "device": str(self.model.device),
             "request": [request.prompt, request.subject, request.target_new],
             "hparams": json.loads(json.dumps(self.hparams, sort_keys=True, default=str)),
             "context_templates": digest(self.context_templates()),
@@ -647,6 +655,11 @@ class RomeEditor(Editor):
             # step reruns only the suffix against their stored keys/values.
             batch = SuffixBatch(rows, pos, pad, device=m.device)
             prefix, base = suffix_setup(m, batch, self.layer)
+            # the same blocks as plain tensor operations where that is checked to agree
+            # (`loudfacts.lean`: Llama family, no hooks, float32)
+            lean = (LeanSuffix(m, batch, prefix, self.layer + 1)
+                    if hp["v_autocast"] is None and self.layer + 1 < m.n_layers
+                    and lean_can_use(m) else None)
             col = lambda r, q: batch.suffix_column(r, q)  # noqa: E731
             positions = torch.zeros(len(rows), dtype=torch.long)
             t_pos = torch.tensor([col(i, q) for i, tp in enumerate(tgt_pos) for q in tp])
@@ -676,7 +689,9 @@ class RomeEditor(Editor):
         kl_init, history = None, []
         with mixed_precision(m, hp["v_autocast"]):
             for step in range(n_steps):
-                if suffix:
+                if suffix and lean is not None:
+                    final = lean(base + onehot * delta)
+                elif suffix:
                     final = suffix_final_normalized(m, batch, prefix, base + onehot * delta,
                                                     self.layer + 1)
                 else:
