@@ -361,8 +361,9 @@ def supports_packing(model) -> bool:
     the architecture ignores `position_ids` or a 4-D mask).
 
     While the padded logits themselves are not finite (a weight broken on purpose, as the
-    hostile tests do), the check says False without remembering it, so the model packs again
-    once its weights are restored."""
+    hostile tests do), or a pack-aware hook on the model refuses the check's tree
+    (`PackingRefused`), the check says False without remembering it, so the model packs again
+    once its weights are restored or the hook is gone."""
     key = model.bridge
     if key in _PACK_SUPPORT:
         return _PACK_SUPPORT[key]
@@ -380,6 +381,8 @@ def supports_packing(model) -> bool:
         scale = float(want.abs().max()) or 1.0
         ok = bool(torch.isfinite(got).all()) and float(
             (got - want).abs().max()) <= 1e-4 * max(1.0, scale)
+    except PackingRefused:
+        return False  # a hook's refusal says nothing about the architecture: ask again later
     except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError):
         ok = False
     _PACK_SUPPORT[key] = ok

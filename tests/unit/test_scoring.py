@@ -169,3 +169,22 @@ def test_a_model_broken_for_a_while_packs_again_once_restored():
             weight.copy_(saved)
     assert scoring.supports_packing(m)
     assert scoring._PACK_SUPPORT[m.bridge] is True
+
+
+def test_a_refused_packing_check_is_not_remembered(monkeypatch):
+    """A pack-aware hook that refuses the check's tree (`PackingRefused`) says nothing about the
+    architecture: the check says no this time and asks again next time."""
+    from loudfacts import scoring
+    from loudfacts.models import tiny_model
+
+    m = tiny_model("llama", seed=5)
+    real = scoring.packed_logits_at
+
+    def refuse(*a, **k):
+        raise scoring.PackingRefused("a hook could not follow this tree")
+
+    monkeypatch.setattr(scoring, "packed_logits_at", refuse)
+    assert not scoring.supports_packing(m)
+    assert m.bridge not in scoring._PACK_SUPPORT
+    monkeypatch.setattr(scoring, "packed_logits_at", real)
+    assert scoring.supports_packing(m) and scoring._PACK_SUPPORT[m.bridge] is True
