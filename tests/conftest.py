@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -75,6 +76,26 @@ def tiny_gpt2():
     from loudfacts.models import tiny_model
 
     return tiny_model("gpt2")
+
+
+@contextlib.contextmanager
+def _broken(weight):
+    """The weight filled with NaN inside the block, its values copied back on exit."""
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.fill_(float("nan"))
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+
+
+@pytest.fixture(scope="session")
+def broken_weight():
+    """`with broken_weight(w):` — w full of NaN inside the block, restored bit-exactly after
+    (for checks that must not remember a "no" given while a weight is broken)."""
+    return _broken
 
 
 @pytest.fixture(autouse=True)

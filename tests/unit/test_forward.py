@@ -81,20 +81,13 @@ def test_suffix_blocks_from_a_middle_layer_on_ragged_rows(fixture, request):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_kv_prefix_check_is_not_remembered_while_a_weight_is_broken():
+def test_kv_prefix_check_is_not_remembered_while_a_weight_is_broken(broken_weight):
     """With non-finite logits there is nothing to compare: False now, asked again later."""
     from loudfacts import forward
     from loudfacts.models import tiny_model
 
     m = tiny_model("llama", seed=6)
-    weight = m.hf.model.layers[0].mlp.down_proj.weight
-    saved = weight.detach().clone()
-    with torch.no_grad():
-        weight.fill_(float("nan"))
-    try:
+    with broken_weight(m.hf.model.layers[0].mlp.down_proj.weight):
         assert not forward.supports_kv_prefix(m)
         assert id(m.bridge) not in forward._KV_SUPPORT
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
     assert forward.supports_kv_prefix(m)

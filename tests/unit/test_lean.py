@@ -187,19 +187,12 @@ def test_finetuning_lean_loss_is_the_hf_loss_and_closed_where_it_cannot_run(tiny
                                [tiny3.arch.mlp_out.format(1)]) is None
 
 
-def test_the_lean_check_is_not_remembered_while_broken_or_hooked():
+def test_the_lean_check_is_not_remembered_while_broken_or_hooked(broken_weight):
     """A broken weight (non-finite outputs) or a hook set: False now, checked again later."""
     fresh = tiny_model("llama", seed=9, n_layers=3)
-    weight = fresh.hf.model.layers[2].mlp.down_proj.weight
-    saved = weight.detach().clone()
-    with torch.no_grad():
-        weight.fill_(float("nan"))
-    try:
+    with broken_weight(fresh.hf.model.layers[2].mlp.down_proj.weight):
         assert not lean.lean_supported(fresh)
         assert fresh.bridge not in lean._SUPPORT
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
     with fresh.bridge.hooks(fwd_hooks=[("blocks.2.hook_mlp_out", lambda a, hook: a)]):
         assert not lean.lean_supported(fresh)
     assert fresh.bridge not in lean._SUPPORT

@@ -150,23 +150,16 @@ def test_packing_off_gives_the_padded_numbers_and_is_restored(monkeypatch):
 
 
 
-def test_a_model_broken_for_a_while_packs_again_once_restored():
+def test_a_model_broken_for_a_while_packs_again_once_restored(broken_weight):
     """With non-finite logits the packing check has nothing to compare against: it says no
     without remembering it, and the same model object packs once its weights are back."""
     from loudfacts import scoring
     from loudfacts.models import tiny_model
 
     m = tiny_model("llama")
-    weight = m.hf.model.layers[0].mlp.down_proj.weight
-    saved = weight.detach().clone()
-    with torch.no_grad():
-        weight.fill_(float("nan"))
-    try:
+    with broken_weight(m.hf.model.layers[0].mlp.down_proj.weight):
         assert not scoring.supports_packing(m)
         assert m.bridge not in scoring._PACK_SUPPORT  # not remembered
-    finally:
-        with torch.no_grad():
-            weight.copy_(saved)
     assert scoring.supports_packing(m)
     assert scoring._PACK_SUPPORT[m.bridge] is True
 
