@@ -22,9 +22,12 @@ its first 8 records. These ways of running it are timed in one run:
   (`digests.remembering_weight_digests(False)`), and every ROME v* and FT step through the
   bridge (`lean.lean_route(False)`);
 - `in-process, bridge`: as `in-process` with only the lean route off, so the two lines give
-  `loudfacts.lean`'s effect on the whole record in one run.
+  `loudfacts.lean`'s effect on the whole record in one run;
+- `in-process, one edit at a time`: as `in-process` with batched edits off
+  (`runner.batched_edits(False)`: FT and FT-L edit each record alone instead of the next
+  `runner.EDIT_BATCH` records' prompts together), so the two lines give batching's effect.
 
-`--modes` picks which (default: all five).
+`--modes` picks which (default: all six). The `as at a5e5ad8` mode also edits one at a time.
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
 time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
@@ -59,23 +62,36 @@ from loudfacts.paths import repo_path  # noqa: E402
 from loudfacts.report import declared_parameters, load_params  # noqa: E402
 
 TARGET_S = 10.0
-# label: (workers, packed scoring, hook edits packed, weight digests remembered, lean route)
-MODES = {"in-process": (1, True, True, True, True), "2 workers": (2, True, True, True, True),
-         "in-process, padded": (1, False, True, True, True),
-         "in-process, as at a5e5ad8": (1, True, False, False, False),
-         "in-process, bridge": (1, True, True, True, False)}
+# label: (workers, packed scoring, hook edits packed, weight digests remembered, lean route,
+#         batched edits)
+MODES = {"in-process": (1, True, True, True, True, True),
+         "2 workers": (2, True, True, True, True, True),
+         "in-process, padded": (1, False, True, True, True, True),
+         "in-process, as at a5e5ad8": (1, True, False, False, False, False),
+         "in-process, bridge": (1, True, True, True, False, True),
+         "in-process, one edit at a time": (1, True, True, True, True, False)}
 NOTEBOOK = "06_specificity_plus"
 
 
-def main(n: int, out: Path, modes=tuple(MODES)):
-    # notebook 06's parameters as `make report` runs it: its parameters cell, then the file
-    p = {**declared_parameters(repo_path("notebooks", f"{NOTEBOOK}.py")),
-         **load_params(repo_path("params", "report.yaml"), NOTEBOOK)}
-    editors = p["editors"]
-    model = load_model(p["model_name"])
+def notebook_parameters() -> dict:
+    """Notebook 06's parameters as `make report` runs it: its parameters cell, then the file."""
+    return {**declared_parameters(repo_path("notebooks", f"{NOTEBOOK}.py")),
+            **load_params(repo_path("params", "report.yaml"), NOTEBOOK)}
+
+
+def notebook_settings(n: int) -> tuple[list[str], dict]:
+    """Notebook 06's editors and the `runner.study` options that time them on its first `n`
+    records (no generation, fresh, no progress bars)."""
+    p = notebook_parameters()
     opts = dict(split=p["split"], n=n, n_neighbours=p["n_neighbours"], generation=False,
                 top_up=p["neighbour_top_up"], seed=p["seed"], pool=p["neighbour_pool"],
                 progress=False, fresh=True)
+    return p["editors"], opts
+
+
+def main(n: int, out: Path, modes=tuple(MODES)):
+    editors, opts = notebook_settings(n)
+    model = load_model(notebook_parameters()["model_name"])
     # warm-up, not timed: kernels, and what every editor loads once per process (C, context
     # prefixes, patch-donor's fact pool), on one record, both scoring routes
     for packed in (True, False):
@@ -92,14 +108,15 @@ def main(n: int, out: Path, modes=tuple(MODES)):
     hash_s = (time.perf_counter() - t) / 3
     results = {}
     for label in modes:
-        workers, packed, hooks, remember, lean = MODES[label]
+        workers, packed, hooks, remember, lean, batched = MODES[label]
         # each in-process mode starts from nothing remembered: ROME's v* (hook-delta and
         # hook-gated still reuse it within the mode) and the unedited model's scores
         clear_components_memo()
         ev.UNEDITED.probs.clear()
         ev.UNEDITED.logprobs.clear()
         with (tempfile.TemporaryDirectory() as root, scoring.packing(packed, hooks),
-              remembering_weight_digests(remember), lean_route(lean)):
+              remembering_weight_digests(remember), lean_route(lean),
+              ev.batched_edits(batched)):
             hashes.clear()
             t = time.perf_counter()
             frames = ev.study(model, editors, workers=workers, root=root, **opts)
@@ -112,6 +129,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
             "workers": workers, "torch_threads": torch.get_num_threads() if workers == 1 else 1,
             "packed_scoring": packed, "hook_edits_packed": packed and hooks,
             "weight_digests_remembered": remember, "lean_route": lean,
+            "batched_edits": batched,
             "records": len(rows), "known": known, "wall_s": wall,
             "wall_s_per_record": wall / len(rows),
             "wall_s_per_known_record": wall / max(known, 1),

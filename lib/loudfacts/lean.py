@@ -2,9 +2,10 @@
 
 ROME's v* optimisation reruns blocks L+1.. on the same short suffix twenty times (forward and
 backward), with only δ changing. Through the TransformerLens bridge each of those runs pays for
-hook points, wrappers and argument handling on every block: about 57 ms a step on the embedded
-model before any arithmetic (measured in `bench/bench_rome.py`, "lean" against "bridge"), a
-fifth of a step. `LeanSuffix` runs the same arithmetic as plain tensor operations:
+hook points, wrappers and argument handling on every block: on the embedded model a v* step of
+one row and one token still took 57 ms, about a fifth of a full step (a one-off profile,
+2026-12-07; `bench/bench_rome.py` times the two routes, "default" against "bridge", per whole
+edit). `LeanSuffix` runs the same arithmetic as plain tensor operations:
 
 * the weights are read from the model once per loop (so an edited or stacked model is run as it
   is) and fused where a block multiplies one input by several matrices: q, k and v in one

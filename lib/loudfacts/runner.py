@@ -42,6 +42,7 @@ of an interrupted run of ours (every other line valid) is dropped before appendi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -568,6 +569,11 @@ def evaluate(
 ):
     """Edit each record's fact, score it against the unedited model, undo it.
 
+    An editor that computes several edits together (`Editor.batches_edits`: FT and FT+L) gets
+    the requests of the next `EDIT_BATCH` records it will edit in one `edit_many` call; each
+    record's row then counts its share of that call as `edit_seconds`. `batched_edits(False)`
+    edits one record at a time instead.
+
     Args:
         model: a LoadedModel.
         editor: an `Editor` or an editor name ("rome", "ft", ..., "unedited").
@@ -641,10 +647,18 @@ def evaluate(
     lines = progress if isinstance(progress, str) else None
     bar = tqdm(todo, desc=f"evaluate {editor.name}", disable=not progress or lines is not None,
                leave=False)
+    # editors that compute several edits together get the next EDIT_BATCH records' at once
+    batching = bool(getattr(editor, "batches_edits", False)) and _BATCHING["on"]
+    ready: dict = {}  # case id -> its edit (or EditError), computed ahead
+    ahead: set = set()
     for i, rec in enumerate(bar, 1):
         if rec.case_id in done:
             rows.append(done[rec.case_id])
             continue
+        if batching and rec.case_id not in ahead:
+            chunk = [r for r in todo[i - 1:i - 1 + EDIT_BATCH] if r.case_id not in done]
+            ready = _edits_ahead(model, editor, chunk, key, batch_size, population)
+            ahead.update(r.case_id for r in chunk)
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
                 torch.manual_seed(_record_seed(seed, rec.case_id))
@@ -653,7 +667,7 @@ def evaluate(
                                    batch_size=batch_size,
                                    generation=generation and rec.case_id in with_ge,
                                    n_generation=n_generation, max_new_tokens=max_new_tokens,
-                                   population=population)
+                                   population=population, ready=ready.pop(rec.case_id, None))
         row.update(settings_digest=digests[rec.case_id], run_key=rkey, **_provenance(model))
         if out is not None:
             _append(out, row)
@@ -698,12 +712,49 @@ def _provenance(model) -> dict:
     return {"commit": git_commit(), "machine": machine}
 
 
+EDIT_BATCH = 16  # records looked ahead for an editor that edits several together
+_BATCHING = {"on": True}
+
+
+@contextlib.contextmanager
+def batched_edits(enabled: bool):
+    """Inside the block, `evaluate` lets an editor with `batches_edits` compute the edits of
+    the next `EDIT_BATCH` records together (True, the default) or edits one record at a time
+    (False, as before batching; for benchmarks and comparisons)."""
+    before, _BATCHING["on"] = _BATCHING["on"], bool(enabled)
+    try:
+        yield
+    finally:
+        _BATCHING["on"] = before
+
+
+def _edits_ahead(model, editor, records, key, batch_size: int, population: str) -> dict:
+    """{case id: edit or EditError} for those of `records` this population edits, computed
+    together by `editor.edit_many` (each on the unedited model, as `editor.edit` would; the
+    caller's random state untouched). Known-ness comes from the unedited model's memoised
+    probabilities, which the records' own evaluation then reads again."""
+    requests, ids = [], []
+    for rec in records:
+        request = EditRequest.from_record(rec)
+        p_true, p_new = UNEDITED.target_probs(model, key, [request.text] * 2,
+                                              [rec.target_true, rec.target_new], batch_size)
+        if _edits(population, bool(p_true > p_new)):
+            requests.append(request)
+            ids.append(rec.case_id)
+    if not requests:
+        return {}
+    with torch.random.fork_rng(devices=[]):
+        got = editor.edit_many(requests)
+    return dict(zip(ids, got))
+
+
 def _record_seed(seed: int, case_id) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(str(case_id).encode())) % (2**63)
 
 
 def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generation,
-                     n_generation, max_new_tokens, tiers=(), population="known") -> dict:
+                     n_generation, max_new_tokens, tiers=(), population="known",
+                     ready=None) -> dict:
     request = EditRequest.from_record(rec)
     row = {"case_id": rec.case_id, "subject": rec.subject, "relation": rec.relation,
            "target_true": rec.target_true, "target_new": rec.target_new,
@@ -724,12 +775,16 @@ def _evaluate_record(model, editor, rec, neighbours, key, *, batch_size, generat
     logp_pre = UNEDITED.next_logprobs(model, key, cfplus, batch_size)
     t0 = time.perf_counter()
     try:
-        edit = editor.edit(request)
+        if isinstance(ready, EditError):  # computed ahead with other records' edits
+            raise ready
+        edit = editor.edit(request) if ready is None else ready
     except EditError as e:  # this editor cannot write this fact: counted, not scored
         return {**row, **{m: None for m in METRICS}, "edit_seconds": None,
                 "eval_seconds": None, "n_generation": 0, "edit_error": str(e)}
+    # an edit computed ahead with others counts its share of their time (`Editor.edit_many`);
     # plus what a read-back part of the edit took when computed (ROME's k*/v* from its cache)
-    row["edit_seconds"] = time.perf_counter() - t0 + float(edit.info.get("reused_seconds", 0.0))
+    took = time.perf_counter() - t0 if ready is None else float(edit.info.get("seconds", 0.0))
+    row["edit_seconds"] = took + float(edit.info.get("reused_seconds", 0.0))
     # hook-delta borrows ROME's optimised δ when ROME computed it first (see RomeEditor)
     row["edit_reused"] = bool(edit.info.get("reused", False))
     # optimisation steps the edit ran (ROME's v*, fine-tuning), where the editor has them

@@ -279,6 +279,41 @@ def test_resume_after_interruption(tiny, records, tmp_path):
 
 
 
+def test_batched_edits_are_computed_ahead_and_score_as_one_at_a_time(tiny, records,
+                                                                   monkeypatch):
+    """An editor that edits several requests together (`batches_edits`: FT) gets the known
+    records' requests in one `edit_many` call per `EDIT_BATCH` records and never edits one
+    alone; the rows score as one-at-a-time edits do, and `batched_edits(False)` restores that."""
+    from loudfacts.editing import get_editor
+    from loudfacts.runner import EDIT_BATCH, batched_edits
+
+    ed = get_editor("ft", tiny, layer=0, steps=3, lr=1e-2, stop_prob=1.0)
+    cls = type(ed)
+    calls = {"many": [], "one": 0}
+    real_many, real_compute = cls.edit_many, cls._compute
+
+    def many(self, requests):
+        calls["many"].append(len(requests))
+        return real_many(self, requests)
+
+    def one(self, request):
+        calls["one"] += 1
+        return real_compute(self, request)
+
+    monkeypatch.setattr(cls, "edit_many", many)
+    monkeypatch.setattr(cls, "_compute", one)
+    assert len(records) <= EDIT_BATCH
+    batched = evaluate(tiny, ed, records, generation=False, progress=False)
+    assert calls == {"many": [int(batched["known"].sum())], "one": 0}
+    assert (batched["edit_seconds"] > 0).all() and (batched["edit_steps"] == 3).all()
+    with batched_edits(False):
+        alone = evaluate(tiny, ed, records, generation=False, progress=False)
+    assert calls == {"many": [int(batched["known"].sum())], "one": len(records)}
+    for m in ("EM", "PM", "NM", "NM+", "NKL"):  # magnitudes: continuous in the edit
+        np.testing.assert_allclose(batched[m].astype(float), alone[m].astype(float),
+                                   rtol=1e-4, atol=1e-6)
+
+
 def test_generation_only_for_the_first_records(tiny, records):
     df = evaluate(tiny, "unedited", records[:3], generation=True, n_generation=1,
                   max_new_tokens=4, generation_records=1, progress=False)

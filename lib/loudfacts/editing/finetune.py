@@ -22,6 +22,15 @@ operations, checked against the bridge; the same loss to float rounding, the tra
 change moved by ~1e-5 relative in bench/bench_finetune.py). Elsewhere, and inside
 `lean.lean_route(False)`, every step is the HF forward.
 
+Several requests can be edited together (`finetune_weights_batch`, `edit_many`; the study's
+runner does so for the next `runner.EDIT_BATCH` records): FT's steps run one short prompt, whose
+products read every weight of the blocks above for a few rows, and the matrix library reads
+weights at about a third of the memory's rate then (`bench/bench_ceiling.py`), so a step costs
+little more for several prompts than for one. Each request keeps its own matrix, Adam state,
+stop and errors; the edits equal one-at-a-time ones up to float rounding, which Adam carries
+into the trained weights (up to 6e-4 relative, losses within 1e-4, on 8 CounterFact records
+with the embedded model).
+
 The model is never left changed: training runs on the live parameter (so every forward is the
 ordinary one) inside a try/finally that writes the original values back bit-exactly and
 restores `requires_grad`; the trained values leave in a `WeightEdit`, which puts them in place
@@ -34,6 +43,7 @@ Hyper-parameters live in `hparams/ft/<model>.json` with one section per editor:
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 from typing import ClassVar
 
@@ -45,6 +55,7 @@ from loudfacts.editing.base import (
     EditRequest,
     WeightEdit,
     register_editor,
+    validate_request,
 )
 from loudfacts.tokens import check_context, target_ids
 
@@ -106,35 +117,14 @@ def _target_nll(model, ids, pos, tgt) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, tgt)
 
 
-def _lean_target_nll(model, ids, pos, tgt, layer: int, paths: list[str]):
-    """`_target_nll` through the lean route (`loudfacts.lean`), as a function of the live
-    trained weights, or None where that route is closed (not a checked Llama model, a hook set,
-    the last layer, or weights other than the layer's MLP matrices trained).
+def _lean_inputs(model, ids, layer: int, w: dict):
+    """One forward (no gradients) of `ids` (1, n) keeping, at block `layer`, the residual after
+    its attention (`mid`) and its MLP's input (`x`), each (1, n, d_model); None unless the
+    residual after the block rebuilds from them with the MLP weights `w` ("gate", "up",
+    "down") to `lean.TOLERANCE` of its scale."""
+    from loudfacts.forward import StopForward, _keep_hook, keep_activation_and_stop_hook
+    from loudfacts.lean import TOLERANCE, llama_mlp_hidden
 
-    Only layer `layer`'s MLP is trained, so everything below it, and the residual entering
-    that MLP, are the same at every step: one forward (no gradients) keeps the residual after
-    the layer's attention and the MLP's input. Each step then adds the MLP's output, computed
-    with the live weights (for the down projection alone, from its stored input), and runs
-    blocks `layer + 1`.. lean; only the target positions are unembedded. The first forward's
-    residual after the layer must equal this reconstruction (to `lean.TOLERANCE` of its scale),
-    or the bridge's route is used.
-    """
-    from loudfacts.forward import (
-        StopForward,
-        SuffixBatch,
-        _keep_hook,
-        keep_activation_and_stop_hook,
-        unembed,
-    )
-    from loudfacts.lean import TOLERANCE, LeanSuffix, can_use, llama_mlp_hidden
-
-    if layer + 1 >= model.n_layers or ids.shape[0] != 1 or not can_use(model):
-        return None
-    mlp = model.arch.mlp.format(layer)
-    names = {p: f"{mlp}.{p}_proj" for p in ("gate", "up", "down")}
-    if not set(paths) <= set(names.values()):
-        return None
-    w = {p: model.module(path).weight for p, path in names.items()}
     store: dict = {}
     keep = {"mid": f"blocks.{layer}.hook_resid_mid", "x": f"blocks.{layer}.mlp.hook_in"}
     hooks = [(name, partial(_keep_hook, store=store, key=k)) for k, name in keep.items()]
@@ -149,15 +139,56 @@ def _lean_target_nll(model, ids, pos, tgt, layer: int, paths: list[str]):
         if set(store) != {"mid", "x", "post"}:
             return None
         mid, x, post = store["mid"], store["x"], store["post"]
-        hidden = llama_mlp_hidden(x, w["gate"], w["up"])
-        rebuilt = mid + torch.nn.functional.linear(hidden, w["down"])
+        rebuilt = mid + torch.nn.functional.linear(llama_mlp_hidden(x, w["gate"], w["up"]),
+                                                   w["down"])
         scale = max(float(post.abs().max()), 1.0)
         if not float((rebuilt - post).abs().max()) <= TOLERANCE * scale:
             return None
+    return mid, x
+
+
+def _lean_weights(model, layer: int, paths: list[str]) -> dict | None:
+    """Layer `layer`'s MLP weights by role ("gate", "up", "down") where the lean route can
+    train `paths` (a checked Llama model, no hook, not the last layer, only that MLP's
+    matrices); None otherwise."""
+    from loudfacts.lean import can_use
+
+    if layer + 1 >= model.n_layers or not can_use(model):
+        return None
+    mlp = model.arch.mlp.format(layer)
+    names = {p: f"{mlp}.{p}_proj" for p in ("gate", "up", "down")}
+    if not set(paths) <= set(names.values()):
+        return None
+    return {p: model.module(path).weight for p, path in names.items()}
+
+
+def _lean_target_nll(model, ids, pos, tgt, layer: int, paths: list[str]):
+    """`_target_nll` through the lean route (`loudfacts.lean`), as a function of the live
+    trained weights, or None where that route is closed (not a checked Llama model, a hook set,
+    the last layer, or weights other than the layer's MLP matrices trained).
+
+    Only layer `layer`'s MLP is trained, so everything below it, and the residual entering
+    that MLP, are the same at every step: one forward (no gradients) keeps the residual after
+    the layer's attention and the MLP's input. Each step then adds the MLP's output, computed
+    with the live weights (for the down projection alone, from its stored input), and runs
+    blocks `layer + 1`.. lean; only the target positions are unembedded. The first forward's
+    residual after the layer must equal this reconstruction (to `lean.TOLERANCE` of its scale),
+    or the bridge's route is used.
+    """
+    from loudfacts.forward import SuffixBatch, unembed
+    from loudfacts.lean import LeanSuffix, llama_mlp_hidden
+
+    w = _lean_weights(model, layer, paths) if ids.shape[0] == 1 else None
+    inputs = _lean_inputs(model, ids, layer, w) if w is not None else None
+    if inputs is None:
+        return None
+    mid, x = inputs
+    with torch.no_grad():
+        hidden = llama_mlp_hidden(x, w["gate"], w["up"])
         batch = SuffixBatch([ids[0].tolist()], [0], model.tokenizer.pad_token_id or 0,
                             device=model.device)
         lean = LeanSuffix(model, batch, None, layer + 1)
-    only_down = set(paths) == {names["down"]}
+    only_down = set(paths) == {model.arch.mlp.format(layer) + ".down_proj"}
 
     def nll() -> torch.Tensor:
         h = hidden if only_down else llama_mlp_hidden(x, w["gate"], w["up"])
@@ -241,7 +272,13 @@ def finetune_weights(model, request: EditRequest, hparams: dict, name: str = "ft
         model.hf.train(was_training)
     # float64 differences: exact, so max_abs_delta <= eps holds as reported
     deltas = {path: new[path].double() - p0.double() for path, p0 in zip(paths, originals)}
-    info = {
+    info = _edit_info(h, paths, losses, stopped, final, deltas)
+    return WeightEdit(model, new, request, name, info)
+
+
+def _edit_info(h: dict, paths: list[str], losses: list[float], stopped: str, final: float,
+               deltas: dict) -> dict:
+    return {
         "layer": h["layer"],
         "paths": paths,
         "steps_run": len(losses) if stopped == "steps" else len(losses) - 1,
@@ -256,7 +293,142 @@ def finetune_weights(model, request: EditRequest, hparams: dict, name: str = "ft
         "delta_norm": math.sqrt(sum(float(d.pow(2).sum()) for d in deltas.values())),
         "hparams": dict(h),
     }
-    return WeightEdit(model, new, request, name, info)
+
+
+def finetune_weights_batch(model, requests: list[EditRequest], hparams: dict,
+                           name: str = "ft") -> list | None:
+    """`finetune_weights` for several requests at once: one lean forward and backward per step
+    for all of them, each request with its own copy of the trained matrix and its own stop.
+
+    FT's steps run one short prompt, so each reads every weight of the blocks above the layer
+    for a few rows; the matrix library reads weights at a third of the memory's rate then
+    (`bench/bench_ceiling.py`, "small_m_gemm"), and a step costs about as much for several
+    prompts as for one. Here the prompts are rows of one right-padded batch; request r's
+    matrix is slice r of one stacked tensor, trained by one Adam, which is elementwise, so
+    each slice follows exactly the updates its own Adam would make. A request whose
+    P(target) reaches `stop_prob` leaves the batch before that step's update (its slice is
+    put back after the shared update, since Adam's momentum would still move it), as it stops
+    alone. The results equal one-at-a-time `finetune_weights` up to float rounding (the
+    batched products add in another order; `tests/unit/test_finetune.py` bounds it).
+
+    Only the default recipe's case is batched: the layer's down projection alone trained, on
+    the lean route (`_lean_target_nll`'s conditions). Returns None otherwise (the caller edits
+    one at a time), else one entry per request: its `WeightEdit`, or the `EditError` that
+    `finetune_weights` would raise for it (a prompt too long, a non-finite loss). The model's
+    weights are never changed.
+    """
+    from loudfacts.forward import SuffixBatch, unembed
+    from loudfacts.lean import LeanSuffix, llama_mlp_hidden
+
+    h = hparams
+    if not requests:
+        return []
+    layer = h["layer"]
+    paths = trained_paths(model, layer, h["module"])
+    w = _lean_weights(model, layer, paths)
+    if w is None or paths != [model.arch.mlp.format(layer) + ".down_proj"]:
+        return None
+    t0 = time.perf_counter()
+    out: list = [None] * len(requests)
+    items = []  # (index, ids, pos, tgt, mid, hidden)
+    for i, request in enumerate(requests):
+        try:
+            ids, pos, tgt = _training_batch(model, request)
+        except EditError as e:
+            out[i] = e
+            continue
+        inputs = _lean_inputs(model, ids, layer, w)
+        if inputs is None:
+            return None
+        with torch.no_grad():
+            hidden = llama_mlp_hidden(inputs[1], w["gate"], w["up"])[0]
+        items.append((i, ids[0], pos, tgt, inputs[0][0], hidden))
+    if not items:
+        return out
+    w0 = w["down"].detach()
+    n = len(items)
+    width = max(len(it[1]) for it in items)
+    mid = torch.zeros(n, width, w0.shape[0], dtype=w0.dtype, device=w0.device)
+    hid = torch.zeros(n, width, w0.shape[1], dtype=w0.dtype, device=w0.device)
+    for r, it in enumerate(items):
+        mid[r, :len(it[1])] = it[4]
+        hid[r, :len(it[1])] = it[5]
+    stack = w0.unsqueeze(0).repeat(n, 1, 1).requires_grad_(True)
+    eps = h["eps"]
+    lo, hi = linf_bounds(w0, eps) if eps is not None else (None, None)
+    losses: list[list[float]] = [[] for _ in range(n)]
+    stopped = ["steps"] * n
+    pad = model.tokenizer.pad_token_id or 0
+    torch.manual_seed(h["seed"])  # as `finetune_weights`
+    opt = torch.optim.Adam([stack], lr=h["lr"], weight_decay=h["weight_decay"])
+    runs: dict = {}
+
+    def batch_of(rows: tuple):
+        """The lean run and target indices for these rows of the batch (rebuilt when a request
+        leaves)."""
+        if rows not in runs:
+            runs.clear()
+            sb = SuffixBatch([items[r][1].tolist() for r in rows], [0] * len(rows), pad,
+                             device=model.device)
+            lean = LeanSuffix(model, sb, None, layer + 1)
+            t_row = torch.cat([torch.full((len(items[r][3]),), j) for j, r in enumerate(rows)])
+            t_pos = torch.cat([items[r][2] for r in rows])
+            t_tok = torch.cat([items[r][3] for r in rows])
+            count = torch.tensor([len(items[r][3]) for r in rows], dtype=torch.float32)
+            runs[rows] = (lean, sb.n_suffix, t_row, t_pos, t_tok, count)
+        return runs[rows]
+
+    def row_nll(rows: tuple) -> torch.Tensor:
+        lean, s, t_row, t_pos, t_tok, count = batch_of(rows)
+        idx = torch.tensor(rows)
+        down = torch.bmm(hid[idx, :s], stack[idx].transpose(1, 2))
+        final = lean(mid[idx, :s] + down)
+        logits = unembed(model, final[t_row, t_pos]).float()
+        tok = torch.nn.functional.cross_entropy(logits, t_tok, reduction="none")
+        return torch.zeros(len(rows)).index_add_(0, t_row, tok) / count
+
+    active = tuple(range(n))
+    trained: dict = {}  # row -> its trained matrix, kept when it leaves the batch
+    with torch.enable_grad():
+        for _ in range(h["steps"]):
+            opt.zero_grad(set_to_none=True)
+            nll = row_nll(active)
+            keep, frozen = [], []
+            for j, r in enumerate(active):
+                losses[r].append(float(nll[j].detach()))
+                if not math.isfinite(losses[r][-1]):
+                    out[items[r][0]] = EditError(
+                        f"{name}: loss became {losses[r][-1]} for {requests[items[r][0]]!r}")
+                    frozen.append(r)
+                elif math.exp(-losses[r][-1]) >= h["stop_prob"]:
+                    stopped[r] = "stop_prob"
+                    frozen.append(r)
+                else:
+                    keep.append(j)
+            for r in frozen:  # its weights as it stops; the shared update would move them
+                trained[r] = stack.detach()[r].clone()
+            if not keep:
+                break
+            nll[keep].sum().backward()
+            opt.step()
+            if eps is not None:
+                with torch.no_grad():
+                    stack.copy_(torch.maximum(torch.minimum(stack, hi), lo))
+            active = tuple(active[j] for j in keep)
+    with torch.no_grad():
+        for r, value in trained.items():
+            stack[r] = value
+        done = tuple(r for r in range(n) if out[items[r][0]] is None)
+        final = row_nll(done) if done else torch.zeros(0)
+    share = (time.perf_counter() - t0) / n
+    for j, r in enumerate(done):
+        i, request = items[r][0], requests[items[r][0]]
+        new = stack[r].detach().clone()
+        delta = {paths[0]: new.double() - w0.double()}
+        info = _edit_info(h, paths, losses[r], stopped[r], float(final[j]), delta)
+        info["batched"] = {"requests": n, "seconds_share": share}
+        out[i] = WeightEdit(model, {paths[0]: new}, request, name, info)
+    return out
 
 
 class _FineTuneEditor(Editor):
@@ -302,8 +474,33 @@ class _FineTuneEditor(Editor):
         if not 0 < h["stop_prob"] <= 1:
             raise ValueError(f"{self.name}: stop_prob={h['stop_prob']!r} must be in (0, 1]")
 
+    batches_edits: ClassVar[bool] = True
+
     def _compute(self, request: EditRequest) -> WeightEdit:
         return finetune_weights(self.model, request, self.hparams, self.name)
+
+    def edit_many(self, requests) -> list:
+        """Each request's edit (or its `EditError`), computed together by
+        `finetune_weights_batch` where that route is open, else one at a time. Each edit's
+        `info["seconds"]` is its share of the batch's time."""
+        requests = list(requests)
+        out: list = [None] * len(requests)
+        valid = []
+        for i, r in enumerate(requests):
+            try:
+                validate_request(self.model, r)
+                valid.append(i)
+            except EditError as e:
+                out[i] = e
+        got = finetune_weights_batch(self.model, [requests[i] for i in valid], self.hparams,
+                                     self.name)
+        if got is None:
+            return super().edit_many(requests)
+        for i, res in zip(valid, got):
+            if isinstance(res, WeightEdit):
+                res.info.setdefault("seconds", res.info["batched"]["seconds_share"])
+            out[i] = res
+        return out
 
 
 @register_editor("ft")
