@@ -572,7 +572,10 @@ def evaluate(
     An editor that computes several edits together (`Editor.batches_edits`: FT and FT+L) gets
     the requests of the next `EDIT_BATCH` records it will edit in one `edit_many` call; each
     record's row then counts its share of that call as `edit_seconds`. `batched_edits(False)`
-    edits one record at a time instead.
+    edits one record at a time instead. A batched edit equals the one-at-a-time edit up to
+    float rounding, and the rounding follows the batch: a resumed or sharded run, which
+    batches other records together, reproduces such rows to that level (FT's: the golden
+    test's 3e-3 bound), not bit for bit.
 
     Args:
         model: a LoadedModel.

@@ -302,14 +302,15 @@ def finetune_weights_batch(model, requests: list[EditRequest], hparams: dict,
 
     FT's steps run one short prompt, so each reads every weight of the blocks above the layer
     for a few rows; the matrix library reads weights at a third of the memory's rate then
-    (`bench/bench_ceiling.py`, "small_m_gemm"), and a step costs about as much for several
-    prompts as for one. Here the prompts are rows of one right-padded batch; request r's
-    matrix is slice r of one stacked tensor, trained by one Adam, which is elementwise, so
+    (`bench/bench_ceiling.py`, "small_m_gemm"), and one step for several prompts costs far
+    less than a step for each. Here the prompts are rows of one right-padded batch; request
+    r's matrix is slice r of one stacked tensor, trained by one Adam, which is elementwise, so
     each slice follows exactly the updates its own Adam would make. A request whose
-    P(target) reaches `stop_prob` leaves the batch before that step's update (its slice is
-    put back after the shared update, since Adam's momentum would still move it), as it stops
-    alone. The results equal one-at-a-time `finetune_weights` up to float rounding (the
-    batched products add in another order; `tests/unit/test_finetune.py` bounds it).
+    P(target) reaches `stop_prob` leaves the batch before that step's update, as it stops
+    alone; its matrix is kept as it stood then (the shared Adam's momentum would still move
+    its slice). The results equal one-at-a-time `finetune_weights` up to float rounding (the
+    batched products add in another order; `tests/unit/test_finetune_batch.py`
+    bounds it).
 
     Only the default recipe's case is batched: the layer's down projection alone trained, on
     the lean route (`_lean_target_nll`'s conditions). Returns None otherwise (the caller edits
