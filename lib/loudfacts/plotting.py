@@ -264,8 +264,15 @@ def plot_nkl(df, column: str = "NKL"):
     order = editor_order(d["editor"].unique())
     fig, ax = plt.subplots(figsize=(1.3 * len(order) + 2, 3.6))
     sns.boxplot(data=d, x="editor", y=column, order=order, ax=ax, color="0.9", fliersize=0)
-    sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3, hue="editor",
-                  palette=editor_palette(order), legend=False)
+    # seaborn jitters the points with numpy's global generator: seed it here (and give it back)
+    # so the same rows draw the same figure in every build
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        sns.stripplot(data=d, x="editor", y=column, order=order, ax=ax, size=3, hue="editor",
+                      palette=editor_palette(order), legend=False)
+    finally:
+        np.random.set_state(state)
     ax.set_yscale("log")
     ax.set_ylabel(f"{column}: KL(P_unedited || P_edited), nats" if column == "NKL" else column)
     ax.tick_params(axis="x", rotation=20)

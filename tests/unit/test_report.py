@@ -182,3 +182,31 @@ def test_rendered_pages_drop_logs_and_progress_widgets_but_keep_results(tmp_path
     assert "LOGLINE" not in html and "WIDGETTEXT" not in html
     again = nbformat.read(path, as_version=4)  # the executed notebook itself keeps its logs
     assert strip_logs(again) == 2 and strip_logs(again) == 0
+
+
+def test_nkl_strip_plot_is_the_same_figure_every_build():
+    """seaborn jitters strip plots with numpy's global generator: plot_nkl seeds it, so the
+    committed figure does not move between builds, and leaves the caller's state alone."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import pandas as pd
+
+    from loudfacts.plotting import plot_nkl
+
+    df = pd.DataFrame({"editor": ["rome"] * 6 + ["ft"] * 6, "known": True,
+                       "NKL": np.linspace(1e-4, 1e-1, 12)})
+
+    def offsets():
+        fig = plot_nkl(df)
+        pts = np.concatenate([c.get_offsets() for c in fig.axes[0].collections
+                              if len(c.get_offsets())])
+        plt.close(fig)
+        return pts
+
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
+    first = offsets()
+    assert np.array_equal(np.random.get_state()[1], before)
+    np.random.seed(7)
+    assert np.array_equal(offsets(), first)
+    assert len(first) == 12 and not np.allclose(first[:, 0], np.round(first[:, 0]))  # jittered
