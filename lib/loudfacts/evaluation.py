@@ -27,7 +27,7 @@ from loudfacts.probes import (  # noqa: F401
 )
 from loudfacts.runner import (  # noqa: F401
     NEIGHBOUR_POOLS, POPULATIONS, RESULTS_FORMAT, ResultsFileError, STUDY_EFFECT_METRICS,
-    all_records, batched_edits, case_key, evaluate, evaluate_in_workers, fresh_requested, merge, merge_rows, open_for_resume,
+    EDIT_BATCH, all_records, batched_edits, case_key, evaluate, evaluate_in_workers, fresh_requested, merge, merge_rows, open_for_resume,
     open_row_store,
     parse_shard, plan_run, read_results, read_results_file, read_study, record_content,
     results_path, row_digest, run_key, run_settings, settings_diff, shard_path, variant_path,
