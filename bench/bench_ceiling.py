@@ -72,7 +72,11 @@ def matmul_ceiling(dtype=torch.float32, n: int = 2048, reps: int = 8) -> float:
 
 
 def count_flops(fn) -> int:
-    return count_flops_and_bytes(fn)[0]
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
 
 
 def _matmul_ops() -> set:
