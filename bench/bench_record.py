@@ -25,9 +25,15 @@ its first 8 records. These ways of running it are timed in one run:
   `loudfacts.lean`'s effect on the whole record in one run;
 - `in-process, one edit at a time`: as `in-process` with batched edits off
   (`runner.batched_edits(False)`: FT and FT-L edit each record alone instead of the next
-  `runner.EDIT_BATCH` records' prompts together), so the two lines give batching's effect.
+  `runner.EDIT_BATCH` records' prompts together), so the two lines give batching's effect;
+- `in-process, separate passes`: as `in-process` with each probe set scored the way it was
+  before `scoring.prompt_scores`: the next-token reads in one pass and the multi-token objects,
+  teacher-forced, in another (`separate_pair_probs` below, swapped in for `pair_probs`), so
+  the two lines give the merged pass's effect.
 
-`--modes` picks which (default: all six). The `as at a5e5ad8` mode also edits one at a time.
+`--modes` picks which (default: all seven). The `as at a5e5ad8` mode also edits one at a time
+and scores in separate passes. `in-process, bridge` also runs the scoring forwards through the
+bridge (the lean route covers them too: `scoring.lean_packing`).
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
 time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
@@ -40,6 +46,7 @@ uneven and the wall is the larger one's. Writes the CPU, load and seconds to `--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -52,6 +59,7 @@ os.environ["LOUDFACTS_ROME_COMPONENTS_CACHE"] = "0"  # time fresh optimisations
 
 import torch  # noqa: E402
 
+from loudfacts import cases  # noqa: E402
 from loudfacts import evaluation as ev  # noqa: E402
 from loudfacts import scoring  # noqa: E402
 from loudfacts.digests import remembering_weight_digests  # noqa: E402
@@ -60,17 +68,53 @@ from loudfacts.lean import lean_route  # noqa: E402
 from loudfacts.models import cpu_info, load_model  # noqa: E402
 from loudfacts.paths import repo_path  # noqa: E402
 from loudfacts.report import declared_parameters, load_params  # noqa: E402
+from loudfacts.scoring import next_token_logprobs, target_probs  # noqa: E402
+from loudfacts.tokens import target_ids  # noqa: E402
 
 TARGET_S = 10.0
 # label: (workers, packed scoring, hook edits packed, weight digests remembered, lean route,
-#         batched edits)
-MODES = {"in-process": (1, True, True, True, True, True),
-         "2 workers": (2, True, True, True, True, True),
-         "in-process, padded": (1, False, True, True, True, True),
-         "in-process, as at a5e5ad8": (1, True, False, False, False, False),
-         "in-process, bridge": (1, True, True, True, False, True),
-         "in-process, one edit at a time": (1, True, True, True, True, False)}
+#         batched edits, merged scoring passes)
+MODES = {"in-process": (1, True, True, True, True, True, True),
+         "2 workers": (2, True, True, True, True, True, True),
+         "in-process, padded": (1, False, True, True, True, True, True),
+         "in-process, as at a5e5ad8": (1, True, False, False, False, False, False),
+         "in-process, bridge": (1, True, True, True, False, True, True),
+         "in-process, one edit at a time": (1, True, True, True, True, False, True),
+         "in-process, separate passes": (1, True, True, True, True, True, False)}
 NOTEBOOK = "06_specificity_plus"
+
+
+def separate_pair_probs(model, pairs, batch_size: int = 32, extra_prompts=()):
+    """`probes.pair_probs` as it was before `scoring.prompt_scores`: the next-token reads
+    (one-token objects and `extra_prompts`) in one pass, then the multi-token objects
+    teacher-forced in another, each prompt computed again there. Same numbers to float
+    rounding; only for timing the merged pass against it."""
+    ids = [target_ids(model, t) for _, t in pairs]
+    single = list(dict.fromkeys([p for (p, _), i in zip(pairs, ids) if len(i) == 1]
+                                + list(extra_prompts)))
+    logp = next_token_logprobs(model, single, batch_size=batch_size) if single else None
+    rows = {p: logp[j] for j, p in enumerate(single)}
+    out = torch.empty(len(pairs), dtype=torch.float64)
+    multi = [k for k, i in enumerate(ids) if len(i) > 1]
+    for k, ((p, _), i) in enumerate(zip(pairs, ids)):
+        if len(i) == 1:
+            out[k] = rows[p][i[0]].double().exp()
+    if multi:
+        out[multi] = target_probs(model, [pairs[k][0] for k in multi],
+                                  [pairs[k][1] for k in multi], batch_size=batch_size).double()
+    return out, rows
+
+
+@contextlib.contextmanager
+def merged_passes(enabled: bool):
+    """Inside the block, `cases.score` scores with `separate_pair_probs` unless `enabled`."""
+    real = cases.pair_probs
+    if not enabled:
+        cases.pair_probs = separate_pair_probs
+    try:
+        yield
+    finally:
+        cases.pair_probs = real
 
 
 def notebook_parameters() -> dict:
@@ -108,7 +152,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
     hash_s = (time.perf_counter() - t) / 3
     results = {}
     for label in modes:
-        workers, packed, hooks, remember, lean, batched = MODES[label]
+        workers, packed, hooks, remember, lean, batched, merged = MODES[label]
         # each in-process mode starts from nothing remembered: ROME's v* (hook-delta and
         # hook-gated still reuse it within the mode) and the unedited model's scores
         clear_components_memo()
@@ -116,7 +160,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
         ev.UNEDITED.logprobs.clear()
         with (tempfile.TemporaryDirectory() as root, scoring.packing(packed, hooks),
               remembering_weight_digests(remember), lean_route(lean),
-              ev.batched_edits(batched)):
+              ev.batched_edits(batched), merged_passes(merged)):
             hashes.clear()
             t = time.perf_counter()
             frames = ev.study(model, editors, workers=workers, root=root, **opts)
@@ -129,7 +173,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
             "workers": workers, "torch_threads": torch.get_num_threads() if workers == 1 else 1,
             "packed_scoring": packed, "hook_edits_packed": packed and hooks,
             "weight_digests_remembered": remember, "lean_route": lean,
-            "batched_edits": batched,
+            "batched_edits": batched, "merged_scoring_passes": merged,
             "records": len(rows), "known": known, "wall_s": wall,
             "wall_s_per_record": wall / len(rows),
             "wall_s_per_known_record": wall / max(known, 1),

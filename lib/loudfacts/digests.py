@@ -121,6 +121,42 @@ def weight_digest(model) -> str:
     return value
 
 
+def remembered_digest(model) -> tuple[list, str] | None:
+    """(weights state, digest) remembered for `model` if it still describes its weights (no
+    parameter written since it was hashed), else None. For an edit to hand to
+    `restored_weights` when it writes its saved weights back."""
+    hf = getattr(model, "hf", None)
+    got = _WEIGHT_DIGESTS.get(hf) if hf is not None else None
+    if got is None or not _same_state(got[0], _weights_state(model)):
+        return None
+    return got
+
+
+def restored_weights(model, before: tuple[list, str] | None, restored) -> bool:
+    """After an edit wrote back, bit for bit, the bytes that the parameters `restored` held when
+    `before` (`remembered_digest` at its apply) was current: remember `before`'s digest for
+    the weights as they are now, instead of hashing them again at the next `weight_digest`.
+
+    Only where nothing else moved: every other parameter still has the version counter, object
+    and memory it had in `before` (so none was written in between), and each restored one the
+    same object and memory. Returns whether the digest was carried over."""
+    hf = getattr(model, "hf", None)
+    if before is None or hf is None:
+        return False
+    ids = {id(p) for p in restored}
+    now = _weights_state(model)
+    old = before[0]
+    if len(now) != len(old):
+        return False
+    for x, y in zip(old, now):
+        if x[0] != y[0] or x[1] is not y[1] or x[3] != y[3]:
+            return False
+        if id(y[1]) not in ids and x[2] != y[2]:
+            return False
+    _WEIGHT_DIGESTS[hf] = (now, before[1])
+    return True
+
+
 def weights_fingerprint(model) -> str:
     """The first 16 hex digits of `weight_digest(model)` (`LoadedModel.weights_fingerprint`,
     remembered as `weight_digest` is)."""

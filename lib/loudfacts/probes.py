@@ -19,7 +19,7 @@ import torch
 
 from loudfacts.digests import weight_digest
 from loudfacts.editing.base import EditRequest
-from loudfacts.scoring import next_token_logprobs, target_probs
+from loudfacts.scoring import next_token_logprobs, prompt_scores, target_probs
 from loudfacts.tokens import fill, target_ids
 
 UNRELATED_PROMPTS = [
@@ -198,10 +198,10 @@ def pair_probs(model, pairs, batch_size: int = 32, extra_prompts=()):
     """P(target | prompt) for many pairs with as few forwards as possible.
 
     Pairs whose target is one token are read off one next-token distribution per distinct
-    prompt (two targets after the same prompt share a forward); multi-token targets go through
-    `scoring.target_probs` (exp(-mean NLL), teacher-forced). `extra_prompts` are added to the
-    next-token pass so callers get their distributions for free (the CounterFact+ prompts for
-    NKL).
+    prompt (two targets after the same prompt share a forward); multi-token targets are
+    teacher-forced (exp(-mean NLL), as `scoring.target_probs`) in the same forwards as their
+    prompt (`scoring.prompt_scores`). `extra_prompts` are added to the next-token pass so
+    callers get their distributions for free (the CounterFact+ prompts for NKL).
 
     Returns:
         (probs (n_pairs,) float64, {prompt: (vocab,) log-probs} for single-token prompts).
@@ -209,17 +209,17 @@ def pair_probs(model, pairs, batch_size: int = 32, extra_prompts=()):
     ids = [target_ids(model, t) for _, t in pairs]
     single = list(dict.fromkeys([p for (p, _), i in zip(pairs, ids) if len(i) == 1]
                                 + list(extra_prompts)))
-    logp = next_token_logprobs(model, single, batch_size=batch_size) if single else None
+    multi = [k for k, i in enumerate(ids) if len(i) > 1]
+    # one pass: a multi-token target's continuation shares its prompt's forward
+    logp, nll = prompt_scores(model, single, [pairs[k][0] for k in multi],
+                              [pairs[k][1] for k in multi], batch_size=batch_size)
     rows = {p: logp[j] for j, p in enumerate(single)}
     out = torch.empty(len(pairs), dtype=torch.float64)
-    multi = [k for k, i in enumerate(ids) if len(i) > 1]
     for k, ((p, _), i) in enumerate(zip(pairs, ids)):
         if len(i) == 1:
             out[k] = rows[p][i[0]].double().exp()
     if multi:
-        mp = target_probs(model, [pairs[k][0] for k in multi], [pairs[k][1] for k in multi],
-                          batch_size=batch_size)
-        out[multi] = mp.double()
+        out[multi] = torch.exp(-nll).double()
     return out, rows
 
 

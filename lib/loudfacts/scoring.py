@@ -30,6 +30,15 @@ meets a tree where sequences sharing a position would disagree about it raises
 
 The two agree to float rounding (`tests/unit/test_scoring.py`); `packing(False)` turns the
 packed path off for a block.
+
+With no hook at all on the model, packed forwards skip the bridge's per-module wrappers: the
+same arithmetic as plain tensor operations (`lean.LeanPacked`), used where `lean_packing`
+checked once per model that it gives the bridge's hidden states (`tests/unit/test_lean.py`).
+`lean.lean_route(False)` sends them through the bridge again.
+
+`prompt_scores` reads next-token distributions and teacher-forced multi-token objects from the
+same forwards, so a prompt read both ways (`probes.pair_probs`, under every `cases.score`) is
+computed once.
 """
 
 from __future__ import annotations
@@ -301,9 +310,9 @@ def pack_sequences(seqs: Sequence[Sequence[int]], max_tokens: int | None = None)
     return packs
 
 
-def _packed_forward(model, packs: list[PrefixPack]) -> torch.Tensor:
-    """Final hidden states of packed rows, (len(packs), width, d_model); a pad position sees
-    only itself and is never read."""
+def _pack_inputs(model, packs: list[PrefixPack]):
+    """(ids, position_ids, additive mask (rows, width, width)) of packed rows, on the model's
+    device; a pad position sees only itself and is never read."""
     pad = model.tokenizer.pad_token_id or 0
     width = max(len(p) for p in packs)
     dtype = next(model.hf.parameters()).dtype
@@ -316,14 +325,66 @@ def _packed_forward(model, packs: list[PrefixPack]) -> torch.Tensor:
         pos[r, :n] = torch.tensor(p.depth, dtype=torch.long)
         seen[r, :n, :n] = p.ancestors()
     mask = torch.zeros(seen.shape, dtype=dtype).masked_fill(~seen, torch.finfo(dtype).min)
-    ids = ids.to(model.device)
+    return ids.to(model.device), pos.to(model.device), mask.to(model.device)
+
+
+def _packed_forward(model, packs: list[PrefixPack], lean: bool | None = None) -> torch.Tensor:
+    """Final hidden states of packed rows, (len(packs), width, d_model). Through
+    `lean.LeanPacked` where `lean_packing(model)` allows it (`lean` True/False forces a route),
+    else the HF base model (hooks applied)."""
+    ids, pos, mask = _pack_inputs(model, packs)
+    if lean if lean is not None else lean_packing(model):
+        from loudfacts.lean import LeanPacked
+
+        return LeanPacked(model, pos, mask)(ids)
     _LAYOUTS.append(PackLayout(ids, packs))
     try:
-        out = model.hf.base_model(ids, attention_mask=mask[:, None].to(model.device),
-                                  position_ids=pos.to(model.device))
+        out = model.hf.base_model(ids, attention_mask=mask[:, None], position_ids=pos)
     finally:
         _LAYOUTS.pop()
     return out.last_hidden_state
+
+
+_LEAN_PACK: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> bool
+
+
+@torch.no_grad()
+def lean_packing(model) -> bool:
+    """Whether packed forwards run as plain tensor operations (`lean.LeanPacked`, skipping the
+    bridge's per-module wrappers): only where the lean route may run now (`lean.can_use`: no
+    hook of any kind on the model, no autocast, not inside `lean.lean_route(False)`) and
+    `LeanPacked` gave the bridge's final hidden states on this model, checked once per model
+    object on random prefix trees to `lean.TOLERANCE` of their scale. While the bridge's own
+    result is not finite (a weight broken on purpose), it says False without remembering."""
+    from loudfacts.lean import TOLERANCE, can_use
+
+    if not can_use(model):
+        return False
+    key = model.bridge
+    if key in _LEAN_PACK:
+        return _LEAN_PACK[key]
+    gen = torch.Generator().manual_seed(0)
+    vocab = min(model.d_vocab, 1000)
+    stem = torch.randint(0, vocab, (5,), generator=gen).tolist()
+    seqs = [stem + torch.randint(0, vocab, (n,), generator=gen).tolist() for n in (4, 2)]
+    seqs.append(torch.randint(0, vocab, (3,), generator=gen).tolist())
+    packs = [p for p, _ in pack_sequences(seqs)]
+    want = _packed_forward(model, packs, lean=False)
+    real = torch.zeros(want.shape[:2], dtype=torch.bool)
+    for r, p in enumerate(packs):
+        real[r, :len(p)] = True
+    if not torch.isfinite(want[real]).all():
+        return False
+    ok = False
+    try:
+        got = _packed_forward(model, packs, lean=True)
+        scale = max(float(want[real].abs().max()), 1.0)
+        ok = bool(torch.isfinite(got[real]).all()) and float(
+            (got - want)[real].abs().max()) <= TOLERANCE * scale
+    except (TypeError, ValueError, RuntimeError, KeyError, AttributeError, IndexError):
+        ok = False
+    _LEAN_PACK[key] = ok
+    return ok
 
 
 def packed_logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Tensor:
@@ -458,6 +519,74 @@ def score_targets(
             out[i] = tok_nll[a:a + n_t].mean()
             top1[i] = bool(logp[a].argmax() == rows[i][1][0])
     return out, top1
+
+
+@torch.no_grad()
+def prompt_scores(
+    model,
+    next_of: Sequence[str],
+    prompts: Sequence[str],
+    targets: Sequence[str],
+    batch_size: int = 32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`next_token_logprobs(model, next_of)` and `target_nll(model, prompts, targets)` from the
+    same forwards: each prompt's teacher-forced continuations go into one forward with the
+    prompt itself, so on the packed path (`logits_at`) a prompt that is read both ways (its
+    next-token distribution, and a multi-token object after it) is computed once.
+
+    `batch_size` counts distinct prompts per forward, each with all of its continuations (two
+    targets after one prompt are two sequences sharing that prompt). Agrees with the two
+    functions to float rounding (`tests/unit/test_scoring.py`).
+
+    Returns:
+        (next-token log-probs (len(next_of), d_vocab) float32, mean target NLL (len(prompts),)).
+    """
+    if len(prompts) != len(targets):
+        raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
+    enc = {}
+    for p in [*next_of, *prompts]:
+        if p not in enc:
+            enc[p] = model.encode(p)
+            if not enc[p]:
+                raise ValueError(f"prompt {p!r} is empty")
+    t_enc = [target_ids(model, t) for t in targets]
+    for p, t in zip(prompts, t_enc):
+        check_context(model, len(enc[p]) + len(t), p)
+    for p in next_of:
+        check_context(model, len(enc[p]), p)
+    groups: dict[str, tuple[list[int], list[int]]] = {}  # prompt -> (next_of idx, pair idx)
+    for j, p in enumerate(next_of):
+        groups.setdefault(p, ([], []))[0].append(j)
+    for i, p in enumerate(prompts):
+        groups.setdefault(p, ([], []))[1].append(i)
+    next_logp = torch.empty(len(next_of), model.d_vocab)
+    nll = torch.empty(len(prompts))
+    order = list(groups)
+    for idx in _batches(len(order), batch_size):
+        seqs, r_of, pos = [], [], []
+        reads = []  # (kind, index, first request, n requests, target ids)
+        for g in idx:
+            p = order[g]
+            p_ids = enc[p]
+            nexts, pairs = groups[p]
+            if nexts:
+                reads.append(("next", nexts, len(pos), 1, None))
+                r_of.append(len(seqs))
+                pos.append(len(p_ids) - 1)
+                seqs.append(p_ids)
+            for i in pairs:
+                t_ids = t_enc[i]
+                reads.append(("pair", [i], len(pos), len(t_ids), t_ids))
+                r_of.extend([len(seqs)] * len(t_ids))
+                pos.extend(range(len(p_ids) - 1, len(p_ids) - 1 + len(t_ids)))
+                seqs.append(p_ids + t_ids[:-1])
+        logp = torch.log_softmax(logits_at(model, seqs, r_of, pos).float(), dim=-1).cpu()
+        for kind, which, a, n, t_ids in reads:
+            if kind == "next":
+                next_logp[which] = logp[a]
+            else:
+                nll[which[0]] = -logp[torch.arange(a, a + n), torch.tensor(t_ids)].mean()
+    return next_logp, nll
 
 
 def target_probs(model, prompts, targets, batch_size: int = 32) -> torch.Tensor:

@@ -111,8 +111,8 @@ def test_a_legacy_averages_store_is_rekeyed_not_retraced(tiny_llama, tmp_path, m
 
 def test_remembered_weight_digest_follows_every_write_to_the_weights():
     """`digests.weight_digest` hashes once while the weights are untouched, and hashes again
-    after an in-place write (under no_grad), an optimiser step, a replaced parameter, and an
-    edit applied and restored (whose bytes are the original ones again)."""
+    after an in-place write (under no_grad), an optimiser step, a replaced parameter, and while
+    an edit is applied (after it, see the next test)."""
     import torch
 
     from loudfacts import digests
@@ -151,6 +151,52 @@ def test_remembered_weight_digest_follows_every_write_to_the_weights():
     with edit.applied():
         assert digests.weight_digest(m) == real(m) != d0
     assert digests.weight_digest(m) == d0
+
+
+def test_an_edit_restored_bit_for_bit_keeps_the_remembered_digest():
+    """A weight edit writes its saved bytes back on exit, so the digest remembered before it
+    applied holds again without hashing: for one edit, for nested ones, and not when anything
+    else was written meanwhile or nothing was remembered before."""
+    import torch
+
+    from loudfacts import digests
+    from loudfacts.editing import EditRequest, get_editor
+    from loudfacts.models import tiny_model
+
+    m = tiny_model("llama")
+    calls = []
+    real = type(m).weight_digest
+    m.weight_digest = lambda: calls.append(1) or real(m)
+    ed = get_editor("ft", m, steps=2)
+    a = ed.edit(EditRequest("{} is located in the city of", "The Louvre", "Rome", "Paris"))
+    b = ed.edit(EditRequest("{} plays the", "Miles Davis", "piano", "trumpet"))
+    d0 = digests.weight_digest(m)
+    n = len(calls)
+    with a.applied():
+        assert digests.weight_digest(m) == real(m) != d0
+    assert digests.weight_digest(m) == d0 == real(m)
+    assert len(calls) == n + 1  # the hash inside only (`real` is not counted)
+    n = len(calls)
+    with a.applied():
+        d_a = digests.weight_digest(m)
+        with b.applied():
+            assert digests.weight_digest(m) not in (d0, d_a)
+        assert digests.weight_digest(m) == d_a
+    assert digests.weight_digest(m) == d0
+    assert len(calls) == n + 2  # one hash per new state, none after either restore
+    other = m.hf.model.layers[1].mlp.up_proj.weight
+    kept = other.detach().clone()
+    with a.applied():
+        with torch.no_grad():
+            other[0, 0] += 1.0  # written while the edit is applied: not carried over
+    n = len(calls)
+    assert digests.weight_digest(m) == real(m) != d0 and len(calls) == n + 1
+    with torch.no_grad():
+        other.copy_(kept)
+    n = len(calls)
+    with a.applied():  # nothing remembered for the weights it was applied to
+        pass
+    assert digests.weight_digest(m) == d0 and len(calls) == n + 1
 
 
 def test_weight_digests_can_be_hashed_on_every_call():

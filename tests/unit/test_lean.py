@@ -197,3 +197,79 @@ def test_the_lean_check_is_not_remembered_while_broken_or_hooked(broken_weight):
         assert not lean.lean_supported(fresh)
     assert fresh.bridge not in lean._SUPPORT
     assert lean.lean_supported(fresh) and lean._SUPPORT[fresh.bridge] is True
+
+
+# -- packed scoring forwards (`scoring._packed_forward` through `lean.LeanPacked`) -------------
+def _packs(model, seed=0):
+    """Prefix trees of random sequences: two sharing a start, one alone, one a prefix."""
+    from loudfacts.scoring import pack_sequences
+
+    gen = torch.Generator().manual_seed(seed)
+    stem = torch.randint(5, 200, (6,), generator=gen).tolist()
+    seqs = [stem + torch.randint(5, 200, (n,), generator=gen).tolist() for n in (5, 3)]
+    seqs += [torch.randint(5, 200, (7,), generator=gen).tolist(), stem[:4]]
+    return seqs, [p for p, _ in pack_sequences(seqs, max_tokens=16)]
+
+
+def _compare_packed(model, packs, tol=1e-5):
+    from loudfacts.scoring import _packed_forward
+
+    got, want = (_packed_forward(model, packs, lean=flag) for flag in (True, False))
+    for r, p in enumerate(packs):
+        torch.testing.assert_close(got[r, :len(p)], want[r, :len(p)], rtol=tol, atol=tol)
+
+
+def test_packed_scoring_runs_lean_and_gives_the_bridge_numbers(tiny3, monkeypatch):
+    from loudfacts import scoring
+
+    seqs, packs = _packs(tiny3)
+    assert len(packs) == 2  # two rows of different widths: padding in the second
+    assert scoring.lean_packing(tiny3)
+    _compare_packed(tiny3, packs)
+    calls = []
+    real = lean.LeanPacked.__call__
+    monkeypatch.setattr(lean.LeanPacked, "__call__",
+                        lambda self, ids: calls.append(ids.shape) or real(self, ids))
+    rows = [j for j, s in enumerate(seqs) for _ in s]
+    positions = [q for s in seqs for q in range(len(s))]
+    got = scoring.logits_at(tiny3, seqs, rows, positions)
+    assert calls  # the lean route ran
+    want = scoring.padded_logits_at(tiny3, seqs, rows, positions).float()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_packed_scoring_lean_on_the_embedded_model(model):
+    from loudfacts import scoring
+
+    assert scoring.lean_packing(model)
+    _compare_packed(model, _packs(model, seed=1)[1], tol=1e-4)
+
+
+def test_no_lean_packing_with_a_hook_or_switched_off_and_a_wrong_one_is_caught(monkeypatch):
+    from loudfacts import scoring
+
+    fresh = tiny_model("llama", seed=11, n_layers=3)
+    assert scoring.lean_packing(fresh)
+    with fresh.bridge.hooks(fwd_hooks=[("blocks.1.hook_mlp_out", lambda a, hook: a)]):
+        assert not scoring.lean_packing(fresh)
+    with lean.lean_route(False):
+        assert not scoring.lean_packing(fresh)
+    other = tiny_model("llama", seed=12, n_layers=3)  # unchecked so far
+    monkeypatch.setattr(lean.LeanPacked, "_mlp", lambda self, x, blk: 0.0 * x)
+    assert lean.can_use(other) and not scoring.lean_packing(other)
+    seqs, _ = _packs(other)
+    rows, positions = list(range(len(seqs))), [len(s) - 1 for s in seqs]
+    torch.testing.assert_close(scoring.logits_at(other, seqs, rows, positions),
+                               scoring.padded_logits_at(other, seqs, rows, positions).float(),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_the_lean_packing_check_is_not_remembered_while_broken(broken_weight):
+    from loudfacts import scoring
+
+    fresh = tiny_model("llama", seed=13, n_layers=3)
+    assert lean.lean_supported(fresh)
+    with broken_weight(fresh.hf.model.layers[2].mlp.down_proj.weight):
+        assert not scoring.lean_packing(fresh)
+        assert fresh.bridge not in scoring._LEAN_PACK
+    assert scoring.lean_packing(fresh) and scoring._LEAN_PACK[fresh.bridge] is True

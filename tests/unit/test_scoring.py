@@ -181,3 +181,49 @@ def test_a_refused_packing_check_is_not_remembered(monkeypatch):
     assert m.bridge not in scoring._PACK_SUPPORT
     monkeypatch.setattr(scoring, "packed_logits_at", real)
     assert scoring.supports_packing(m) and scoring._PACK_SUPPORT[m.bridge] is True
+
+
+# -- next-token and teacher-forced reads from the same forwards (`prompt_scores`) ----------------
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 2, 32])
+def test_prompt_scores_equal_the_two_separate_passes(tiny_llama, packed, batch_size):
+    from loudfacts.scoring import packing, prompt_scores
+
+    next_of = ["The Louvre is located in the city of", "Miles Davis plays the",
+               "The Louvre is located in the city of", "Italy borders"]
+    prompts = ["The Louvre is located in the city of", "The", "Miles Davis plays the", "The",
+               "The Louvre is located in the city of"]
+    targets = ["Space Needle", "New York City", "trumpet", "x", "Space Needle"]
+    with packing(packed):
+        logp, nll = prompt_scores(tiny_llama, next_of, prompts, targets, batch_size=batch_size)
+    assert logp.shape == (4, tiny_llama.d_vocab) and nll.shape == (5,)
+    torch.testing.assert_close(logp, next_token_logprobs(tiny_llama, next_of), atol=1e-5,
+                               rtol=1e-5)
+    torch.testing.assert_close(nll, target_nll(tiny_llama, prompts, targets), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_prompt_scores_run_a_prompt_and_its_continuations_in_one_forward(tiny_llama, monkeypatch):
+    from loudfacts import scoring
+
+    calls = []
+    real = scoring.logits_at
+    monkeypatch.setattr(scoring, "logits_at", lambda m, seqs, *a: calls.append(len(seqs))
+                        or real(m, seqs, *a))
+    p = "The Louvre is located in the city of"
+    scoring.prompt_scores(tiny_llama, [p], [p, p], ["Space Needle", "New York City"])
+    assert calls == [3]  # the prompt and its two continuations, one call
+    calls.clear()
+    scoring.prompt_scores(tiny_llama, [p, "The"], [p], ["Space Needle"], batch_size=1)
+    assert calls == [2, 1]  # batch_size counts prompts, each with its continuations
+
+
+def test_prompt_scores_name_bad_input(tiny_llama):
+    from loudfacts.scoring import prompt_scores
+
+    with pytest.raises(ValueError, match="2 prompts but 1 targets"):
+        prompt_scores(tiny_llama, [], ["a", "b"], ["x"])
+    with pytest.raises(ValueError, match="prompt '' is empty"):
+        prompt_scores(tiny_llama, [""], [], [])
+    logp, nll = prompt_scores(tiny_llama, [], [], [])
+    assert logp.shape == (0, tiny_llama.d_vocab) and nll.shape == (0,)

@@ -29,6 +29,7 @@ from typing import ClassVar
 
 import torch
 
+from loudfacts.digests import remembered_digest, restored_weights
 from loudfacts.paths import repo_path
 from loudfacts.tokens import fill, find_subject_spans, target_ids
 
@@ -300,6 +301,8 @@ class WeightEdit(Edit):
     @torch.no_grad()
     def _apply(self):
         self._saved = {}
+        # the remembered digest of the weights as they are now, if any (`_restore`)
+        self._digest_before = remembered_digest(self.model)
         for path, d in self._deltas.items():
             param = self.model.module(path).weight
             before = param.detach().clone()
@@ -315,6 +318,10 @@ class WeightEdit(Edit):
         saved, self._saved = self._saved, {}
         for path, w in reversed(list(saved.items())):
             self.model.module(path).weight.copy_(w)
+        # the bytes are the ones hashed before the apply: no need to hash them again
+        # (`digests.restored_weights` checks that nothing else was written meanwhile)
+        before, self._digest_before = getattr(self, "_digest_before", None), None
+        restored_weights(self.model, before, [self.model.module(p).weight for p in saved])
 
 
 def _delta_dtype(param: torch.Tensor) -> torch.dtype:

@@ -162,6 +162,11 @@ def _lean_weights(model, layer: int, paths: list[str]) -> dict | None:
     return {p: model.module(path).weight for p, path in names.items()}
 
 
+def _only_down(model, layer: int, paths: list[str]) -> bool:
+    """Whether `paths` are layer `layer`'s MLP down projection alone (the default recipe)."""
+    return set(paths) == {model.arch.mlp.format(layer) + ".down_proj"}
+
+
 def _lean_target_nll(model, ids, pos, tgt, layer: int, paths: list[str]):
     """`_target_nll` through the lean route (`loudfacts.lean`), as a function of the live
     trained weights, or None where that route is closed (not a checked Llama model, a hook set,
@@ -188,7 +193,7 @@ def _lean_target_nll(model, ids, pos, tgt, layer: int, paths: list[str]):
         batch = SuffixBatch([ids[0].tolist()], [0], model.tokenizer.pad_token_id or 0,
                             device=model.device)
         lean = LeanSuffix(model, batch, None, layer + 1)
-    only_down = set(paths) == {model.arch.mlp.format(layer) + ".down_proj"}
+    only_down = _only_down(model, layer, paths)
 
     def nll() -> torch.Tensor:
         h = hidden if only_down else llama_mlp_hidden(x, w["gate"], w["up"])
@@ -327,7 +332,7 @@ def finetune_weights_batch(model, requests: list[EditRequest], hparams: dict,
     layer = h["layer"]
     paths = trained_paths(model, layer, h["module"])
     w = _lean_weights(model, layer, paths)
-    if w is None or paths != [model.arch.mlp.format(layer) + ".down_proj"]:
+    if w is None or not _only_down(model, layer, paths):
         return None
     t0 = time.perf_counter()
     out: list = [None] * len(requests)
@@ -362,13 +367,13 @@ def finetune_weights_batch(model, requests: list[EditRequest], hparams: dict,
     pad = model.tokenizer.pad_token_id or 0
     torch.manual_seed(h["seed"])  # as `finetune_weights`
     opt = torch.optim.Adam([stack], lr=h["lr"], weight_decay=h["weight_decay"])
-    runs: dict = {}
+    built_for, run = None, None
 
     def batch_of(rows: tuple):
         """The lean run and target indices for these rows of the batch (rebuilt when a request
         leaves)."""
-        if rows not in runs:
-            runs.clear()
+        nonlocal built_for, run
+        if rows != built_for:
             sb = SuffixBatch([items[r][1].tolist() for r in rows], [0] * len(rows), pad,
                              device=model.device)
             lean = LeanSuffix(model, sb, None, layer + 1)
@@ -376,8 +381,8 @@ def finetune_weights_batch(model, requests: list[EditRequest], hparams: dict,
             t_pos = torch.cat([items[r][2] for r in rows])
             t_tok = torch.cat([items[r][3] for r in rows])
             count = torch.tensor([len(items[r][3]) for r in rows], dtype=torch.float32)
-            runs[rows] = (lean, sb.n_suffix, t_row, t_pos, t_tok, count)
-        return runs[rows]
+            built_for, run = rows, (lean, sb.n_suffix, t_row, t_pos, t_tok, count)
+        return run
 
     def row_nll(rows: tuple) -> torch.Tensor:
         lean, s, t_row, t_pos, t_tok, count = batch_of(rows)
