@@ -8,7 +8,11 @@ cores". This times exactly that work: `runner.study` with notebook 06's editors 
 on the first `--n` records of its split, into a scratch folder (never `results/`), fresh, with
 ROME's on-disk components cache off, so every edit is computed (hook-delta and hook-gated
 reuse ROME's v* from memory, as in the study). GE is left out: the study generates only for
-its first 8 records. These ways of running it are timed in one run:
+its first 8 records. What a process loads once (C and the corpus tokens behind its cache key,
+ROME's context prefixes, patch-donor's fact pool) is loaded in an untimed warm-up on the first
+records up to a known one, as a study of many records pays it once (before 2026-12-08 the
+warm-up ran the first record alone, which is unknown, so the first mode timed also paid about
+2.4 s of loading: C's key tokenises the corpus once per process). These ways of running it are timed in one run:
 
 - `in-process`: one process, torch's default thread count (the cores);
 - `2 workers`: two one-thread worker processes, one shard each (`workers=2`, the study's and
@@ -29,10 +33,14 @@ its first 8 records. These ways of running it are timed in one run:
 - `in-process, separate passes`: as `in-process` with each probe set scored the way it was
   before `scoring.prompt_scores`: the next-token reads in one pass and the multi-token objects,
   teacher-forced, in another (`separate_pair_probs` below, swapped in for `pair_probs`), so
-  the two lines give the merged pass's effect.
+  the two lines give the merged pass's effect;
+- `in-process, batch_size chunks`: as `in-process` with every scoring call cut into
+  `batch_size` prompts as before `scoring._chunks` (a record's 40-odd probe prompts were two
+  packed forwards, not one; `chunks_by_route` below), so the two lines give that change's
+  effect.
 
-`--modes` picks which (default: all seven). The `as at a5e5ad8` mode also edits one at a time
-and scores in separate passes. `in-process, bridge` also runs the scoring forwards through the
+`--modes` picks which (default: all eight). The `as at a5e5ad8` mode also edits one at a time,
+scores in separate passes and cuts calls by `batch_size`. `in-process, bridge` also runs the scoring forwards through the
 bridge (the lean route covers them too: `scoring.lean_packing`).
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
@@ -73,14 +81,15 @@ from loudfacts.tokens import target_ids  # noqa: E402
 
 TARGET_S = 10.0
 # label: (workers, packed scoring, hook edits packed, weight digests remembered, lean route,
-#         batched edits, merged scoring passes)
-MODES = {"in-process": (1, True, True, True, True, True, True),
-         "2 workers": (2, True, True, True, True, True, True),
-         "in-process, padded": (1, False, True, True, True, True, True),
-         "in-process, as at a5e5ad8": (1, True, False, False, False, False, False),
-         "in-process, bridge": (1, True, True, True, False, True, True),
-         "in-process, one edit at a time": (1, True, True, True, True, False, True),
-         "in-process, separate passes": (1, True, True, True, True, True, False)}
+#         batched edits, merged scoring passes, packed calls cut by route)
+MODES = {"in-process": (1, True, True, True, True, True, True, True),
+         "2 workers": (2, True, True, True, True, True, True, True),
+         "in-process, padded": (1, False, True, True, True, True, True, True),
+         "in-process, as at a5e5ad8": (1, True, False, False, False, False, False, False),
+         "in-process, bridge": (1, True, True, True, False, True, True, True),
+         "in-process, one edit at a time": (1, True, True, True, True, False, True, True),
+         "in-process, separate passes": (1, True, True, True, True, True, False, True),
+         "in-process, batch_size chunks": (1, True, True, True, True, True, True, False)}
 NOTEBOOK = "06_specificity_plus"
 
 
@@ -117,6 +126,20 @@ def merged_passes(enabled: bool):
         cases.pair_probs = real
 
 
+@contextlib.contextmanager
+def chunks_by_route(enabled: bool):
+    """Inside the block, the scorers cut every call into `batch_size` prompts, packed or not,
+    as before `scoring._chunks` (unless `enabled`)."""
+    real = scoring._chunks
+    if not enabled:
+        scoring._chunks = lambda model, tokens, batch_size: scoring._batches(len(tokens),
+                                                                             batch_size)
+    try:
+        yield
+    finally:
+        scoring._chunks = real
+
+
 def notebook_parameters() -> dict:
     """Notebook 06's parameters as `make report` runs it: its parameters cell, then the file."""
     return {**declared_parameters(repo_path("notebooks", f"{NOTEBOOK}.py")),
@@ -136,11 +159,15 @@ def notebook_settings(n: int) -> tuple[list[str], dict]:
 def main(n: int, out: Path, modes=tuple(MODES)):
     editors, opts = notebook_settings(n)
     model = load_model(notebook_parameters()["model_name"])
-    # warm-up, not timed: kernels, and what every editor loads once per process (C, context
-    # prefixes, patch-donor's fact pool), on one record, both scoring routes
+    # warm-up, not timed: kernels, and what every editor loads once per process (C and the
+    # corpus's tokens behind its key, context prefixes, patch-donor's fact pool), on the first
+    # records up to a known one (an unknown record is not edited), both scoring routes
     for packed in (True, False):
-        with tempfile.TemporaryDirectory() as root, scoring.packing(packed):
-            ev.study(model, editors, workers=1, root=root, **{**opts, "n": 1})
+        for k in range(1, n + 1):
+            with tempfile.TemporaryDirectory() as root, scoring.packing(packed):
+                warm = ev.study(model, editors, workers=1, root=root, **{**opts, "n": k})
+            if warm["unedited"]["known"].any():
+                break
     # count the full hashes of the weights (each ~0.5 s on this model): remembering digests
     # saves exactly those, whatever the machine's speed
     hashes = []
@@ -152,7 +179,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
     hash_s = (time.perf_counter() - t) / 3
     results = {}
     for label in modes:
-        workers, packed, hooks, remember, lean, batched, merged = MODES[label]
+        workers, packed, hooks, remember, lean, batched, merged, by_route = MODES[label]
         # each in-process mode starts from nothing remembered: ROME's v* (hook-delta and
         # hook-gated still reuse it within the mode) and the unedited model's scores
         clear_components_memo()
@@ -160,7 +187,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
         ev.UNEDITED.logprobs.clear()
         with (tempfile.TemporaryDirectory() as root, scoring.packing(packed, hooks),
               remembering_weight_digests(remember), lean_route(lean),
-              ev.batched_edits(batched), merged_passes(merged)):
+              ev.batched_edits(batched), merged_passes(merged), chunks_by_route(by_route)):
             hashes.clear()
             t = time.perf_counter()
             frames = ev.study(model, editors, workers=workers, root=root, **opts)
@@ -174,6 +201,7 @@ def main(n: int, out: Path, modes=tuple(MODES)):
             "packed_scoring": packed, "hook_edits_packed": packed and hooks,
             "weight_digests_remembered": remember, "lean_route": lean,
             "batched_edits": batched, "merged_scoring_passes": merged,
+            "packed_calls_cut_by_route": by_route,
             "records": len(rows), "known": known, "wall_s": wall,
             "wall_s_per_record": wall / len(rows),
             "wall_s_per_known_record": wall / max(known, 1),

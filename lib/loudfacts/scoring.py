@@ -22,6 +22,12 @@ Two ways to batch, chosen per call (`logits_at`):
 * **padded** (a hook is applied that reads positions as "row, position" of a batch of separate
   prompts): right padding and an attention mask, `batch_size` prompts per forward.
 
+The scorers below cut a call into chunks by route (`_chunks`): `batch_size` prompts each where
+forwards are padded, and where they are packed as many as one packed forward holds
+(`PACK_ROWS` x `PACK_TOKENS` tokens before sharing, at most `PACK_CHUNK` x `batch_size`
+prompts), so that a record's probes, which share their starts, are one tree and one forward
+rather than one per `batch_size` prompts.
+
 Hooks marked `pack_aware` keep the packed path: they find where each sequence lies in a packed
 row through `current_layout` (the hook edits of `loudfacts.editing.patching` and `.gated`,
 which locate the subject per sequence and write at its tree positions). A pack-aware hook that
@@ -58,6 +64,36 @@ def _batches(n: int, size: int):
         yield range(i, min(n, i + size))
 
 
+def _chunks(model, tokens: Sequence[int], batch_size: int):
+    """Index ranges over a call's items (`tokens[i]`: the tokens item i puts into forwards),
+    one `logits_at` call each: `batch_size` items where that call would be padded; where it
+    would be packed (`packs_now`), as many items as fit `PACK_ROWS` x `PACK_TOKENS` tokens
+    (counted before shared starts are merged, so about one packed forward) and at most
+    `PACK_CHUNK` x `batch_size` items (which bounds the logits a call holds)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n = len(tokens)
+    if not packs_now(model):
+        yield from _batches(n, batch_size)
+        return
+    cap_tokens, cap_items = PACK_ROWS * PACK_TOKENS, PACK_CHUNK * batch_size
+    start = total = 0
+    for i, t in enumerate(tokens):
+        if i > start and (total + t > cap_tokens or i - start >= cap_items):
+            yield range(start, i)
+            start, total = i, 0
+        total += t
+    if start < n:
+        yield range(start, n)
+
+
+def packs_now(model) -> bool:
+    """Whether `logits_at` takes the packed route on this model now: packing on, no hook that
+    is not `pack_aware`, and the model passed `supports_packing` (a hook may still refuse one
+    tree, and that call is padded)."""
+    return _PACKING["on"] and not _any_hooks(model) and supports_packing(model)
+
+
 def logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Tensor:
     """Logits at chosen (row, position) pairs of `seqs` (row j: sequence `seqs[j]`).
 
@@ -70,7 +106,7 @@ def logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> torch.Te
     Returns:
         Float tensor (len(rows), d_vocab).
     """
-    if _PACKING["on"] and not _any_hooks(model) and supports_packing(model):
+    if packs_now(model):
         try:
             return packed_logits_at(model, seqs, rows, positions)
         except PackingRefused:
@@ -101,6 +137,7 @@ def padded_logits_at(model, seqs: Sequence[Sequence[int]], rows, positions) -> t
 PACK_TOKENS = 512  # positions per packed row (attention over a row grows with its square;
 # bench/bench_scoring.py times 128, 256 and 512 on notebook 06's probes: 512 was fastest)
 PACK_ROWS = 4      # packed rows per forward
+PACK_CHUNK = 4     # a packed call's items: at most this many times batch_size (`_chunks`)
 _PACKING = {"on": True, "hooks": True, "refused": 0}  # refused: calls redone padded
 _MODULES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # bridge -> its modules
 
@@ -484,7 +521,8 @@ def score_targets(
     batch_size: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One batched pass giving, per (prompt, target) pair, the target's mean token NLL and
-    whether the greedy next token after the prompt is the target's first token.
+    whether the greedy next token after the prompt is the target's first token. `batch_size`
+    pairs per padded forward; a packed call takes more (`_chunks`).
 
     Returns:
         (nll, top1): float tensor and bool tensor, both of shape (n_pairs,).
@@ -500,7 +538,8 @@ def score_targets(
         rows.append((p_ids, t_ids))
     out = torch.empty(len(rows))
     top1 = torch.zeros(len(rows), dtype=torch.bool)
-    for idx in _batches(len(rows), batch_size):
+    sizes = [len(p_ids) + len(t_ids) - 1 for p_ids, t_ids in rows]
+    for idx in _chunks(model, sizes, batch_size):
         seqs = [rows[i][0] + rows[i][1][:-1] for i in idx]
         # positions that predict each target token, and the token they should predict
         r_of, pos, tok, first = [], [], [], []
@@ -534,9 +573,10 @@ def prompt_scores(
     prompt itself, so on the packed path (`logits_at`) a prompt that is read both ways (its
     next-token distribution, and a multi-token object after it) is computed once.
 
-    `batch_size` counts distinct prompts per forward, each with all of its continuations (two
-    targets after one prompt are two sequences sharing that prompt). Agrees with the two
-    functions to float rounding (`tests/unit/test_scoring.py`).
+    `batch_size` counts distinct prompts per padded forward, each with all of its
+    continuations (two targets after one prompt are two sequences sharing that prompt); a
+    packed call takes as many prompts as about one packed forward holds (`_chunks`). Agrees
+    with the two functions to float rounding (`tests/unit/test_scoring.py`).
 
     Returns:
         (next-token log-probs (len(next_of), d_vocab) float32, mean target NLL (len(prompts),)).
@@ -562,7 +602,9 @@ def prompt_scores(
     next_logp = torch.empty(len(next_of), model.d_vocab)
     nll = torch.empty(len(prompts))
     order = list(groups)
-    for idx in _batches(len(order), batch_size):
+    sizes = [(len(enc[p]) if groups[p][0] else 0)
+             + sum(len(enc[p]) + len(t_enc[i]) - 1 for i in groups[p][1]) for p in order]
+    for idx in _chunks(model, sizes, batch_size):
         seqs, r_of, pos = [], [], []
         reads = []  # (kind, index, first request, n requests, target ids)
         for g in idx:
@@ -596,14 +638,15 @@ def target_probs(model, prompts, targets, batch_size: int = 32) -> torch.Tensor:
 
 @torch.no_grad()
 def next_token_logprobs(model, prompts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-    """Log-softmax over the vocabulary for the token after each prompt; (n, d_vocab), float32."""
+    """Log-softmax over the vocabulary for the token after each prompt; (n, d_vocab), float32.
+    `batch_size` prompts per padded forward; a packed call takes more (`_chunks`)."""
     out = []
     enc = [model.encode(p) for p in prompts]
     for p, e in zip(prompts, enc):
         if not e:
             raise ValueError(f"prompt {p!r} is empty")
         check_context(model, len(e), p)
-    for idx in _batches(len(enc), batch_size):
+    for idx in _chunks(model, [len(e) for e in enc], batch_size):
         seqs = [enc[i] for i in idx]
         logits = logits_at(model, seqs, range(len(seqs)), [len(q) - 1 for q in seqs])
         out.append(torch.log_softmax(logits.float(), dim=-1).cpu())

@@ -214,8 +214,31 @@ def test_prompt_scores_run_a_prompt_and_its_continuations_in_one_forward(tiny_ll
     scoring.prompt_scores(tiny_llama, [p], [p, p], ["Space Needle", "New York City"])
     assert calls == [3]  # the prompt and its two continuations, one call
     calls.clear()
+    with scoring.packing(False):
+        scoring.prompt_scores(tiny_llama, [p, "The"], [p], ["Space Needle"], batch_size=1)
+    assert calls == [2, 1]  # padded: batch_size counts prompts, each with its continuations
+    calls.clear()
     scoring.prompt_scores(tiny_llama, [p, "The"], [p], ["Space Needle"], batch_size=1)
-    assert calls == [2, 1]  # batch_size counts prompts, each with its continuations
+    assert calls == [3]  # packed: up to PACK_CHUNK x batch_size prompts in one call
+
+
+def test_a_packed_call_is_cut_by_tokens_and_items_a_padded_one_by_batch_size(tiny_llama):
+    from loudfacts import scoring
+
+    chunks = lambda sizes, b: [list(r) for r in scoring._chunks(tiny_llama, sizes, b)]  # noqa: E731
+    assert scoring.packs_now(tiny_llama)
+    cap = scoring.PACK_ROWS * scoring.PACK_TOKENS
+    assert chunks([10] * 9, 2) == [list(range(8)), [8]]  # PACK_CHUNK x batch_size items
+    assert chunks([cap // 2, cap // 2, 1, cap + 5, 3], 32) == [[0, 1], [2], [3], [4]]
+    assert chunks([], 32) == []
+    with scoring.packing(False):
+        assert not scoring.packs_now(tiny_llama)
+        assert chunks([10] * 5, 2) == [[0, 1], [2, 3], [4]]
+    for bad in (0, -1, 2.5, True, None):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            chunks([1], bad)
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            scoring.next_token_logprobs(tiny_llama, ["The"], batch_size=bad)
 
 
 def test_prompt_scores_name_bad_input(tiny_llama):
