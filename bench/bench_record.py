@@ -12,7 +12,8 @@ its first 8 records. What a process loads once (C and the corpus tokens behind i
 ROME's context prefixes, patch-donor's fact pool) is loaded in an untimed warm-up on the first
 records up to a known one, as a study of many records pays it once (before 2026-12-08 the
 warm-up ran the first record alone, which is unknown, so the first mode timed also paid about
-2.4 s of loading: C's key tokenises the corpus once per process). These ways of running it are timed in one run:
+2.4 s of loading: C's key tokenises the corpus once per process). These ways of running it
+are timed in one run:
 
 - `in-process`: one process, torch's default thread count (the cores);
 - `2 workers`: two one-thread worker processes, one shard each (`workers=2`, the study's and
@@ -40,8 +41,8 @@ warm-up ran the first record alone, which is unknown, so the first mode timed al
   effect.
 
 `--modes` picks which (default: all eight). The `as at a5e5ad8` mode also edits one at a time,
-scores in separate passes and cuts calls by `batch_size`. `in-process, bridge` also runs the scoring forwards through the
-bridge (the lean route covers them too: `scoring.lean_packing`).
+scores in separate passes and cuts calls by `batch_size`. `in-process, bridge` also runs the
+scoring forwards through the bridge (the lean route covers them too: `scoring.lean_packing`).
 
 Unknown records are scored but not edited; the per-known-record figure charges all the wall
 time to the known ones (an upper bound). The per-editor `edit_s_per_known_record` are the rows'
